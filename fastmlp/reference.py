@@ -1,0 +1,129 @@
+"""The readable specification: float64 NumPy forward, backward and SGD for M stacked ReLU MLPs.
+
+Shape legend: M networks, B minibatch, N samples, D input dim, H hidden width, L hidden layers, C = 2 classes.
+Parameters are a list of L + 1 layers ``(W (M, fan_in, fan_out), b (M, fan_out))``, the last one the output layer.
+Each layer computes ``z = c * (a @ W) + s * b`` with per-layer scales ``(c, s)``:
+standard (He) parameterization ``c = s = 1``; NTK parameterization ``c = sigma_w / sqrt(fan_in)``, ``s = sigma_b``.
+Every fast backend is tested against this module.
+"""
+import numpy as np
+
+from .constants import N_CLASSES, STREAM_INIT
+from . import rng
+
+PARAMS = ("standard", "ntk")
+
+
+def layer_sizes(D, H, L):
+    """[(fan_in, fan_out)] for the L hidden layers and the output layer."""
+    return [(D if l == 0 else H, H) for l in range(L)] + [(H, N_CLASSES)]
+
+
+def layer_scales(D, H, L, param="standard", sigma_w2=2.0, sigma_b2=0.0):
+    """Per-layer (c, s) multipliers of ``a @ W`` and ``b``: arrays of shape (L + 1,)."""
+    sizes = layer_sizes(D, H, L)
+    if param == "standard":
+        return np.ones(L + 1), np.ones(L + 1)
+    if param == "ntk":
+        c = np.array([np.sqrt(sigma_w2 / fan_in) for fan_in, _ in sizes])
+        return c, np.full(L + 1, np.sqrt(sigma_b2))
+    raise ValueError(f"unknown parameterization {param!r}; use one of {PARAMS}")
+
+
+def init_params(D, H, L, seeds, param="standard", dtype=np.float64):
+    """Initial weights of len(seeds) networks, a pure function of each seed (stream STREAM_INIT, a = layer).
+
+    W's Gaussian draws use counter b = 0, the NTK biases b = 1; standard biases are zero.
+    """
+    seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
+    params = []
+    for l, (fan_in, fan_out) in enumerate(layer_sizes(D, H, L)):
+        W = np.empty((len(seeds), fan_in, fan_out))   # (M, fan_in, fan_out)
+        b = np.zeros((len(seeds), fan_out))           # (M, fan_out)
+        for m, seed in enumerate(seeds):
+            g = rng.gaussian_np(fan_in * fan_out, int(seed), STREAM_INIT, l, 0).reshape(fan_in, fan_out)
+            if param == "standard":
+                gain = 2.0 if l < L else 1.0      # He for ReLU layers, 1/fan_in for the linear output
+                W[m] = g * np.sqrt(gain / fan_in)
+            else:
+                W[m] = g
+                b[m] = rng.gaussian_np(fan_out, int(seed), STREAM_INIT, l, 1)
+        params.append((W.astype(dtype), b.astype(dtype)))
+    return params
+
+
+def forward(params, scales, x):
+    """Logits (M, B, C) and the hidden activations [(M, B, H)] * L of inputs x (B, D) or (M, B, D)."""
+    c, s = scales
+    a = np.asarray(x, dtype=np.float64)
+    acts = []
+    for l, (W, b) in enumerate(params):
+        z = c[l] * (a @ W) + s[l] * b[:, None, :]     # (M, B, fan_out)
+        if l == len(params) - 1:
+            return z, acts
+        a = np.maximum(z, 0.0)
+        acts.append(a)
+
+
+def softmax_xent(logits, y):
+    """Mean cross-entropy loss (M,) and its gradient w.r.t. the logits (M, B, C); y (B,) in {0, 1}."""
+    B = logits.shape[1]
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))     # (M, B, C)
+    onehot = np.eye(N_CLASSES)[np.asarray(y, dtype=np.int64)]                  # (B, C)
+    loss = -(onehot * logp).sum(axis=-1).mean(axis=-1)                       # (M,)
+    dlogits = (np.exp(logp) - onehot) / B                                    # (M, B, C)
+    return loss, dlogits
+
+
+def loss_and_grads(params, scales, x, y):
+    """Loss (M,) and gradients [(dW (M, fan_in, fan_out), db (M, fan_out))] of the mean cross-entropy."""
+    c, s = scales
+    logits, acts = forward(params, scales, x)
+    loss, dz = softmax_xent(logits, y)
+    x = np.asarray(x, dtype=np.float64)
+    inputs = [np.broadcast_to(x, (len(loss),) + x.shape[-2:])] + acts
+    grads = [None] * len(params)
+    for l in range(len(params) - 1, -1, -1):
+        W, _ = params[l]
+        a = inputs[l]                                               # (M, B, fan_in)
+        grads[l] = (c[l] * a.transpose(0, 2, 1) @ dz, s[l] * dz.sum(axis=1))
+        if l > 0:
+            da = c[l] * dz @ W.transpose(0, 2, 1)                   # (M, B, fan_in)
+            dz = da * (a > 0)
+    return loss, grads
+
+
+def sgd_step(params, grads, lrs):
+    """Plain SGD with one learning rate per network: returns the new parameters."""
+    lrs = np.asarray(lrs, dtype=np.float64)
+    return [(W - lrs[:, None, None] * dW, b - lrs[:, None] * db) for (W, b), (dW, db) in zip(params, grads)]
+
+
+def evaluate(params, scales, x, y):
+    """Error rate (M,) and mean loss (M,) on a dataset x (N, D), y (N,)."""
+    logits, _ = forward(params, scales, x)
+    loss, _ = softmax_xent(logits, y)
+    wrong = (logits[..., 1] > logits[..., 0]).astype(np.int64) != np.asarray(y)[None, :]
+    return wrong.mean(axis=1), loss
+
+
+def minibatches(subset, seed, epoch, batch_size):
+    """The minibatches (index arrays into the dataset) of one network in one epoch."""
+    order = np.asarray(subset)[rng.permutation_np(len(subset), int(seed), int(epoch))]
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def train_steps(params, scales, x, y, lr, seed, subset, batch_size, n_steps):
+    """The reference training loop of one network (params with M = 1): the losses of its first n_steps steps."""
+    losses = []
+    epoch = 0
+    while len(losses) < n_steps:
+        for rows in minibatches(subset, seed, epoch, batch_size):
+            loss, grads = loss_and_grads(params, scales, x[rows], y[rows])
+            params = sgd_step(params, grads, [lr])
+            losses.append(float(loss[0]))
+            if len(losses) == n_steps:
+                break
+        epoch += 1
+    return params, np.array(losses)
