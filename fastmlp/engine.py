@@ -149,6 +149,14 @@ class Engine:
         return (self._W0, self._b0, self._Wh, self._WhT, self._bh, self._Wo, self._bo, self._c, self._s)
 
     # ------------------------------------------------------------------------------------------- training
+    def compile(self):
+        """Compile (or load from Numba's on-disk cache) the kernels for this dtype without training anything;
+        returns the seconds it took, so that timings of training never include compilation."""
+        t0 = time.perf_counter()
+        self._epoch(np.empty(0, np.int64), check=True)
+        self.evaluate(np.zeros((0, self.D), self.dtype), np.zeros(0, np.int8))
+        return time.perf_counter() - t0
+
     def _epoch(self, active, check):
         loss = np.full(self.M, np.nan)
         err = np.zeros(self.M, np.int64)

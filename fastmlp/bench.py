@@ -1,0 +1,282 @@
+"""Throughput on the standard workloads (DESIGN.md): fastmlp's engine next to NumPy and PyTorch baselines.
+
+Every trainer has one signature, `fn(x, y, M, H, L, B, lr, epochs, seed) -> None`, and trains M independent ReLU
+MLPs (D -> H x L -> 2, softmax cross-entropy, plain SGD) for a fixed number of epochs, each epoch a fresh random
+order per network. The baselines are what a competent engineer writes without custom kernels: all M networks
+batched through one batched matmul per layer, backward by hand, float32, updates in place.
+
+Shape legend: M networks, B minibatch (b for the last, smaller one), N samples, D input dim, H hidden width,
+L hidden layers, C = 2 classes, K fan-in of a layer.
+"""
+
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+# name: (M, D, H, L, B, N)
+WORKLOADS = {
+    "W1": dict(M=40, D=500, H=100, L=1, B=50, N=1000),
+    "W2": dict(M=40, D=500, H=100, L=5, B=50, N=1000),
+    "W3": dict(M=40, D=100, H=100, L=9, B=50, N=1000),
+    "W4": dict(M=10, D=1000, H=500, L=3, B=50, N=5000),
+}
+
+# Epochs per timed call: about 0.5-2 s for the NumPy and PyTorch baselines on the project's 2-core CPU.
+DEFAULT_EPOCHS = {"W1": 15, "W2": 8, "W3": 7, "W4": 1}
+
+BENCH_LR = 0.01  # small enough that no network diverges: non-finite values would time a different code path
+C = 2            # output classes
+
+
+def useful_flops_per_sample(D, H, L):
+    """Useful FLOP per network-sample: forward, weight gradients, input gradients of all layers but the first."""
+    return 4 * D * H + 6 * (L - 1) * H * H + 12 * H
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared by both baselines, so that the same seed gives the same initial weights and minibatch orders.
+
+def _init_params(rng, M, D, H, L):
+    """He init N(0, 2/K) for hidden layers, N(0, 1/K) for the output layer, zero biases: [(W (M,K,F), b (M,F))]."""
+    sizes = [D] + [H] * L + [C]
+    params = []
+    for l, (k, f) in enumerate(zip(sizes[:-1], sizes[1:])):
+        gain = 2.0 if l < L else 1.0
+        W = rng.standard_normal((M, k, f), dtype=np.float32) * np.float32(np.sqrt(gain / k))  # (M, K, F)
+        params.append((W, np.zeros((M, f), np.float32)))                                     # (M, F)
+    return params
+
+
+def _epoch_orders(rng, M, N):
+    """A fresh random order of the N samples for each network."""
+    return rng.permuted(np.tile(np.arange(N, dtype=np.int64), (M, 1)), axis=1)  # (M, N)
+
+
+def _lr_column(lr, M):
+    """Scalar or per-network learning rate as an (M, 1, 1) float32 column."""
+    return np.broadcast_to(np.asarray(lr, np.float32), (M,)).reshape(M, 1, 1).copy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Baselines
+
+def train_numpy(x, y, M, H, L, B, lr, epochs, seed, return_params=False):
+    """Train M networks with NumPy batched matmul (np.matmul on (M, B, K) @ (M, K, F) stacks), float32.
+
+    x (N, D) float32, y (N,) int8 in {0, 1}; lr a scalar or (M,). Returns None, or with return_params the final
+    [(W (M, K, F), b (M, F))] per layer.
+    """
+    x = np.ascontiguousarray(x, np.float32)
+    N = x.shape[0]
+    rng = np.random.default_rng(seed)
+    params = _init_params(rng, M, x.shape[1], H, L)
+    lr_w = _lr_column(lr, M)                            # (M, 1, 1)
+    lr_b = lr_w[:, 0]                                   # (M, 1)
+    onehot = np.eye(C, dtype=np.float32)[y]             # (N, C)
+
+    for _ in range(epochs):
+        order = _epoch_orders(rng, M, N)                # (M, N)
+        for start in range(0, N, B):
+            idx = order[:, start:start + B]             # (M, b)
+            b = idx.shape[1]
+            acts = [x[idx]]                             # (M, b, D)
+            for l, (W, bias) in enumerate(params):
+                z = np.matmul(acts[-1], W)              # (M, b, F)
+                z += bias[:, None, :]
+                if l < L:
+                    np.maximum(z, 0, out=z)
+                acts.append(z)
+
+            # softmax cross-entropy, mean over the minibatch: dlogits = (p - onehot) / b
+            dz = acts.pop()                             # (M, b, C)
+            dz -= dz.max(axis=2, keepdims=True)
+            np.exp(dz, out=dz)
+            dz /= dz.sum(axis=2, keepdims=True)
+            dz -= onehot[idx]
+            dz *= np.float32(1.0 / b)
+
+            for l in range(L, -1, -1):
+                W, bias = params[l]
+                a = acts[l]                             # (M, b, K)
+                dW = np.matmul(a.transpose(0, 2, 1), dz)  # (M, K, F)
+                db = dz.sum(axis=1)                     # (M, F)
+                if l > 0:
+                    dz = np.matmul(dz, W.transpose(0, 2, 1))  # (M, b, K), with W before its update
+                    dz *= a > 0                         # ReLU'
+                dW *= lr_w
+                W -= dW
+                db *= lr_b
+                bias -= db
+
+    if return_params:
+        return [(W.copy(), bias.copy()) for W, bias in params]
+    return None
+
+
+def train_torch(x, y, M, H, L, B, lr, epochs, seed, return_params=False, threads=None):
+    """Train M networks with torch.bmm and a hand-written backward (no autograd), float32, on the CPU.
+
+    Initial weights and minibatch orders come from NumPy exactly as in train_numpy, so the same seed trains
+    the same networks. Same arguments and return value as train_numpy.
+    """
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    x = np.ascontiguousarray(x, np.float32)
+    N = x.shape[0]
+    rng = np.random.default_rng(seed)
+    params = [(torch.from_numpy(W), torch.from_numpy(bias)) for W, bias in _init_params(rng, M, x.shape[1], H, L)]
+    neg_lr_w = torch.from_numpy(-_lr_column(lr, M))     # (M, 1, 1)
+    neg_lr_b = neg_lr_w[:, 0]                           # (M, 1)
+    xt = torch.from_numpy(x)                            # (N, D)
+    onehot = torch.from_numpy(np.eye(C, dtype=np.float32)[y])  # (N, C)
+
+    with torch.no_grad():
+        for _ in range(epochs):
+            order = torch.from_numpy(_epoch_orders(rng, M, N))  # (M, N)
+            for start in range(0, N, B):
+                idx = order[:, start:start + B]         # (M, b)
+                b = idx.shape[1]
+                acts = [xt[idx]]                        # (M, b, D)
+                for l, (W, bias) in enumerate(params):
+                    z = torch.baddbmm(bias.unsqueeze(1), acts[-1], W)  # (M, b, F)
+                    if l < L:
+                        z.relu_()
+                    acts.append(z)
+
+                dz = torch.softmax(acts.pop(), dim=2)   # (M, b, C)
+                dz.sub_(onehot[idx]).mul_(1.0 / b)
+
+                for l in range(L, -1, -1):
+                    W, bias = params[l]
+                    a = acts[l]                         # (M, b, K)
+                    dW = torch.bmm(a.transpose(1, 2), dz)  # (M, K, F)
+                    db = dz.sum(dim=1)                  # (M, F)
+                    if l > 0:
+                        dz = torch.bmm(dz, W.transpose(1, 2))  # (M, b, K), with W before its update
+                        dz.mul_(a > 0)                  # ReLU'
+                    W.addcmul_(dW, neg_lr_w)
+                    bias.addcmul_(db, neg_lr_b)
+
+    if return_params:
+        return [(W.numpy().copy(), bias.numpy().copy()) for W, bias in params]
+    return None
+
+
+def _train_fastmlp_cpu(x, y, M, H, L, B, lr, epochs, seed):
+    """fastmlp's batched engine on the CPU backend, for a fixed number of epochs."""
+    from fastmlp.engine import Engine
+
+    eng = Engine(x, y, hidden_width=H, depth=L, batch_size=B, lrs=np.full(M, lr), seeds=np.arange(M) + seed)
+    eng.train_epochs(epochs)
+
+
+def _torch_available():
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _engine_available():
+    try:
+        return importlib.util.find_spec("fastmlp.engine") is not None
+    except ImportError:
+        return False
+
+
+IMPLS = {"fastmlp-cpu": _train_fastmlp_cpu, "numpy": train_numpy}
+if _torch_available():
+    IMPLS["torch"] = train_torch
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Timing
+
+def set_threads(threads):
+    """Use `threads` threads in Numba, PyTorch (if installed) and the BLAS behind NumPy (through threadpoolctl).
+
+    Without threadpoolctl, NumPy's BLAS keeps the threads it started with (OPENBLAS_NUM_THREADS or all cores).
+    """
+    import numba
+
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    if _torch_available():
+        import torch
+
+        torch.set_num_threads(threads)
+    if importlib.util.find_spec("threadpoolctl") is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads, user_api="blas")
+
+
+def workload_data(workload):
+    """The workload's training set: x standard normal (N, D) float32, y = (x0 * x1 > 0) int8 (N,)."""
+    w = WORKLOADS[workload]
+    x = np.random.default_rng(0).standard_normal((w["N"], w["D"]), dtype=np.float32)  # (N, D)
+    y = (x[:, 0] * x[:, 1] > 0).astype(np.int8)                                         # (N,)
+    return x, y
+
+
+def bench_impl(name, fn, workload, epochs, repeats, threads, lr=BENCH_LR, seed=0):
+    """Median wall time of `repeats` calls fn(..., epochs=epochs) on a workload, as one JSON-ready dict."""
+    w = WORKLOADS[workload]
+    M, D, H, L, B, N = (w[k] for k in ("M", "D", "H", "L", "B", "N"))
+    set_threads(threads)
+    x, y = workload_data(workload)
+
+    n_warm = min(N, 2 * B)  # JIT compilation and first allocations, kept out of the timing
+    fn(x[:n_warm], y[:n_warm], M, H, L, B, lr, epochs=1, seed=seed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(x, y, M, H, L, B, lr, epochs=epochs, seed=seed)
+        times.append(time.perf_counter() - t0)
+
+    median = statistics.median(times)
+    rate = M * N * epochs / median
+    return {
+        "workload": workload, "impl": name,
+        "M": M, "D": D, "H": H, "L": L, "B": B, "N": N,
+        "epochs": epochs, "repeats": repeats,
+        "seconds_median": median,
+        "network_samples_per_s": rate,
+        "gflops": rate * useful_flops_per_sample(D, H, L) / 1e9,
+        "threads": threads, "dtype": "float32",
+        "device": f"cpu {platform.machine()} ({os.cpu_count()} logical cores)",
+    }
+
+
+def run_bench(workloads=("W1", "W2", "W3", "W4"), impls=None, epochs=None, repeats=3, threads=None, emit=print):
+    """Every impl on every workload, side by side in this process; one JSON line per pair through `emit`.
+
+    impls: names from IMPLS or a dict name -> trainer (default: all of IMPLS; fastmlp-cpu is skipped with a note
+    on stderr while fastmlp.engine does not exist). epochs: an int for every workload, or None for DEFAULT_EPOCHS.
+    """
+    if impls is None:
+        impls = dict(IMPLS)
+        if not _engine_available():
+            del impls["fastmlp-cpu"]
+            print("bench: fastmlp.engine not found, skipping fastmlp-cpu", file=sys.stderr)
+    elif not isinstance(impls, dict):
+        unknown = [n for n in impls if n not in IMPLS]
+        if unknown:
+            raise ValueError(f"unknown impl(s) {unknown}; choose from {list(IMPLS)} (torch needs PyTorch installed)")
+        impls = {n: IMPLS[n] for n in impls}
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
+    threads = threads or os.cpu_count()
+
+    for workload in workloads:
+        n_epochs = DEFAULT_EPOCHS[workload] if epochs is None else epochs
+        for name, fn in impls.items():
+            emit(json.dumps(bench_impl(name, fn, workload, n_epochs, repeats, threads)))

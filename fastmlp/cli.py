@@ -1,0 +1,319 @@
+"""The fastmlp command line: parsing and printing only; the work lives in the modules below it."""
+import json
+import math
+import sys
+import time
+
+import click
+import numpy as np
+
+from . import __version__
+from .tasks import UsageError
+
+DTYPES = ("float32", "float64")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _fail(message):
+    """One line on stderr, exit status 2: bad input never ends in a traceback."""
+    click.echo(f"fastmlp: error: {message}", err=True)
+    sys.exit(2)
+
+
+def _parse_floats(text, option):
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{option} takes comma-separated numbers, e.g. 0.01,0.1 (got {text!r})") from None
+    if not values:
+        raise UsageError(f"{option} needs at least one value")
+    for v in values:
+        if not math.isfinite(v) or v <= 0:
+            raise UsageError(f"{option} values must be positive and finite (got {v:g})")
+    return values
+
+
+def parse_int_list(text, option):
+    """'0-9', '0,3,5' or '0-4,10' -> list of ints."""
+    out = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, None)
+                lo, hi = int(lo), int(hi)
+                if hi < lo:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            elif part:
+                out.append(int(part))
+    except (ValueError, TypeError):
+        raise UsageError(f"{option} takes integers and ranges like 0-9 or 0,3,5 (got {text!r})") from None
+    if not out:
+        raise UsageError(f"{option} needs at least one value")
+    return out
+
+
+def _json_safe(obj):
+    """Replace non-finite floats by None (JSON has no NaN) through dicts and lists."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def emit_json(obj):
+    click.echo(json.dumps(_json_safe(obj), allow_nan=False))
+
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only in a terminal (never with --json)."""
+
+    def __init__(self, label, enabled=True):
+        self.label = label
+        self.enabled = enabled and sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+
+    def __call__(self, epoch, n_active, n_total):
+        if not self.enabled:
+            return
+        done = n_total - n_active
+        width = 30
+        fill = int(width * done / max(n_total, 1))
+        elapsed = time.perf_counter() - self.t0
+        click.echo(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {done}/{n_total} stopped, "
+                   f"epoch {epoch}, {elapsed:.0f}s ", err=True, nl=False)
+
+    def note(self, text):
+        """A transient message, overwritten by the bar."""
+        if self.enabled:
+            click.echo(f"\r{self.label}: {text}", err=True, nl=False)
+
+    def close(self):
+        if self.enabled:
+            click.echo("", err=True)
+
+
+def _check_backend(backend):
+    if backend == "gpu":
+        from .provenance import gpu_info
+        if gpu_info() is None:
+            raise UsageError("--backend gpu needs CuPy and a CUDA device, and none is usable here; "
+                             "use --backend cpu")
+        raise UsageError("this version of fastmlp has no GPU kernels yet; use --backend cpu")
+
+
+def task_options(f):
+    """Options that define the data: every command that draws samples takes the same ones."""
+    f = click.option("--beta2", type=float, default=0.2, show_default=True,
+                     help="temperature task: inverse temperature of class 1")(f)
+    f = click.option("--beta1", type=float, default=0.1, show_default=True,
+                     help="temperature task: inverse temperature of class 0")(f)
+    f = click.option("--indices", default=None,
+                     help="k-local indices / k-global offsets, 0-based, e.g. 0,1 [default: 0,...,k-1]")(f)
+    f = click.option("--seed", type=int, default=0, show_default=True,
+                     help="data seed: names the training and test samples")(f)
+    f = click.option("--D", "D", type=int, default=None,
+                     help="input dimension [default: the paper's D for the task]")(f)
+    return f
+
+
+class FastmlpGroup(click.Group):
+    """Turns UsageError from anywhere below into one line and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UsageError as e:
+            _fail(str(e))
+
+
+@click.group(cls=FastmlpGroup)
+@click.version_option(__version__, prog_name="fastmlp")
+def main():
+    """Train hundreds of small ReLU MLPs at once for depth-vs-generalization experiments.
+
+    TASK is K-local, K-global (K = 1, 2, 3, ...) or temperature; see each command's --help.
+    """
+
+
+# --------------------------------------------------------------------------------------------------- info
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def info(as_json):
+    """Backends available, devices, versions and thread count."""
+    from .provenance import cpu_info, git_commit, gpu_info, versions
+    gpu = gpu_info()
+    out = {"fastmlp": __version__, "backends": {"cpu": cpu_info(), "gpu": gpu}, "versions": versions(),
+           "git_commit": git_commit()}
+    if as_json:
+        emit_json(out)
+        return
+    cpu = out["backends"]["cpu"]
+    click.echo(f"fastmlp {__version__}")
+    click.echo(f"cpu backend: {cpu['device']}, {cpu['threads']} threads (NUMBA_NUM_THREADS to change)")
+    click.echo("gpu backend: " + (f"{gpu['device']} ({gpu['devices']} device(s))" if gpu
+                                  else "none (needs CuPy and a CUDA device; pip install 'fastmlp[gpu]')"))
+    click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in out["versions"].items()))
+    if out["git_commit"]:
+        click.echo(f"git commit: {out['git_commit']}")
+
+
+# --------------------------------------------------------------------------------------------------- data
+@main.command()
+@click.argument("task")
+@task_options
+@click.option("--N", "N", type=int, required=True, help="number of samples")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--start", type=int, default=0, show_default=True, help="index of the first sample")
+@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="output .npz file")
+def data(task, D, seed, indices, beta1, beta2, N, split, start, out):
+    """Write samples of a split to a .npz (x float32 (N, D), y int8 in {0, 1}).
+
+    These are exactly the samples that `fastmlp train` uses for the same TASK, --D and --seed.
+    """
+    from .tasks import generate, parse_task
+    spec = parse_task(task, D=D, indices=indices, beta1=beta1, beta2=beta2)
+    if N < 1:
+        raise UsageError(f"--N must be at least 1 (got {N})")
+    x, y = generate(spec, seed, split, start, N)
+    np.savez(out, x=x, y=y)
+    click.echo(f"wrote {N} {split} samples of {spec.name} (D = {spec.D}, seed {seed}) to {out}", err=True)
+
+
+# -------------------------------------------------------------------------------------------------- train
+@main.command()
+@click.argument("task")
+@task_options
+@click.option("--N", "N", type=int, default=1000, show_default=True, help="training samples")
+@click.option("--L", "L", type=int, default=1, show_default=True, help="hidden layers")
+@click.option("--H", "H", type=int, default=100, show_default=True, help="hidden width")
+@click.option("--B", "B", type=int, default=50, show_default=True, help="minibatch size")
+@click.option("--lr", required=True, help="learning rates, comma-separated, e.g. 0.01,0.1")
+@click.option("--seeds", default="0", show_default=True,
+              help="network seeds (initialization and minibatch order), e.g. 0-9")
+@click.option("--max-epochs", type=int, default=2000, show_default=True, help="epoch cap per network")
+@click.option("--n-test", type=int, default=10000, show_default=True, help="fresh test samples")
+@click.option("--param", type=click.Choice(["standard", "ntk"]), default="standard", show_default=True,
+              help="standard (He) or NTK parameterization")
+@click.option("--sigma-w2", type=float, default=2.0, show_default=True, help="NTK parameterization: sigma_w^2")
+@click.option("--sigma-b2", type=float, default=0.0, show_default=True, help="NTK parameterization: sigma_b^2")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
+@click.option("--backend", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object (progress stays off)")
+def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epochs, n_test, param, sigma_w2,
+          sigma_b2, dtype, backend, as_json):
+    """Train the grid of learning rates x network seeds in one engine call on one training set.
+
+    Each network trains until its training error is exactly zero, it diverges, or --max-epochs; then every
+    network's test error is measured on --n-test fresh samples.
+    """
+    from .bench import useful_flops_per_sample
+    from .engine import Engine
+    from .provenance import record
+    from .tasks import generate, iter_chunks, parse_task
+
+    spec = parse_task(task, D=D, indices=indices, beta1=beta1, beta2=beta2)
+    lrs = _parse_floats(lr, "--lr")
+    net_seeds = parse_int_list(seeds, "--seeds")
+    for name, value in (("--N", N), ("--H", H), ("--L", L), ("--B", B), ("--max-epochs", max_epochs)):
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1 (got {value})")
+    if n_test < 0:
+        raise UsageError(f"--n-test must be 0 or more (got {n_test})")
+    if param == "ntk" and sigma_w2 <= 0:
+        raise UsageError(f"--sigma-w2 must be positive (got {sigma_w2:g})")
+    _check_backend(backend)
+
+    t0 = time.perf_counter()
+    x, y = generate(spec, seed, "train", 0, N)
+    grid_lr = np.repeat(lrs, len(net_seeds))                 # (M,) lr-major grid
+    grid_seed = np.tile(net_seeds, len(lrs))                 # (M,)
+    engine = Engine(x, y, H, L, B, grid_lr, grid_seed, param=param, dtype=np.dtype(dtype), sigma_w2=sigma_w2,
+                    sigma_b2=sigma_b2)
+    t_data = time.perf_counter()
+    bar = Progress(f"train {spec.name} M={engine.M}", enabled=not as_json)
+    bar.note("compiling kernels (cached on disk after the first run)...")
+    compile_s = engine.compile()
+    t_data = time.perf_counter()
+    results = engine.fit(max_epochs, progress=bar)
+    bar.close()
+    t_train = time.perf_counter()
+    test_err = engine.test_error((xc, yc) for _, xc, yc in iter_chunks(spec, seed, "test", n_test)) \
+        if n_test > 0 else np.full(engine.M, np.nan)
+    t_test = time.perf_counter()
+
+    samples = int(np.sum(engine.epochs * engine.n_train))   # network-samples through forward + backward
+    train_s = t_train - t_data
+    networks = [{**r.to_dict(), "test_error": float(e)} for r, e in zip(results, test_err)]
+    out = {
+        "command": "train",
+        "task": spec.to_dict() | {"name": spec.name},
+        "config": {"N": N, "L": L, "H": H, "B": B, "lr": lrs, "seeds": net_seeds, "seed": seed,
+                   "max_epochs": max_epochs, "n_test": n_test, "param": param, "sigma_w2": sigma_w2,
+                   "sigma_b2": sigma_b2, "dtype": dtype, "backend": backend},
+        "networks": networks,
+        "summary": {"n_networks": engine.M, "converged": int(engine.converged.sum()),
+                    "diverged": int(engine.diverged.sum()),
+                    "not_converged": int((~engine.converged & ~engine.diverged).sum())},
+        "timing": {"data_s": t_data - t0 - compile_s, "compile_s": compile_s, "train_s": train_s, "test_s": t_test - t_train,
+                   "wall_s": t_test - t0},
+        "throughput": {"train_network_samples": samples,
+                       "network_samples_per_s": samples / train_s if train_s > 0 else None,
+                       "gflops": samples * useful_flops_per_sample(spec.D, H, L) / train_s / 1e9
+                       if train_s > 0 else None,
+                       "note": "training steps only; the per-epoch stop check is extra forward work"},
+        "provenance": record(backend),
+    }
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(f"{spec.name}  D={spec.D} N={N} L={L} H={H} B={B}  param={param} dtype={dtype}  "
+               f"seed={seed}  n_test={n_test}")
+    click.echo(f"{'lr':>10} {'seed':>6} {'epochs':>7} {'status':>13} {'train_err':>10} {'test_err':>9}")
+    for n in networks:
+        status = "converged" if n["converged"] else "DIVERGED" if n["diverged"] else "not converged"
+        train_err = "-" if n["train_error"] is None else f"{n['train_error']:.4f}"
+        test = "-" if n["test_error"] is None or n["diverged"] else f"{n['test_error']:.4f}"
+        click.echo(f"{n['lr']:>10g} {n['seed']:>6} {n['epochs']:>7} {status:>13} {train_err:>10} {test:>9}")
+    s = out["summary"]
+    tp = out["throughput"]
+    click.echo(f"{s['converged']}/{s['n_networks']} converged, {s['diverged']} diverged; "
+               f"train {train_s:.1f}s ({tp['network_samples_per_s'] or 0:.3g} network-samples/s, "
+               f"{tp['gflops'] or 0:.1f} GFLOP/s), test {t_test - t_train:.1f}s, wall {t_test - t0:.1f}s "
+               f"(compile {compile_s:.1f}s)")
+
+
+# -------------------------------------------------------------------------------------------------- bench
+@main.command()
+@click.option("--workload", "workloads", multiple=True, type=click.Choice(["W1", "W2", "W3", "W4"]),
+              help="workload(s) to run [default: all four]")
+@click.option("--impl", "impls", multiple=True, type=click.Choice(["fastmlp-cpu", "numpy", "torch"]),
+              help="implementation(s) [default: fastmlp-cpu, numpy, and torch when importable]")
+@click.option("--repeats", type=int, default=3, show_default=True, help="timed calls; the median is reported")
+@click.option("--epochs", type=int, default=None, help="epochs per timed call [default: per workload]")
+@click.option("--threads", type=int, default=None, help="threads for every implementation [default: all cores]")
+def bench(workloads, impls, repeats, epochs, threads):
+    """Throughput on the standard workloads W1-W4 (DESIGN.md), one JSON line per (workload, impl).
+
+    Every implementation trains the same networks for a fixed number of epochs (no early stop), side by side
+    in one process; rates are network-samples/s and useful GFLOP/s (4DH + 6(L-1)H^2 + 12H per network-sample).
+    """
+    from . import bench as b
+    if repeats < 1:
+        raise UsageError(f"--repeats must be at least 1 (got {repeats})")
+    if epochs is not None and epochs < 1:
+        raise UsageError(f"--epochs must be at least 1 (got {epochs})")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1 (got {threads})")
+    if "torch" in impls and "torch" not in b.IMPLS:
+        raise UsageError("--impl torch needs PyTorch (pip install torch); it is not importable here")
+    b.run_bench(workloads=workloads or tuple(b.WORKLOADS), impls=list(impls) or None, epochs=epochs,
+                repeats=repeats, threads=threads, emit=click.echo)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The benchmark baselines train for real, agree with each other, and bench_impl reports consistent rates."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import assert_close
+from fastmlp import bench
+from fastmlp.bench import WORKLOADS, bench_impl, run_bench, train_numpy, train_torch, useful_flops_per_sample
+
+
+def _trainer(name):
+    if name == "torch":
+        pytest.importorskip("torch")
+        return train_torch
+    return train_numpy
+
+
+def _preacts(params, x):
+    """float64 forward of all M networks on the same inputs x (N, D): every layer's z, the last the logits."""
+    a, zs = x.astype(np.float64), []
+    for W, b in params:
+        zs.append(a @ W.astype(np.float64) + b.astype(np.float64)[:, None, :])  # (M, N, F)
+        a = np.maximum(zs[-1], 0)
+    return zs
+
+
+def _logits(params, x):
+    return _preacts(params, x)[-1]  # (M, N, C)
+
+
+def _mean_loss(params, x, y):
+    """Softmax cross-entropy, mean over samples, per network: (M,)."""
+    z = _logits(params, x)
+    z = z - z.max(axis=2, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=2, keepdims=True))
+    return -logp[:, np.arange(len(y)), y].mean(axis=1)
+
+
+@pytest.mark.parametrize("impl", ["numpy", "torch"])
+def test_baseline_learns_one_feature_task(impl):
+    fn = _trainer(impl)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((200, 10), dtype=np.float32)  # (N, D)
+    y = (x[:, 0] > 0).astype(np.int8)
+    args = (x, y, 4, 16, 2, 20, 0.1)                       # M, H, L, B, lr
+
+    init = fn(*args, epochs=0, seed=3, return_params=True)
+    trained = fn(*args, epochs=30, seed=3, return_params=True)
+
+    assert np.all(_mean_loss(trained, x, y) < 0.5 * _mean_loss(init, x, y))
+    accuracy = (_logits(trained, x).argmax(axis=2) == y).mean(axis=1)  # (M,)
+    assert np.all(accuracy > 0.9), accuracy
+
+
+def test_numpy_step_is_sgd_on_the_mean_loss():
+    """One full-batch epoch equals W - lr * grad, grad by central differences of the float64 loss."""
+    rng = np.random.default_rng(11)
+    M, D, H, L, N, lr = 2, 3, 4, 2, 6, 0.5
+    x = rng.standard_normal((N, D), dtype=np.float32)
+    y = np.array([0, 1, 1, 0, 1, 0], np.int8)
+    init = train_numpy(x, y, M, H, L, N, lr, epochs=0, seed=8, return_params=True)
+    step = train_numpy(x, y, M, H, L, N, lr, epochs=1, seed=8, return_params=True)
+    # central differences are meaningless across a ReLU kink: this seed keeps every hidden z away from 0
+    assert min(np.abs(z).min() for z in _preacts(init, x)[:-1]) > 1e-3
+
+    eps = 1e-6
+    for l in range(L + 1):
+        for j in (0, 1):  # W, then b
+            grad = np.zeros(init[l][j].shape)
+            for i in np.ndindex(init[l][j].shape):
+                loss = []
+                for sign in (1, -1):
+                    p = [[W.astype(np.float64), b.astype(np.float64)] for W, b in init]
+                    p[l][j][i] += sign * eps
+                    loss.append(_mean_loss(p, x, y)[i[0]])
+                grad[i] = (loss[0] - loss[1]) / (2 * eps)
+            assert_close(step[l][j], init[l][j] - lr * grad, "step", np.float32)
+
+
+def test_init_is_he_and_output_layer_is_lecun():
+    rng = np.random.default_rng(0)
+    params = bench._init_params(rng, M=8, D=400, H=300, L=2)
+    assert [W.shape for W, _ in params] == [(8, 400, 300), (8, 300, 300), (8, 300, 2)]
+    for (W, b), var in zip(params, (2 / 400, 2 / 300, 1 / 300)):
+        assert W.dtype == np.float32 and not b.any()
+        assert abs(W.var() / var - 1) < 0.1
+
+
+def test_torch_matches_numpy():
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((53, 7), dtype=np.float32)  # N % B != 0: a smaller last minibatch
+    y = (x[:, 0] * x[:, 1] > 0).astype(np.int8)
+    lrs = np.array([0.05, 0.1, 0.2], np.float32)        # per-network learning rates
+    args = (x, y, 3, 9, 2, 10, lrs)                     # M, H, L, B, lr
+
+    init = train_numpy(*args, epochs=0, seed=4, return_params=True)
+    ref = train_numpy(*args, epochs=1, seed=4, return_params=True)
+    out = train_torch(*args, epochs=1, seed=4, return_params=True)
+    assert max(np.abs(W1 - W0).max() for (W1, _), (W0, _) in zip(ref, init)) > 1e-3  # it moved
+    for (W, b), (W_ref, b_ref) in zip(out, ref):
+        assert_close(W, W_ref, "step", np.float32)
+        assert_close(b, b_ref, "step", np.float32)
+
+
+def test_useful_flops_per_sample():
+    assert useful_flops_per_sample(500, 100, 1) == 4 * 500 * 100 + 12 * 100
+    assert useful_flops_per_sample(1000, 500, 3) == 2_000_000 + 6 * 2 * 250_000 + 6_000
+    assert WORKLOADS["W4"] == dict(M=10, D=1000, H=500, L=3, B=50, N=5000)
+
+
+DOCUMENTED_KEYS = {"workload", "impl", "M", "D", "H", "L", "B", "N", "epochs", "repeats", "seconds_median",
+                   "network_samples_per_s", "gflops", "threads", "dtype"}
+
+
+def test_bench_impl_json_line():
+    calls = []
+
+    def fake(x, y, M, H, L, B, lr, epochs, seed):
+        calls.append((x.shape, y.dtype, M, H, L, B, epochs))
+
+    rec = json.loads(json.dumps(bench_impl("fake", fake, "W2", epochs=3, repeats=2, threads=1)))
+    assert DOCUMENTED_KEYS <= rec.keys()
+    w = WORKLOADS["W2"]
+    assert {k: rec[k] for k in w} == w
+    assert (rec["workload"], rec["impl"], rec["epochs"], rec["repeats"], rec["threads"], rec["dtype"]) == (
+        "W2", "fake", 3, 2, 1, "float32")
+    assert calls[0][6] == 1 and calls[0][0][0] < w["N"]               # a short warm-up call first
+    assert calls[1:] == [((1000, 500), np.int8, 40, 100, 5, 50, 3)] * 2
+    rate = 40 * 1000 * 3 / rec["seconds_median"]
+    assert rec["network_samples_per_s"] == pytest.approx(rate)
+    assert rec["gflops"] == pytest.approx(rate * useful_flops_per_sample(500, 100, 5) / 1e9)
+
+
+def test_run_bench_emits_one_line_per_pair():
+    lines = []
+    noop = lambda *args, **kwargs: None  # noqa: E731
+    run_bench(workloads=("W1", "W3"), impls={"a": noop, "b": noop}, epochs=1, repeats=1, threads=1,
+              emit=lines.append)
+    recs = [json.loads(line) for line in lines]
+    assert [(r["workload"], r["impl"]) for r in recs] == [("W1", "a"), ("W1", "b"), ("W3", "a"), ("W3", "b")]
+    with pytest.raises(ValueError, match="unknown workload"):
+        run_bench(workloads=("W9",), impls=("numpy",), emit=lines.append)

@@ -1,0 +1,92 @@
+"""The command line: one JSON object with --json, exit status 2 and one line on bad input, data = train's data."""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fastmlp.cli import main, parse_int_list
+from fastmlp.tasks import generate, parse_task
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_info_json_lists_cpu_backend():
+    r = run("info", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["backends"]["cpu"]["threads"] >= 1
+    assert "numba" in out["versions"]
+
+
+def test_data_writes_the_samples_train_uses(tmp_path):
+    path = tmp_path / "d.npz"
+    r = run("data", "2-global", "--D", 12, "--N", 37, "--seed", 5, "--split", "test", "--out", path)
+    assert r.exit_code == 0, r.output
+    saved = np.load(path)
+    x, y = generate(parse_task("2-global", D=12), 5, "test", 0, 37)
+    assert saved["x"].dtype == np.float32 and saved["y"].dtype == np.int8
+    np.testing.assert_array_equal(saved["x"], x)
+    np.testing.assert_array_equal(saved["y"], y)
+
+
+def test_train_json_has_one_record_per_network():
+    r = run("train", "2-local", "--D", 20, "--N", 200, "--L", 2, "--H", 16, "--lr", "0.05,0.2", "--seeds", "0-2",
+            "--n-test", 500, "--max-epochs", 30, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)                      # exactly one JSON object on stdout
+    nets = out["networks"]
+    assert len(nets) == 6
+    assert [n["lr"] for n in nets] == [0.05] * 3 + [0.2] * 3
+    assert [n["seed"] for n in nets] == [0, 1, 2] * 2
+    for n in nets:
+        assert 1 <= n["epochs"] <= 30
+        assert 0.0 <= n["test_error"] <= 1.0
+        assert n["converged"] == (n["train_error"] == 0.0)
+    assert out["summary"]["n_networks"] == 6
+    assert out["throughput"]["network_samples_per_s"] > 0
+    assert out["provenance"]["threads"] >= 1
+
+
+def test_train_diverged_network_is_reported_not_crashed():
+    r = run("train", "1-local", "--D", 10, "--N", 100, "--H", 8, "--lr", "0.1,1000", "--n-test", 100, "--json")
+    assert r.exit_code == 0, r.output
+    nets = json.loads(r.stdout)["networks"]
+    assert nets[1]["diverged"] and not nets[1]["converged"]
+    assert nets[1]["train_loss"] is None           # NaN is not JSON; null says "no finite loss"
+
+
+@pytest.mark.parametrize("args, option", [
+    (["train", "3-local", "--D", 2, "--lr", 0.1], "--D"),
+    (["train", "temperature", "--beta1", 0.5, "--lr", 0.1], "--beta1"),
+    (["train", "2-local", "--lr", 0], "--lr"),
+    (["train", "2-local", "--lr", "-0.1"], "--lr"),
+    (["train", "2-local", "--lr", 0.1, "--N", 0], "--N"),
+    (["train", "2-local", "--lr", 0.1, "--H", 0], "--H"),
+    (["train", "5-lokal", "--lr", 0.1], "TASK"),
+    (["data", "2-local", "--N", 0, "--out", "x.npz"], "--N"),
+])
+def test_bad_input_exits_2_with_one_line(args, option):
+    r = run(*args)
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastmlp: error:") and option in lines[0]
+
+
+def test_int_list_parsing():
+    assert parse_int_list("0-3,7", "--seeds") == [0, 1, 2, 3, 7]
+    assert parse_int_list("5", "--seeds") == [5]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = re.findall(r"^(python -m pip install '\.\[test\]'.*)$", readme, flags=re.M)
+    assert len(commands) == 1
+    assert commands[0] in ci.splitlines()
