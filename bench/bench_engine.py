@@ -5,7 +5,6 @@
 The same as `fastmlp bench`; --out also appends the lines to a file.
 """
 import argparse
-import json
 
 from fastmlp.bench import WORKLOADS, run_bench
 

@@ -1,8 +1,8 @@
 """Throughput on the standard workloads (DESIGN.md): fastmlp's engine next to NumPy and PyTorch baselines.
 
-Every trainer has one signature, `fn(x, y, M, H, L, B, lr, epochs, seed) -> None`, and trains M independent ReLU
-MLPs (D -> H x L -> 2, softmax cross-entropy, plain SGD) for a fixed number of epochs, each epoch a fresh random
-order per network. The baselines are what a competent engineer writes without custom kernels: all M networks
+Every implementation has one signature, `prepare(x, y, M, H, L, B, lr, seed) -> run(epochs)`: prepare builds M
+independent ReLU MLPs (D -> H x L -> 2, softmax cross-entropy, plain SGD) and compiles what it needs; run trains
+them for a fixed number of epochs, each epoch a fresh random order per network, and is all that is timed. The baselines are what a competent engineer writes without custom kernels: all M networks
 batched through one batched matmul per layer, backward by hand, float32, updates in place.
 
 Shape legend: M networks, B minibatch (b for the last, smaller one), N samples, D input dim, H hidden width,
@@ -12,12 +12,13 @@ L hidden layers, C = 2 classes, K fan-in of a layer.
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 import numpy as np
+
+from .provenance import cpu_name
 
 # name: (M, D, H, L, B, N)
 WORKLOADS = {
@@ -66,11 +67,11 @@ def _lr_column(lr, M):
 # ---------------------------------------------------------------------------------------------------------------
 # Baselines
 
-def train_numpy(x, y, M, H, L, B, lr, epochs, seed, return_params=False):
-    """Train M networks with NumPy batched matmul (np.matmul on (M, B, K) @ (M, K, F) stacks), float32.
+def prepare_numpy(x, y, M, H, L, B, lr, seed):
+    """M networks trained with NumPy batched matmul (np.matmul on (M, B, K) @ (M, K, F) stacks), float32.
 
-    x (N, D) float32, y (N,) int8 in {0, 1}; lr a scalar or (M,). Returns None, or with return_params the final
-    [(W (M, K, F), b (M, F))] per layer.
+    x (N, D) float32, y (N,) int8 in {0, 1}; lr a scalar or (M,). Returns run(epochs) -> [(W (M, K, F), b (M, F))],
+    which trains for that many more epochs (setup stays out of any timing of run).
     """
     x = np.ascontiguousarray(x, np.float32)
     N = x.shape[0]
@@ -80,50 +81,61 @@ def train_numpy(x, y, M, H, L, B, lr, epochs, seed, return_params=False):
     lr_b = lr_w[:, 0]                                   # (M, 1)
     onehot = np.eye(C, dtype=np.float32)[y]             # (N, C)
 
-    for _ in range(epochs):
-        order = _epoch_orders(rng, M, N)                # (M, N)
-        for start in range(0, N, B):
-            idx = order[:, start:start + B]             # (M, b)
-            b = idx.shape[1]
-            acts = [x[idx]]                             # (M, b, D)
-            for l, (W, bias) in enumerate(params):
-                z = np.matmul(acts[-1], W)              # (M, b, F)
-                z += bias[:, None, :]
-                if l < L:
-                    np.maximum(z, 0, out=z)
-                acts.append(z)
+    def run(epochs):
+        for _ in range(epochs):
+            _numpy_epoch(x, onehot, params, rng, lr_w, lr_b, M, N, L, B)
+        return params
 
-            # softmax cross-entropy, mean over the minibatch: dlogits = (p - onehot) / b
-            dz = acts.pop()                             # (M, b, C)
-            dz -= dz.max(axis=2, keepdims=True)
-            np.exp(dz, out=dz)
-            dz /= dz.sum(axis=2, keepdims=True)
-            dz -= onehot[idx]
-            dz *= np.float32(1.0 / b)
-
-            for l in range(L, -1, -1):
-                W, bias = params[l]
-                a = acts[l]                             # (M, b, K)
-                dW = np.matmul(a.transpose(0, 2, 1), dz)  # (M, K, F)
-                db = dz.sum(axis=1)                     # (M, F)
-                if l > 0:
-                    dz = np.matmul(dz, W.transpose(0, 2, 1))  # (M, b, K), with W before its update
-                    dz *= a > 0                         # ReLU'
-                dW *= lr_w
-                W -= dW
-                db *= lr_b
-                bias -= db
-
-    if return_params:
-        return [(W.copy(), bias.copy()) for W, bias in params]
-    return None
+    return run
 
 
-def train_torch(x, y, M, H, L, B, lr, epochs, seed, return_params=False, threads=None):
-    """Train M networks with torch.bmm and a hand-written backward (no autograd), float32, on the CPU.
+def _numpy_epoch(x, onehot, params, rng, lr_w, lr_b, M, N, L, B):
+    """One epoch of the NumPy baseline, updating params in place."""
+    order = _epoch_orders(rng, M, N)                # (M, N)
+    for start in range(0, N, B):
+        idx = order[:, start:start + B]             # (M, b)
+        b = idx.shape[1]
+        acts = [x[idx]]                             # (M, b, D)
+        for l, (W, bias) in enumerate(params):
+            z = np.matmul(acts[-1], W)              # (M, b, F)
+            z += bias[:, None, :]
+            if l < L:
+                np.maximum(z, 0, out=z)
+            acts.append(z)
 
-    Initial weights and minibatch orders come from NumPy exactly as in train_numpy, so the same seed trains
-    the same networks. Same arguments and return value as train_numpy.
+        # softmax cross-entropy, mean over the minibatch: dlogits = (p - onehot) / b
+        dz = acts.pop()                             # (M, b, C)
+        dz -= dz.max(axis=2, keepdims=True)
+        np.exp(dz, out=dz)
+        dz /= dz.sum(axis=2, keepdims=True)
+        dz -= onehot[idx]
+        dz *= np.float32(1.0 / b)
+
+        for l in range(L, -1, -1):
+            W, bias = params[l]
+            a = acts[l]                             # (M, b, K)
+            dW = np.matmul(a.transpose(0, 2, 1), dz)  # (M, K, F)
+            db = dz.sum(axis=1)                     # (M, F)
+            if l > 0:
+                dz = np.matmul(dz, W.transpose(0, 2, 1))  # (M, b, K), with W before its update
+                dz *= a > 0                         # ReLU'
+            dW *= lr_w
+            W -= dW
+            db *= lr_b
+            bias -= db
+
+
+def train_numpy(x, y, M, H, L, B, lr, epochs, seed, return_params=False):
+    """Train with prepare_numpy for `epochs` epochs; with return_params, a copy of the final parameters."""
+    params = prepare_numpy(x, y, M, H, L, B, lr, seed)(epochs)
+    return [(W.copy(), bias.copy()) for W, bias in params] if return_params else None
+
+
+def prepare_torch(x, y, M, H, L, B, lr, seed, threads=None):
+    """M networks trained with torch.bmm and a hand-written backward (no autograd), float32, on the CPU.
+
+    Initial weights and minibatch orders come from NumPy exactly as in prepare_numpy, so the same seed trains
+    the same networks. Returns run(epochs) -> [(W (M, K, F), b (M, F))] as torch tensors.
     """
     import torch
 
@@ -138,44 +150,63 @@ def train_torch(x, y, M, H, L, B, lr, epochs, seed, return_params=False, threads
     xt = torch.from_numpy(x)                            # (N, D)
     onehot = torch.from_numpy(np.eye(C, dtype=np.float32)[y])  # (N, C)
 
-    with torch.no_grad():
-        for _ in range(epochs):
-            order = torch.from_numpy(_epoch_orders(rng, M, N))  # (M, N)
-            for start in range(0, N, B):
-                idx = order[:, start:start + B]         # (M, b)
-                b = idx.shape[1]
-                acts = [xt[idx]]                        # (M, b, D)
-                for l, (W, bias) in enumerate(params):
-                    z = torch.baddbmm(bias.unsqueeze(1), acts[-1], W)  # (M, b, F)
-                    if l < L:
-                        z.relu_()
-                    acts.append(z)
+    def run(epochs):
+        with torch.no_grad():
+            for _ in range(epochs):
+                _torch_epoch(torch, xt, onehot, params, rng, neg_lr_w, neg_lr_b, M, N, L, B)
+        return params
 
-                dz = torch.softmax(acts.pop(), dim=2)   # (M, b, C)
-                dz.sub_(onehot[idx]).mul_(1.0 / b)
-
-                for l in range(L, -1, -1):
-                    W, bias = params[l]
-                    a = acts[l]                         # (M, b, K)
-                    dW = torch.bmm(a.transpose(1, 2), dz)  # (M, K, F)
-                    db = dz.sum(dim=1)                  # (M, F)
-                    if l > 0:
-                        dz = torch.bmm(dz, W.transpose(1, 2))  # (M, b, K), with W before its update
-                        dz.mul_(a > 0)                  # ReLU'
-                    W.addcmul_(dW, neg_lr_w)
-                    bias.addcmul_(db, neg_lr_b)
-
-    if return_params:
-        return [(W.numpy().copy(), bias.numpy().copy()) for W, bias in params]
-    return None
+    return run
 
 
-def _train_fastmlp_cpu(x, y, M, H, L, B, lr, epochs, seed):
-    """fastmlp's batched engine on the CPU backend, for a fixed number of epochs."""
+def _torch_epoch(torch, xt, onehot, params, rng, neg_lr_w, neg_lr_b, M, N, L, B):
+    """One epoch of the PyTorch baseline, updating params in place."""
+    order = torch.from_numpy(_epoch_orders(rng, M, N))  # (M, N)
+    for start in range(0, N, B):
+        idx = order[:, start:start + B]         # (M, b)
+        b = idx.shape[1]
+        acts = [xt[idx]]                        # (M, b, D)
+        for l, (W, bias) in enumerate(params):
+            z = torch.baddbmm(bias.unsqueeze(1), acts[-1], W)  # (M, b, F)
+            if l < L:
+                z.relu_()
+            acts.append(z)
+
+        dz = torch.softmax(acts.pop(), dim=2)   # (M, b, C)
+        dz.sub_(onehot[idx]).mul_(1.0 / b)
+
+        for l in range(L, -1, -1):
+            W, bias = params[l]
+            a = acts[l]                         # (M, b, K)
+            dW = torch.bmm(a.transpose(1, 2), dz)  # (M, K, F)
+            db = dz.sum(dim=1)                  # (M, F)
+            if l > 0:
+                dz = torch.bmm(dz, W.transpose(1, 2))  # (M, b, K), with W before its update
+                dz.mul_(a > 0)                  # ReLU'
+            W.addcmul_(dW, neg_lr_w)
+            bias.addcmul_(db, neg_lr_b)
+
+
+def train_torch(x, y, M, H, L, B, lr, epochs, seed, return_params=False, threads=None):
+    """Train with prepare_torch for `epochs` epochs; with return_params, NumPy copies of the final parameters."""
+    params = prepare_torch(x, y, M, H, L, B, lr, seed, threads)(epochs)
+    return [(W.numpy().copy(), bias.numpy().copy()) for W, bias in params] if return_params else None
+
+
+def prepare_fastmlp_cpu(x, y, M, H, L, B, lr, seed):
+    """fastmlp's batched engine on the CPU backend; run(epochs) trains with no stop rule (fixed work)."""
     from fastmlp.engine import Engine
 
     eng = Engine(x, y, hidden_width=H, depth=L, batch_size=B, lrs=np.full(M, lr), seeds=np.arange(M) + seed)
-    eng.train_epochs(epochs)
+    eng.compile()
+
+    def run(epochs):
+        eng.train_epochs(epochs)
+        if eng.diverged.any():   # a diverged network would stop costing compute and inflate the rate
+            raise RuntimeError(f"bench: {int(eng.diverged.sum())} networks diverged at lr {lr}")
+        return eng.params()
+
+    return run
 
 
 def _torch_available():
@@ -192,9 +223,10 @@ def _engine_available():
         return False
 
 
-IMPLS = {"fastmlp-cpu": _train_fastmlp_cpu, "numpy": train_numpy}
+# name -> prepare(x, y, M, H, L, B, lr, seed) -> run(epochs)
+IMPLS = {"fastmlp-cpu": prepare_fastmlp_cpu, "numpy": prepare_numpy}
 if _torch_available():
-    IMPLS["torch"] = train_torch
+    IMPLS["torch"] = prepare_torch
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -226,19 +258,22 @@ def workload_data(workload):
     return x, y
 
 
-def bench_impl(name, fn, workload, epochs, repeats, threads, lr=BENCH_LR, seed=0):
-    """Median wall time of `repeats` calls fn(..., epochs=epochs) on a workload, as one JSON-ready dict."""
+def bench_impl(name, prepare, workload, epochs, repeats, threads, lr=BENCH_LR, seed=0):
+    """Median wall time of `repeats` training runs of `epochs` epochs on a workload, as one JSON-ready dict.
+
+    Setup (initialization, JIT compilation) and one warm-up epoch stay outside the timed runs; each timed run
+    continues training the same networks, so every run does the same work."""
     w = WORKLOADS[workload]
     M, D, H, L, B, N = (w[k] for k in ("M", "D", "H", "L", "B", "N"))
     set_threads(threads)
     x, y = workload_data(workload)
 
-    n_warm = min(N, 2 * B)  # JIT compilation and first allocations, kept out of the timing
-    fn(x[:n_warm], y[:n_warm], M, H, L, B, lr, epochs=1, seed=seed)
+    run = prepare(x, y, M, H, L, B, lr, seed)
+    run(1)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn(x, y, M, H, L, B, lr, epochs=epochs, seed=seed)
+        run(epochs)
         times.append(time.perf_counter() - t0)
 
     median = statistics.median(times)
@@ -251,7 +286,7 @@ def bench_impl(name, fn, workload, epochs, repeats, threads, lr=BENCH_LR, seed=0
         "network_samples_per_s": rate,
         "gflops": rate * useful_flops_per_sample(D, H, L) / 1e9,
         "threads": threads, "dtype": "float32",
-        "device": f"cpu {platform.machine()} ({os.cpu_count()} logical cores)",
+        "device": cpu_name(),
     }
 
 

@@ -118,8 +118,9 @@ DOCUMENTED_KEYS = {"workload", "impl", "M", "D", "H", "L", "B", "N", "epochs", "
 def test_bench_impl_json_line():
     calls = []
 
-    def fake(x, y, M, H, L, B, lr, epochs, seed):
-        calls.append((x.shape, y.dtype, M, H, L, B, epochs))
+    def fake(x, y, M, H, L, B, lr, seed):
+        calls.append(("prepare", x.shape, y.dtype, M, H, L, B))
+        return lambda epochs: calls.append(("run", epochs))
 
     rec = json.loads(json.dumps(bench_impl("fake", fake, "W2", epochs=3, repeats=2, threads=1)))
     assert DOCUMENTED_KEYS <= rec.keys()
@@ -127,8 +128,8 @@ def test_bench_impl_json_line():
     assert {k: rec[k] for k in w} == w
     assert (rec["workload"], rec["impl"], rec["epochs"], rec["repeats"], rec["threads"], rec["dtype"]) == (
         "W2", "fake", 3, 2, 1, "float32")
-    assert calls[0][6] == 1 and calls[0][0][0] < w["N"]               # a short warm-up call first
-    assert calls[1:] == [((1000, 500), np.int8, 40, 100, 5, 50, 3)] * 2
+    # set up once, one warm-up epoch, then the timed runs
+    assert calls == [("prepare", (1000, 500), np.int8, 40, 100, 5, 50), ("run", 1), ("run", 3), ("run", 3)]
     rate = 40 * 1000 * 3 / rec["seconds_median"]
     assert rec["network_samples_per_s"] == pytest.approx(rate)
     assert rec["gflops"] == pytest.approx(rate * useful_flops_per_sample(500, 100, 5) / 1e9)
@@ -136,7 +137,7 @@ def test_bench_impl_json_line():
 
 def test_run_bench_emits_one_line_per_pair():
     lines = []
-    noop = lambda *args, **kwargs: None  # noqa: E731
+    noop = lambda *args, **kwargs: (lambda epochs: None)  # noqa: E731
     run_bench(workloads=("W1", "W3"), impls={"a": noop, "b": noop}, epochs=1, repeats=1, threads=1,
               emit=lines.append)
     recs = [json.loads(line) for line in lines]

@@ -1,0 +1,121 @@
+"""The Numba kernels of cpu.py, driven through Engine, against the float64 reference.
+
+Shapes cross every tile edge on purpose: H = 13, 21 (not multiples of 8), H = 40 (one 32-wide panel plus one
+8-wide panel), B = 7, 17 (not multiples of the 5-row tile), D = 11 (odd), N = 37 (last minibatch short).
+"""
+import numpy as np
+import pytest
+
+from fastmlp import reference
+from fastmlp.engine import Engine
+from conftest import DTYPES, assert_close, make_data, tol
+
+SHAPES = [(13, 1, 7), (21, 2, 17), (40, 3, 7)]   # (H, L, B)
+PARAMS = ["standard", "ntk"]
+SIGMA_B2 = {"standard": 0.0, "ntk": 0.5}          # NTK with sigma_b > 0, so the bias paths count
+
+
+def _engine(x, y, H, L, B, param, dtype, lrs=(0.05, 0.2, 0.5), seeds=(3, 4, 5), **kw):
+    return Engine(x, y, H, L, B, list(lrs), list(seeds), param=param, dtype=dtype, sigma_b2=SIGMA_B2[param], **kw)
+
+
+def _scales(e):
+    return reference.layer_scales(e.D, e.H, e.L, e.param, 2.0, SIGMA_B2[e.param])
+
+
+def _network(params, m):
+    """Network m of a parameter list, as a one-network list."""
+    return [(W[m:m + 1], b[m:m + 1]) for W, b in params]
+
+
+def _assert_params_close(actual, expected, op, dtype):
+    for (W, b), (W_ref, b_ref) in zip(actual, expected):
+        assert_close(W, W_ref, op, dtype)
+        assert_close(b, b_ref, op, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("param", PARAMS)
+@pytest.mark.parametrize("H, L, B", SHAPES)
+def test_forward(data_small, H, L, B, param, dtype):
+    x, y = data_small
+    e = _engine(x, y, H, L, B, param, dtype)
+    params = e.params()
+    ref, _ = reference.forward(params, _scales(e), x)                      # (M, N, C)
+    logits = e.logits(x)
+    assert logits.shape == ref.shape and logits.dtype == dtype
+    assert_close(logits, ref, "forward", dtype)
+    # again with non-zero biases everywhere (standard initialization has none), set through set_params
+    g = np.random.default_rng(H)
+    params = [(W, 0.5 * g.standard_normal(b.shape)) for W, b in params]
+    e.set_params(params)
+    ref, _ = reference.forward(params, _scales(e), x)
+    assert_close(e.logits(x), ref, "forward", dtype)
+    assert_close(e.logits(x[:3]), ref[:, :3], "forward", dtype)          # fewer samples than one row tile
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("param", PARAMS)
+@pytest.mark.parametrize("H, L, B", SHAPES)
+def test_one_epoch(data_small, H, L, B, param, dtype):
+    """train_epochs(1) equals reference.train_steps over the epoch's ceil(N / B) minibatches, every network."""
+    x, y = data_small
+    e = _engine(x, y, H, L, B, param, dtype)
+    init = e.params()
+    e.train_epochs(1)
+    got = e.params()
+    n_steps = -(-len(x) // B)
+    for m in range(e.M):
+        ref, losses = reference.train_steps(_network(init, m), _scales(e), x, y, e.lrs[m], e.seeds[m],
+                                            np.arange(len(x)), B, n_steps)
+        _assert_params_close(_network(got, m), ref, "step", dtype)
+        # the test can fail: the step moved the parameters far beyond the tolerance
+        moved = max(np.abs(W - W0).max() for (W, _), (W0, _) in zip(ref, _network(init, m)))
+        assert moved > 100 * tol("step", dtype)[0]
+        assert_close(e.train_loss[m], losses.mean(), "loss", dtype)         # mean minibatch loss of the epoch
+    assert np.all(e.epochs == 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("param", PARAMS)
+@pytest.mark.parametrize("H, L", [(21, 2), (40, 3)])
+def test_gradient_from_parameter_change(H, L, param, dtype):
+    """With N == B an epoch is one full-batch step, so (P_before - P_after) / lr is the gradient, for either lr."""
+    N = B = 17
+    x, y = make_data(N, 11, seed=2)
+    lrs = (0.25, 1.0)
+    e = _engine(x, y, H, L, B, param, dtype, lrs=lrs, seeds=(9, 9))     # one seed: same network, two lrs
+    init = e.params()
+    _, grads = reference.loss_and_grads(_network(init, 0), _scales(e), x, y)
+    e.train_epochs(1)
+    after = e.params()
+    for m, lr in enumerate(lrs):
+        for l in range(L + 1):
+            for t in range(2):
+                # float32: the parameters themselves are rounded, which costs ~eps * |P| / lr in the quotient
+                assert_close((init[l][t][m] - after[l][t][m]) / lr, grads[l][t][0], "step", dtype)
+    assert max(np.abs(dP).max() for dW_db in grads for dP in dW_db) > 100 * tol("step", dtype)[0]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("param", PARAMS)
+@pytest.mark.parametrize("H, L, B", SHAPES)
+def test_evaluate(data_medium, H, L, B, param, dtype):
+    """Error counts equal the reference exactly (float32: apart from near-ties); summed losses within tolerance."""
+    x, y = data_medium
+    x, y = x[:137], y[:137]                        # 137: crosses the Bp-row chunks of evaluation
+    e = _engine(x, y, H, L, B, param, dtype)
+    e.train_epochs(1)                              # trained a little, so the networks disagree on some samples
+    params = e.params()
+    logits, _ = reference.forward(params, _scales(e), x)
+    keep = np.ones(len(x), bool)
+    if dtype == np.float32:
+        # a sample whose two logits differ by less than float32 rounding of a sum over H may flip; drop it
+        keep = (np.abs(logits[..., 1] - logits[..., 0]) >= 1e-5).all(axis=0)
+        assert keep.mean() > 0.95
+    err_ref, loss_ref = reference.evaluate(params, _scales(e), x[keep], y[keep])
+    err, loss = e.evaluate(x[keep], y[keep])
+    n = keep.sum()
+    np.testing.assert_array_equal(err, np.rint(err_ref * n).astype(np.int64))
+    assert 0 < err.min() and err.max() < n         # counts that could be wrong either way
+    assert_close(loss, loss_ref * n, "evaluate", dtype)
