@@ -3839,11 +3839,11 @@ def dweight_t_8x8(W, WT, j0, A, rows, dZ, nb, scale):
 def dinp_5x32(dZp, Ap, dZ, nbp, WT, j0, c):
     zero = c - c
     for i0 in range(0, nbp, 5):
-        g0 = dZ[i0 + 0]
-        g1 = dZ[i0 + 1]
-        g2 = dZ[i0 + 2]
-        g3 = dZ[i0 + 3]
-        g4 = dZ[i0 + 4]
+        a0 = dZ[i0 + 0]
+        a1 = dZ[i0 + 1]
+        a2 = dZ[i0 + 2]
+        a3 = dZ[i0 + 3]
+        a4 = dZ[i0 + 4]
         c0_0 = zero
         c0_1 = zero
         c0_2 = zero
@@ -4006,7 +4006,7 @@ def dinp_5x32(dZp, Ap, dZ, nbp, WT, j0, c):
         c4_31 = zero
         for k in range(WT.shape[0]):
             w = WT[k, j0:j0 + 32]
-            x = g0[k]
+            x = a0[k]
             c0_0 += x * w[0]
             c0_1 += x * w[1]
             c0_2 += x * w[2]
@@ -4039,7 +4039,7 @@ def dinp_5x32(dZp, Ap, dZ, nbp, WT, j0, c):
             c0_29 += x * w[29]
             c0_30 += x * w[30]
             c0_31 += x * w[31]
-            x = g1[k]
+            x = a1[k]
             c1_0 += x * w[0]
             c1_1 += x * w[1]
             c1_2 += x * w[2]
@@ -4072,7 +4072,7 @@ def dinp_5x32(dZp, Ap, dZ, nbp, WT, j0, c):
             c1_29 += x * w[29]
             c1_30 += x * w[30]
             c1_31 += x * w[31]
-            x = g2[k]
+            x = a2[k]
             c2_0 += x * w[0]
             c2_1 += x * w[1]
             c2_2 += x * w[2]
@@ -4105,7 +4105,7 @@ def dinp_5x32(dZp, Ap, dZ, nbp, WT, j0, c):
             c2_29 += x * w[29]
             c2_30 += x * w[30]
             c2_31 += x * w[31]
-            x = g3[k]
+            x = a3[k]
             c3_0 += x * w[0]
             c3_1 += x * w[1]
             c3_2 += x * w[2]
@@ -4138,7 +4138,7 @@ def dinp_5x32(dZp, Ap, dZ, nbp, WT, j0, c):
             c3_29 += x * w[29]
             c3_30 += x * w[30]
             c3_31 += x * w[31]
-            x = g4[k]
+            x = a4[k]
             c4_0 += x * w[0]
             c4_1 += x * w[1]
             c4_2 += x * w[2]
@@ -4507,11 +4507,11 @@ def dinp_5x32(dZp, Ap, dZ, nbp, WT, j0, c):
 def dinp_5x8(dZp, Ap, dZ, nbp, WT, j0, c):
     zero = c - c
     for i0 in range(0, nbp, 5):
-        g0 = dZ[i0 + 0]
-        g1 = dZ[i0 + 1]
-        g2 = dZ[i0 + 2]
-        g3 = dZ[i0 + 3]
-        g4 = dZ[i0 + 4]
+        a0 = dZ[i0 + 0]
+        a1 = dZ[i0 + 1]
+        a2 = dZ[i0 + 2]
+        a3 = dZ[i0 + 3]
+        a4 = dZ[i0 + 4]
         c0_0 = zero
         c0_1 = zero
         c0_2 = zero
@@ -4554,7 +4554,7 @@ def dinp_5x8(dZp, Ap, dZ, nbp, WT, j0, c):
         c4_7 = zero
         for k in range(WT.shape[0]):
             w = WT[k, j0:j0 + 8]
-            x = g0[k]
+            x = a0[k]
             c0_0 += x * w[0]
             c0_1 += x * w[1]
             c0_2 += x * w[2]
@@ -4563,7 +4563,7 @@ def dinp_5x8(dZp, Ap, dZ, nbp, WT, j0, c):
             c0_5 += x * w[5]
             c0_6 += x * w[6]
             c0_7 += x * w[7]
-            x = g1[k]
+            x = a1[k]
             c1_0 += x * w[0]
             c1_1 += x * w[1]
             c1_2 += x * w[2]
@@ -4572,7 +4572,7 @@ def dinp_5x8(dZp, Ap, dZ, nbp, WT, j0, c):
             c1_5 += x * w[5]
             c1_6 += x * w[6]
             c1_7 += x * w[7]
-            x = g2[k]
+            x = a2[k]
             c2_0 += x * w[0]
             c2_1 += x * w[1]
             c2_2 += x * w[2]
@@ -4581,7 +4581,7 @@ def dinp_5x8(dZp, Ap, dZ, nbp, WT, j0, c):
             c2_5 += x * w[5]
             c2_6 += x * w[6]
             c2_7 += x * w[7]
-            x = g3[k]
+            x = a3[k]
             c3_0 += x * w[0]
             c3_1 += x * w[1]
             c3_2 += x * w[2]
@@ -4590,7 +4590,7 @@ def dinp_5x8(dZp, Ap, dZ, nbp, WT, j0, c):
             c3_5 += x * w[5]
             c3_6 += x * w[6]
             c3_7 += x * w[7]
-            x = g4[k]
+            x = a4[k]
             c4_0 += x * w[0]
             c4_1 += x * w[1]
             c4_2 += x * w[2]

@@ -17,24 +17,34 @@ MR_K = 8             # input features per tile in dweight (D and H are padded to
 NR_WIDE = (32, 8)    # output-column panel widths; widths are multiples of 8, so these two cover every case
 
 
-def _fwd(MR, NR):
-    """Column panel j0..j0+NR of out[:nbp] = relu(c * A[rows[:nbp]] @ W + s * bias), MR rows per tile."""
-    L = [f"def fwd_{MR}x{NR}(out, A, rows, nbp, W, j0, K, bias, c, s):"]
-    L.append(f"    bb = bias[j0:j0 + {NR}]")
-    L.append("    zero = c - c   # typed zero: a literal 0 would promote float32 to float64")
-    L.append(f"    for i0 in range(0, nbp, {MR}):")
-    L += [f"        a{i} = A[rows[i0 + {i}]]" for i in range(MR)]
+def _row_panel(MR, NR, row, K, W, epilogue):
+    """The loop shared by fwd and dinp: for each tile of MR rows, c[i][j] = sum_k A_i[k] W[k, j0 + j] over one
+    NR-wide column panel, then per row the epilogue's lines (which see c{i}_{j} and must load before storing)."""
+    L = [f"    for i0 in range(0, nbp, {MR}):"]
+    L += [f"        a{i} = {row.format(i=i)}" for i in range(MR)]
     L += [f"        c{i}_{j} = zero" for i in range(MR) for j in range(NR)]
-    L.append("        for k in range(K):")
-    L.append(f"            w = W[k, j0:j0 + {NR}]")
+    L.append(f"        for k in range({K}):")
+    L.append(f"            w = {W}[k, j0:j0 + {NR}]")
     for i in range(MR):
         L.append(f"            x = a{i}[k]")
         L += [f"            c{i}_{j} += x * w[{j}]" for j in range(NR)]
     for i in range(MR):
-        L.append(f"        o = out[i0 + {i}, j0:j0 + {NR}]")
-        L += [f"        v{j} = c * c{i}_{j} + s * bb[{j}]" for j in range(NR)]
-        L += [f"        o[{j}] = v{j} * (v{j} > zero)" for j in range(NR)]   # relu without a branch, which SLP needs
+        L += ["        " + line for line in epilogue(i)]
     return L
+
+
+def _fwd(MR, NR):
+    """Column panel j0..j0+NR of out[:nbp] = relu(c * A[rows[:nbp]] @ W + s * bias), MR rows per tile."""
+    def epilogue(i):
+        out = [f"o = out[i0 + {i}, j0:j0 + {NR}]"]
+        out += [f"v{j} = c * c{i}_{j} + s * bb[{j}]" for j in range(NR)]
+        out += [f"o[{j}] = v{j} * (v{j} > zero)" for j in range(NR)]   # relu without a branch, which SLP needs
+        return out
+
+    L = [f"def fwd_{MR}x{NR}(out, A, rows, nbp, W, j0, K, bias, c, s):"]
+    L.append(f"    bb = bias[j0:j0 + {NR}]")
+    L.append("    zero = c - c   # typed zero: a literal 0 would promote float32 to float64")
+    return L + _row_panel(MR, NR, "A[rows[i0 + {i}]]", "K", "W", epilogue)
 
 
 def _dweight(MR, NR, transposed=False):
@@ -68,23 +78,16 @@ def _dinp(MR, NR):
     WT (J, K) is the transposed copy of the layer's weights that dweight_t keeps, so this is the forward
     kernel's loop with a ReLU-mask epilogue: the gradient reaching the layer below.  (A dot-product form on W
     itself would avoid the copy, but its lane sums defeat the SLP vectorizer and run 30x slower.)"""
+    def epilogue(i):
+        out = [f"o = dZp[i0 + {i}, j0:j0 + {NR}]", f"ap = Ap[i0 + {i}, j0:j0 + {NR}]"]
+        # all loads before any store: o may alias Ap as far as LLVM knows, and interleaving would stop SLP
+        out += [f"v{j} = c * c{i}_{j} * (ap[{j}] > zero)" for j in range(NR)]   # branch-free ReLU mask
+        out += [f"o[{j}] = v{j}" for j in range(NR)]
+        return out
+
     L = [f"def dinp_{MR}x{NR}(dZp, Ap, dZ, nbp, WT, j0, c):"]
     L.append("    zero = c - c")
-    L.append(f"    for i0 in range(0, nbp, {MR}):")
-    L += [f"        g{i} = dZ[i0 + {i}]" for i in range(MR)]
-    L += [f"        c{i}_{j} = zero" for i in range(MR) for j in range(NR)]
-    L.append("        for k in range(WT.shape[0]):")
-    L.append(f"            w = WT[k, j0:j0 + {NR}]")
-    for i in range(MR):
-        L.append(f"            x = g{i}[k]")
-        L += [f"            c{i}_{j} += x * w[{j}]" for j in range(NR)]
-    for i in range(MR):
-        L.append(f"        o = dZp[i0 + {i}, j0:j0 + {NR}]")
-        L.append(f"        ap = Ap[i0 + {i}, j0:j0 + {NR}]")
-        # all loads before any store: o may alias Ap as far as LLVM knows, and interleaving would stop SLP
-        L += [f"        v{j} = c * c{i}_{j} * (ap[{j}] > zero)" for j in range(NR)]   # branch-free ReLU mask
-        L += [f"        o[{j}] = v{j}" for j in range(NR)]
-    return L
+    return L + _row_panel(MR, NR, "dZ[i0 + {i}]", "WT.shape[0]", "WT", epilogue)
 
 
 def source():
