@@ -22,6 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _microkernels as mk
+from . import jitcache
 from .codegen import MR_ROWS
 from .constants import N_CLASSES
 from .rng import permute_into
@@ -299,34 +300,4 @@ def forward(X, idx, W0, b0, Wh, WhT, bh, Wo, bo, c, s, act, z, rows, ident, out)
                         out[m, start + b, u] = z[t, b, u]
 
 
-# ------------------------------------------------------------------------------------------- cache guard
-_CACHE_SOURCES = ("cpu.py", "_microkernels.py", "rng.py", "constants.py")
-
-
-def _drop_stale_cache():
-    """Delete this backend's Numba cache files when any source they were compiled from has changed.
-
-    Numba checks only the timestamp of the file that defines a cached function, but train_epoch's cached
-    machine code also contains the micro-kernels and the Philox shuffle it calls: an edit to those would
-    otherwise keep running the old code.  A hash of all of them, stored beside the cache, closes that hole.
-    """
-    import hashlib
-    from pathlib import Path
-
-    here = Path(__file__).parent
-    digest = hashlib.sha256(b"".join((here / name).read_bytes() for name in _CACHE_SOURCES)).hexdigest()
-    try:
-        cache_dir = Path(train_epoch._cache._cache_path)
-        stamp = cache_dir / "fastmlp-kernels.sha256"
-        if stamp.exists() and stamp.read_text() == digest:
-            return
-        for pattern in ("cpu.*.nb[ci]", "_microkernels.*.nb[ci]"):
-            for f in cache_dir.glob(pattern):
-                f.unlink()
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(digest)
-    except (OSError, AttributeError):   # read-only install or another Numba layout: Numba's own checks remain
-        pass
-
-
-_drop_stale_cache()
+jitcache.drop_stale(train_epoch)

@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from fastmlp.constants import STREAM_TEST_X, STREAM_TRAIN_X
+from fastmlp import jitcache
 from fastmlp.rng import gaussian_fill
 
 RULES = ("local", "global", "temperature")
@@ -175,7 +176,7 @@ def _feature(row, offsets, n_shifts):
     return m
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def _labeled_rows(x, y, seed, stream, start, offsets, n_shifts):
     """Draw samples start.. into x (N, D) float32 and label each into y (N,) from the row just drawn."""
     for i in prange(x.shape[0]):  # one sample per iteration: its row stays in L1 between draw and label
@@ -184,11 +185,14 @@ def _labeled_rows(x, y, seed, stream, start, offsets, n_shifts):
         y[i] = 1 if _feature(row, offsets, n_shifts) > 0.0 else 0
 
 
-@njit(parallel=True)
+@njit(parallel=True, cache=True)
 def _gaussian_rows(z, seed, stream, start):
     """Draw samples start.. into z (N, D) float64."""
     for i in prange(z.shape[0]):
         gaussian_fill(z[i], seed, stream, start + i, 0)
+
+
+jitcache.drop_stale(_labeled_rows)
 
 
 def _temperature_rows(z, betas):
