@@ -202,10 +202,14 @@ def data(task, D, seed, indices, beta1, beta2, N, split, start, out):
 @click.option("--sigma-w2", type=float, default=2.0, show_default=True, help="NTK parameterization: sigma_w^2")
 @click.option("--sigma-b2", type=float, default=0.0, show_default=True, help="NTK parameterization: sigma_b^2")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
-@click.option("--backend", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--backend", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="cpu: the Numba kernels (this version has no GPU kernels yet)")
+@click.option("--save-params", type=click.Path(dir_okay=False), default=None,
+              help="write every network's final parameters to this .npz (W0, b0, ..., W{L}, b{L}; "
+                   "W{l} has shape (networks, fan_in, fan_out), in the order of the records)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (progress stays off)")
 def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epochs, n_test, param, sigma_w2,
-          sigma_b2, dtype, backend, as_json):
+          sigma_b2, dtype, backend, save_params, as_json):
     """Train the grid of learning rates x network seeds in one engine call on one training set.
 
     Each network trains until its training error is exactly zero, it diverges, or --max-epochs; then every
@@ -224,8 +228,6 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
             raise UsageError(f"{name} must be at least 1 (got {value})")
     if n_test < 0:
         raise UsageError(f"--n-test must be 0 or more (got {n_test})")
-    if param == "ntk" and sigma_w2 <= 0:
-        raise UsageError(f"--sigma-w2 must be positive (got {sigma_w2:g})")
     _check_backend(backend)
 
     t0 = time.perf_counter()
@@ -246,6 +248,11 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
         if n_test > 0 else np.full(engine.M, np.nan)
     t_test = time.perf_counter()
 
+    if save_params:
+        arrays = {}
+        for l, (W, b) in enumerate(engine.params()):
+            arrays[f"W{l}"], arrays[f"b{l}"] = W.astype(engine.dtype), b.astype(engine.dtype)
+        np.savez(save_params, lr=grid_lr, seed=grid_seed, **arrays)
     samples = int(np.sum(engine.epochs * engine.n_train))   # network-samples through forward + backward
     train_s = t_train - t_data
     networks = [{**r.to_dict(), "test_error": float(e)} for r, e in zip(results, test_err)]
@@ -254,7 +261,7 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
         "task": spec.to_dict() | {"name": spec.name},
         "config": {"N": N, "L": L, "H": H, "B": B, "lr": lrs, "seeds": net_seeds, "seed": seed,
                    "max_epochs": max_epochs, "n_test": n_test, "param": param, "sigma_w2": sigma_w2,
-                   "sigma_b2": sigma_b2, "dtype": dtype, "backend": backend},
+                   "sigma_b2": sigma_b2, "dtype": dtype, "backend": backend, "save_params": save_params},
         "networks": networks,
         "summary": {"n_networks": engine.M, "converged": int(engine.converged.sum()),
                     "diverged": int(engine.diverged.sum()),

@@ -71,6 +71,9 @@ class Engine:
             raise UsageError("network seeds must lie in [0, 2**32)")
         if param not in reference.PARAMS:
             raise UsageError(f"--param must be one of {', '.join(reference.PARAMS)} (got {param!r})")
+        if param == "ntk" and not (sigma_w2 > 0 and sigma_b2 >= 0):
+            raise UsageError(f"the NTK parameterization needs --sigma-w2 > 0 and --sigma-b2 >= 0 "
+                             f"(got {sigma_w2:g}, {sigma_b2:g})")
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise UsageError(f"--dtype must be float32 or float64 (got {self.dtype})")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from fastmlp import reference
 from fastmlp.cli import main, parse_int_list
 from fastmlp.tasks import generate, parse_task
 
@@ -54,6 +55,21 @@ def test_train_json_has_one_record_per_network():
     assert out["provenance"]["threads"] >= 1
 
 
+def test_train_saves_parameters_that_reproduce_the_test_error(tmp_path):
+    path = tmp_path / "p.npz"
+    r = run("train", "1-local", "--D", 10, "--N", 100, "--L", 2, "--H", 12, "--lr", "0.1,0.3", "--n-test", 1000,
+            "--save-params", path, "--json")
+    assert r.exit_code == 0, r.output
+    nets = json.loads(r.stdout)["networks"]
+    saved = np.load(path)
+    params = [(saved[f"W{l}"].astype(np.float64), saved[f"b{l}"].astype(np.float64)) for l in range(3)]
+    assert params[0][0].shape == (2, 10, 12) and params[2][0].shape == (2, 12, 2)
+    np.testing.assert_array_equal(saved["lr"], [0.1, 0.3])
+    x, y = generate(parse_task("1-local", D=10), 0, "test", 0, 1000)
+    err, _ = reference.evaluate(params, reference.layer_scales(10, 12, 2), x, y)
+    np.testing.assert_allclose(err, [n["test_error"] for n in nets], atol=2e-3)   # float32 vs float64 ties
+
+
 def test_train_diverged_network_is_reported_not_crashed():
     r = run("train", "1-local", "--D", 10, "--N", 100, "--H", 8, "--lr", "0.1,1000", "--n-test", 100, "--json")
     assert r.exit_code == 0, r.output
@@ -71,6 +87,7 @@ def test_train_diverged_network_is_reported_not_crashed():
     (["train", "2-local", "--lr", 0.1, "--H", 0], "--H"),
     (["train", "5-lokal", "--lr", 0.1], "TASK"),
     (["data", "2-local", "--N", 0, "--out", "x.npz"], "--N"),
+    (["train", "2-local", "--lr", 0.1, "--param", "ntk", "--sigma-b2", -1], "--sigma-b2"),
 ])
 def test_bad_input_exits_2_with_one_line(args, option):
     r = run(*args)
