@@ -244,8 +244,8 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
     results = engine.fit(max_epochs, progress=bar)
     bar.close()
     t_train = time.perf_counter()
-    test_err = engine.test_error((xc, yc) for _, xc, yc in iter_chunks(spec, seed, "test", n_test)) \
-        if n_test > 0 else np.full(engine.M, np.nan)
+    test_err, test_loss = engine.test_metrics((xc, yc) for _, xc, yc in iter_chunks(spec, seed, "test", n_test)) \
+        if n_test > 0 else (np.full(engine.M, np.nan),) * 2
     t_test = time.perf_counter()
 
     if save_params:
@@ -255,7 +255,8 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
         np.savez(save_params, lr=grid_lr, seed=grid_seed, **arrays)
     samples = int(np.sum(engine.epochs * engine.n_train))   # network-samples through forward + backward
     train_s = t_train - t_data
-    networks = [{**r.to_dict(), "test_error": float(e)} for r, e in zip(results, test_err)]
+    networks = [{**r.to_dict(), "test_error": float(e), "test_loss": float(tl)}
+                for r, e, tl in zip(results, test_err, test_loss)]
     out = {
         "command": "train",
         "task": spec.to_dict() | {"name": spec.name},

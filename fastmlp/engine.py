@@ -240,12 +240,19 @@ class Engine:
                         self._ident, out)
         return out
 
-    def test_error(self, chunks):
-        """Test error rate (M,) over an iterable of (x, y) chunks, so test sets of any size are never stored."""
+    def test_metrics(self, chunks):
+        """Error rate (M,) and mean loss (M,) over an iterable of (x, y) chunks: test sets of any size are
+        streamed, never stored."""
         errors = np.zeros(self.M, np.int64)
+        loss = np.zeros(self.M)
         n = 0
         for x, y in chunks:
-            err, _ = self.evaluate(x, y)
+            err, lsum = self.evaluate(x, y)
             errors += err
+            loss += lsum
             n += len(y)
-        return errors / max(n, 1)
+        return errors / max(n, 1), loss / max(n, 1)
+
+    def test_error(self, chunks):
+        """Error rate (M,) over an iterable of (x, y) chunks."""
+        return self.test_metrics(chunks)[0]

@@ -48,7 +48,7 @@ def test_train_json_has_one_record_per_network():
     assert [n["seed"] for n in nets] == [0, 1, 2] * 2
     for n in nets:
         assert 1 <= n["epochs"] <= 30
-        assert 0.0 <= n["test_error"] <= 1.0
+        assert 0.0 <= n["test_error"] <= 1.0 and n["test_loss"] > 0
         assert n["converged"] == (n["train_error"] == 0.0)
     assert out["summary"]["n_networks"] == 6
     assert out["throughput"]["network_samples_per_s"] > 0
@@ -66,8 +66,9 @@ def test_train_saves_parameters_that_reproduce_the_test_error(tmp_path):
     assert params[0][0].shape == (2, 10, 12) and params[2][0].shape == (2, 12, 2)
     np.testing.assert_array_equal(saved["lr"], [0.1, 0.3])
     x, y = generate(parse_task("1-local", D=10), 0, "test", 0, 1000)
-    err, _ = reference.evaluate(params, reference.layer_scales(10, 12, 2), x, y)
+    err, loss = reference.evaluate(params, reference.layer_scales(10, 12, 2), x, y)
     np.testing.assert_allclose(err, [n["test_error"] for n in nets], atol=2e-3)   # float32 vs float64 ties
+    np.testing.assert_allclose(loss, [n["test_loss"] for n in nets], rtol=1e-4)
 
 
 def test_train_diverged_network_is_reported_not_crashed():
