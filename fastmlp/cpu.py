@@ -59,13 +59,11 @@ _jit = dict(cache=True, fastmath={"contract"})
 def _fwd_layer(out, A, rows, nbp, W, K, bias, c, s):
     """out[:nbp] = relu(c * A[rows[:nbp]] @ W + s * bias): column panels of 32, then of 8."""
     Hp = W.shape[1]
-    j0 = 0
-    while j0 + 32 <= Hp:
+    # range loops, not `j0 = 0; while ...`: a literal first j0 would compile every kernel a second time
+    for j0 in range(0, Hp - Hp % 32, 32):
         mk.fwd_5x32(out, A, rows, nbp, W, j0, K, bias, c, s)
-        j0 += 32
-    while j0 < Hp:
+    for j0 in range(Hp - Hp % 32, Hp, 8):
         mk.fwd_5x8(out, A, rows, nbp, W, j0, K, bias, c, s)
-        j0 += 8
 
 
 @njit(inline="always", **_jit)
@@ -73,13 +71,10 @@ def _dweight_layer(W, bias, A, rows, dZ, nb, lr, c, s):
     """W -= lr * c * A[rows[:nb]]^T dZ[:nb];  bias -= lr * s * sum_b dZ[:nb]."""
     Hp = W.shape[1]
     scale = lr * c
-    j0 = 0
-    while j0 + 32 <= Hp:
+    for j0 in range(0, Hp - Hp % 32, 32):
         mk.dweight_8x32(W, j0, A, rows, dZ, nb, scale)
-        j0 += 32
-    while j0 < Hp:
+    for j0 in range(Hp - Hp % 32, Hp, 8):
         mk.dweight_8x8(W, j0, A, rows, dZ, nb, scale)
-        j0 += 8
     _dbias(bias, dZ, nb, lr * s)
 
 
@@ -88,13 +83,10 @@ def _dweight_t_layer(W, WT, bias, A, rows, dZ, nb, lr, c, s):
     """_dweight_layer that also refreshes the transposed copy WT = W^T."""
     Hp = W.shape[1]
     scale = lr * c
-    j0 = 0
-    while j0 + 32 <= Hp:
+    for j0 in range(0, Hp - Hp % 32, 32):
         mk.dweight_t_8x32(W, WT, j0, A, rows, dZ, nb, scale)
-        j0 += 32
-    while j0 < Hp:
+    for j0 in range(Hp - Hp % 32, Hp, 8):
         mk.dweight_t_8x8(W, WT, j0, A, rows, dZ, nb, scale)
-        j0 += 8
     _dbias(bias, dZ, nb, lr * s)
 
 
@@ -111,13 +103,10 @@ def _dbias(bias, dZ, nb, bscale):
 def _dinp_layer(dZp, Ap, dZ, WT, nbp, c):
     """dZp[:nbp] = (c * dZ[:nbp] @ WT) * (Ap[:nbp] > 0): the gradient reaching the layer below, ReLU-masked."""
     K = WT.shape[1]
-    j0 = 0
-    while j0 + 32 <= K:
+    for j0 in range(0, K - K % 32, 32):
         mk.dinp_5x32(dZp, Ap, dZ, nbp, WT, j0, c)
-        j0 += 32
-    while j0 < K:
+    for j0 in range(K - K % 32, K, 8):
         mk.dinp_5x8(dZp, Ap, dZ, nbp, WT, j0, c)
-        j0 += 8
 
 
 @njit(cache=True, fastmath={"contract", "reassoc"})
