@@ -188,13 +188,17 @@ def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, act, dz, z, ide
 
 
 @njit(inline="always", **_jit)
-def _evaluate_one(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, act, z, rows, ident):
-    """(number of errors, summed loss) of one network on X[idx[:n]], in chunks of one padded minibatch."""
+def _evaluate_one(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, act, z, rows, ident, stop_at_error):
+    """(number of errors, summed loss, samples seen) of one network on X[idx[:n]], in chunks of one padded
+    minibatch; with stop_at_error it returns after the first chunk that holds an error."""
     L = act.shape[0]
     Bp = act.shape[1]
     errors = 0
     loss = 0.0
+    seen = 0
     for start in range(0, n, Bp):
+        if stop_at_error and errors > 0:
+            break
         nb = min(Bp, n - start)
         nbp = round_up(nb, MR_ROWS)
         for b in range(nbp):
@@ -208,15 +212,21 @@ def _evaluate_one(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, act, z, rows, iden
             l_b, _ = _xent(z[b, 0], z[b, 1], y)
             loss += l_b
             errors += (1 if z[b, 1] > z[b, 0] else 0) != y
-    return errors, loss
+        seen += nb
+    return errors, loss, seen
 
 
 # --------------------------------------------------------------------------------------- parallel drivers
 @njit(parallel=True, **_jit)
 def train_epoch(X, Y, subsets, sub_off, active, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lrs, seeds, epochs, batch,
-                check, act, dz, z, rows, perm, ident, out_loss, out_err, out_diverged):
-    """One epoch of every network in ``active``; each network then evaluates its whole training subset if
-    ``check``.  Outputs per network m: mean minibatch loss of the epoch, training error count, diverged flag."""
+                check, full, act, dz, z, rows, perm, ident, out_loss, out_err, out_seen, out_diverged):
+    """One epoch of every network in ``active``, then (if ``check``) the stop check on its training subset.
+
+    The check only has to decide "is the training error zero?": it stops at the first chunk with an error,
+    unless full[m] asks for the exact error and loss (the engine does so when the epoch cap is reached).  A
+    network whose error is zero is scanned whole either way.  Outputs per network m: training loss (over the
+    subset when it was scanned whole, else the epoch's mean minibatch loss), error count and samples seen by
+    the check, diverged flag."""
     T = act.shape[0]
     n_active = active.shape[0]
     for t in prange(T):
@@ -242,10 +252,12 @@ def train_epoch(X, Y, subsets, sub_off, active, W0, b0, Wh, WhT, bh, Wo, bo, c, 
             out_diverged[m] = not math.isfinite(total)
             out_loss[m] = total / steps
             if check and not out_diverged[m]:
-                err, lsum = _evaluate_one(X, Y, sub, n, W0[m], b0[m], Wh[m], bh[m], Wo[m], bo[m], c, s,
-                                          act[t], z[t], rows[t], ident)
+                err, lsum, seen = _evaluate_one(X, Y, sub, n, W0[m], b0[m], Wh[m], bh[m], Wo[m], bo[m], c, s,
+                                                act[t], z[t], rows[t], ident, not full[m])
                 out_err[m] = err
-                out_loss[m] = lsum / n
+                out_seen[m] = seen
+                if seen == n or not math.isfinite(lsum):   # a non-finite loss is reported as such
+                    out_loss[m] = lsum / seen
                 if not math.isfinite(lsum):
                     out_diverged[m] = True
 
@@ -257,8 +269,8 @@ def evaluate(X, Y, idx, W0, b0, Wh, WhT, bh, Wo, bo, c, s, act, z, rows, ident, 
     M = W0.shape[0]
     for t in prange(T):
         for m in range(t, M, T):
-            err, lsum = _evaluate_one(X, Y, idx, idx.shape[0], W0[m], b0[m], Wh[m], bh[m], Wo[m], bo[m], c, s,
-                                      act[t], z[t], rows[t], ident)
+            err, lsum, _ = _evaluate_one(X, Y, idx, idx.shape[0], W0[m], b0[m], Wh[m], bh[m], Wo[m], bo[m], c,
+                                         s, act[t], z[t], rows[t], ident, False)
             out_err[m] = err
             out_loss[m] = lsum
 

@@ -156,20 +156,22 @@ class Engine:
         """Compile (or load from Numba's on-disk cache) the kernels for this dtype without training anything;
         returns the seconds it took, so that timings of training never include compilation."""
         t0 = time.perf_counter()
-        self._epoch(np.empty(0, np.int64), check=True)
+        self._epoch(np.empty(0, np.int64), check=True, full=np.zeros(self.M, bool))
         self.evaluate(np.zeros((0, self.D), self.dtype), np.zeros(0, np.int8))
         return time.perf_counter() - t0
 
-    def _epoch(self, active, check):
+    def _epoch(self, active, check, full=None):
         loss = np.full(self.M, np.nan)
         err = np.zeros(self.M, np.int64)
+        seen = np.zeros(self.M, np.int64)
         div = np.zeros(self.M, bool)
+        full = np.ones(self.M, bool) if full is None else full
         with cpu.slp_vectorize():
             cpu.train_epoch(self._X, self._Y, self._subsets, self._sub_off, active, *self._weights(), self._lrs,
-                            self.seeds, self.epochs, self.B, check, self._act, self._dz, self._z, self._rows,
-                            self._perm, self._ident, loss, err, div)
+                            self.seeds, self.epochs, self.B, check, full, self._act, self._dz, self._z,
+                            self._rows, self._perm, self._ident, loss, err, seen, div)
         self.epochs[active] += 1
-        return loss, err, div
+        return loss, err, seen, div
 
     def train_epochs(self, n_epochs):
         """Train every non-diverged network for n_epochs more epochs, ignoring the stop rule (benchmarks)."""
@@ -177,23 +179,28 @@ class Engine:
             active = np.flatnonzero(~self.diverged)
             if active.size == 0:
                 return
-            loss, _, div = self._epoch(active, check=False)
+            loss, _, _, div = self._epoch(active, check=False)
             self.train_loss[active] = loss[active]
             self.diverged[active] |= div[active]
 
     def fit(self, max_epochs=2000, progress=None):
         """Train until every network has stopped (converged, diverged or hit max_epochs); returns the results.
 
-        ``progress(epoch, n_active, n_networks)`` is called after every epoch.
+        ``progress(epoch, n_active, n_networks)`` is called after every epoch.  While a network trains, its
+        check stops at the first misclassified sample (nothing more is needed to know it goes on), so
+        ``train_error`` is NaN and ``train_loss`` the epoch's mean minibatch loss; once it has stopped, both are
+        exact values over its whole training subset.
         """
         _check_positive("--max-epochs", max_epochs)
         for epoch in range(int(max_epochs)):
             active = np.flatnonzero(~self.stopped)
             if active.size == 0:
                 break
-            loss, err, div = self._epoch(active, check=True)
+            last = self.epochs + 1 >= max_epochs                 # (M,) exact error and loss wanted
+            loss, err, seen, div = self._epoch(active, check=True, full=last)
+            whole = seen[active] == self.n_train[active]
             self.train_loss[active] = loss[active]
-            self.train_error[active] = err[active] / self.n_train[active]
+            self.train_error[active] = np.where(whole, err[active] / self.n_train[active], np.nan)
             self.diverged[active] = div[active]
             self.train_error[active[div[active]]] = np.nan
             self.converged[active] = ~div[active] & (err[active] == 0)

@@ -198,3 +198,28 @@ def test_bad_input_raises_usage_error(data_small, change, value):
 
 def test_generated_microkernels_are_up_to_date():
     assert codegen.TARGET.read_text() == codegen.source(), "run: python -m fastmlp.codegen"
+
+
+def test_stop_epoch_is_the_first_epoch_with_zero_training_error(data_medium):
+    """fit()'s check stops scanning at the first error; that must not change when a network stops.
+
+    A second engine trains the same networks one epoch at a time (same minibatches) and evaluates the whole
+    training set after every epoch: each network's first zero-error epoch is where fit() stopped it."""
+    x, y = data_medium
+    lrs, seeds = [0.3, 0.5, 1.0], [0, 1, 2]
+    fitted = Engine(x, y, 32, 2, 25, lrs, seeds)
+    fitted.fit(max_epochs=60)
+    assert fitted.converged.all() and len(set(fitted.epochs)) == 3    # three different stop epochs (17, 13, 22)
+    stepped = Engine(x, y, 32, 2, 25, lrs, seeds)
+    first_zero = np.zeros(3, np.int64)
+    for epoch in range(1, 61):
+        stepped.train_epochs(1)
+        err, loss = stepped.evaluate(x, y)
+        for m in range(3):
+            if first_zero[m] == 0 and err[m] == 0:
+                first_zero[m] = epoch
+                assert fitted.train_loss[m] == pytest.approx(loss[m] / len(x), rel=1e-6)
+        if first_zero.all():
+            break
+    np.testing.assert_array_equal(fitted.epochs, first_zero)
+    np.testing.assert_array_equal(fitted.train_error, 0.0)
