@@ -15,8 +15,6 @@ from . import cpu, reference
 from .constants import N_CLASSES
 from .tasks import UsageError
 
-BACKENDS = ("cpu", "gpu")
-DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
 @dataclass
