@@ -16,7 +16,6 @@ from .constants import N_CLASSES
 from .tasks import UsageError
 
 
-
 @dataclass
 class NetworkResult:
     """What one network did: its settings and how it stopped."""
