@@ -2,8 +2,9 @@
 
 Every implementation has one signature, `prepare(x, y, M, H, L, B, lr, seed) -> run(epochs)`: prepare builds M
 independent ReLU MLPs (D -> H x L -> 2, softmax cross-entropy, plain SGD) and compiles what it needs; run trains
-them for a fixed number of epochs, each epoch a fresh random order per network, and is all that is timed. The baselines are what a competent engineer writes without custom kernels: all M networks
-batched through one batched matmul per layer, backward by hand, float32, updates in place.
+them for a fixed number of epochs, each epoch a fresh random order per network, and is all that is timed. The
+baselines are what a competent engineer writes without custom kernels: all M networks batched through one batched
+matmul per layer, backward by hand, float32, updates in place.
 
 Shape legend: M networks, B minibatch (b for the last, smaller one), N samples, D input dim, H hidden width,
 L hidden layers, C = 2 classes, K fan-in of a layer.
