@@ -13,7 +13,9 @@ import numpy as np
 
 from . import cpu, reference
 from .constants import N_CLASSES
-from .tasks import UsageError
+from .tasks import UsageError, generate, iter_chunks
+
+BACKENDS = ("cpu", "gpu")
 
 
 @dataclass
@@ -260,3 +262,32 @@ class Engine:
     def test_error(self, chunks):
         """Error rate (M,) over an iterable of (x, y) chunks."""
         return self.test_metrics(chunks)[0]
+
+    def task_metrics(self, spec, seed, split, n):
+        """Error rate (M,) and mean loss (M,) on n samples of a task's split, generated in chunks on this
+        engine's device: the fresh test set of the protocol."""
+        return self.test_metrics((x, y) for _, x, y in iter_chunks(spec, seed, split, n))
+
+
+# ---------------------------------------------------------------------------------------------- backends
+def engine_class(backend="cpu"):
+    """The engine of a backend, one interface for all: 'cpu' (Numba, this module) or 'gpu' (CuPy).
+
+    Asking for the GPU where CuPy or a device is missing raises UsageError with one line.
+    """
+    if backend == "cpu":
+        return Engine
+    if backend == "gpu":
+        from . import gpu
+        return gpu.engine_class()
+    raise UsageError(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
+
+
+def generate_on(backend, spec, seed, split, start, n):
+    """n samples of a task's split, (x (n, D), y (n,)), generated on the backend's device: host NumPy arrays
+    for 'cpu', CuPy arrays for 'gpu' (the dataset never crosses the bus)."""
+    if backend == "gpu":
+        from . import gpu
+        return gpu.generate(spec, seed, split, start, n)
+    engine_class(backend)
+    return generate(spec, seed, split, start, n)
