@@ -295,6 +295,97 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
                f"(compile {compile_s:.1f}s)")
 
 
+# ---------------------------------------------------------------------------------------------------- run
+@main.command()
+@click.argument("task")
+@task_options
+@click.option("--N", "N", type=int, default=1000, show_default=True, help="training samples")
+@click.option("--L", "L", type=int, default=1, show_default=True, help="hidden layers")
+@click.option("--H", "H", type=int, default=100, show_default=True, help="hidden width")
+@click.option("--B", "B", type=int, default=50, show_default=True, help="minibatch size")
+@click.option("--folds", type=int, default=10, show_default=True, help="cross-validation folds K")
+@click.option("--bo-calls", type=int, default=20, show_default=True,
+              help="learning rates scored by the Bayesian optimization")
+@click.option("--bo-batch", type=int, default=4, show_default=True,
+              help="learning rates asked for at once: bo-batch x folds networks train in one engine call")
+@click.option("--lr-min", type=float, default=1e-4, show_default=True, help="lower end of the search range")
+@click.option("--lr-max", type=float, default=10.0, show_default=True, help="upper end of the search range")
+@click.option("--lr", type=float, default=None, help="skip the search and train the repeats at this learning rate")
+@click.option("--repeats", type=int, default=10, show_default=True,
+              help="final networks on all N samples at the selected learning rate")
+@click.option("--max-epochs", type=int, default=2000, show_default=True, help="epoch cap per network")
+@click.option("--n-test", type=int, default=10000, show_default=True, help="fresh test samples")
+@click.option("--param", type=click.Choice(["standard", "ntk"]), default="standard", show_default=True,
+              help="standard (He) or NTK parameterization")
+@click.option("--sigma-w2", type=float, default=2.0, show_default=True, help="NTK parameterization: sigma_w^2")
+@click.option("--sigma-b2", type=float, default=0.0, show_default=True, help="NTK parameterization: sigma_b^2")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
+@click.option("--backend", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="also write the record to this JSON file (atomically)")
+@click.option("--json", "as_json", is_flag=True, help="print the record as one JSON object (progress stays off)")
+def run(task, D, seed, indices, beta1, beta2, N, L, H, B, folds, bo_calls, bo_batch, lr_min, lr_max, lr, repeats,
+        max_epochs, n_test, param, sigma_w2, sigma_b2, dtype, backend, out, as_json):
+    """The paper's protocol for one (TASK, N, L): the learning rate by K-fold cross-validation and Bayesian
+    optimization over log10(lr), then --repeats networks on all N samples at that rate, then their test error.
+
+    Every candidate of an optimizer batch is scored by --folds networks (each trained on all folds but one and
+    validated on it; a diverged one counts as error 0.5), and all of them train in one engine call.  --seed names
+    the data, the folds, the networks and the optimizer: the same seed gives the same record apart from timings.
+    """
+    from . import protocol
+    from .tasks import parse_task
+
+    spec = parse_task(task, D=D, indices=indices, beta1=beta1, beta2=beta2)
+    for name, value in (("--H", H), ("--L", L), ("--B", B), ("--max-epochs", max_epochs)):
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1 (got {value})")
+    t0 = time.perf_counter()
+
+    def say(text):
+        if not as_json:
+            click.echo(f"run {spec.name} N={N} L={L}: {text} [{time.perf_counter() - t0:.0f}s]", err=True)
+
+    rec = protocol.run(spec, N=N, L=L, H=H, B=B, folds=folds, bo_calls=bo_calls, bo_batch=bo_batch, lr_min=lr_min,
+                       lr_max=lr_max, repeats=repeats, n_test=n_test, seed=seed, backend=backend, param=param,
+                       sigma_w2=sigma_w2, sigma_b2=sigma_b2, max_epochs=max_epochs, dtype=dtype, lr=lr,
+                       progress=say)
+    if out:
+        write_json_atomic(out, rec)
+    if as_json:
+        emit_json(rec)
+        return
+    if rec["search"]:
+        click.echo(f"{'lr':>10} {'val_err':>8}  fold epochs")
+        for h in sorted(rec["search"]["history"], key=lambda h: h["lr"]):
+            click.echo(f"{h['lr']:>10.4g} {h['mean_error']:>8.4f}  {' '.join(map(str, h['fold_epochs']))}")
+    f = rec["final"]
+    te = f["test_error"]
+    std = "-" if te["std"] is None else f"{te['std']:.4f}"
+    click.echo(f"selected lr {rec['selected_lr']:.4g}: test error {te['mean']:.4f} +- {std} over {repeats} repeats "
+               f"({f['converged']} converged, {f['not_converged']} not converged, {f['diverged']} diverged)")
+    t = rec["timing"]
+    click.echo(f"wall {t['wall_s']:.1f}s (search {t['search_s']:.1f}s, final {t['final_s']:.1f}s, "
+               f"test {t['test_s']:.1f}s, compile {t['compile_s']:.1f}s)" + (f"; record in {out}" if out else ""))
+
+
+def write_json_atomic(path, obj):
+    """Write obj as JSON to path through a temporary file and a rename: a reader never sees half a record."""
+    import os
+    import tempfile
+    path = os.path.abspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_json_safe(obj), f, allow_nan=False, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 # -------------------------------------------------------------------------------------------------- bench
 @main.command()
 @click.option("--workload", "workloads", multiple=True, type=click.Choice(["W1", "W2", "W3", "W4"]),

@@ -1,0 +1,356 @@
+"""The paper's protocol for one (task, N, L): K-fold cross-validation + Bayesian optimization of the learning
+rate, then repeated training on all N samples at the selected rate, then test error on fresh samples.
+
+Batching: every candidate learning rate asked for in one Bayesian-optimization batch (q of them) is scored by K
+fold networks, and all q x K networks train in **one** engine call; the final repeats are a second engine call.
+
+Seeds (all derived from the run's data seed ``seed``, so one seed names one whole record):
+  training set       samples 0..N-1 of the "train" split of ``seed`` (the set `fastmlp train` uses)
+  test set           the first n_test samples of the "test" split of ``seed``, streamed in chunks
+  folds              Philox stream STREAM_FOLD keyed by ``seed`` (see `fold_assignment`)
+  fold network k     network seed 4096 * seed + k for every candidate: candidates differ only by their learning
+                     rate (common random numbers make the optimizer's comparisons less noisy)
+  final repeat r     network seed 4096 * seed + 2048 + r
+  optimizer          scikit-optimize's random state ``seed``
+"""
+import math
+import time
+
+import numpy as np
+
+from .constants import STREAM_FOLD
+from .rng import philox4x32_np
+from .tasks import UsageError
+
+FOLD_SEED_OFFSET = 0
+REPEAT_SEED_OFFSET = 2048
+SEEDS_PER_RUN = 4096
+DIVERGED_ERROR = 0.5   # PAPER.md: a diverging run counts as validation error 0.5
+
+
+# --------------------------------------------------------------------------------------------------- folds
+def fold_assignment(n, n_folds, seed):
+    """Fold index (n,) in [0, n_folds) of each of n samples: disjoint, covering, sizes differing by at most one.
+
+    Samples are ranked by one Philox word each (stream STREAM_FOLD, key (seed, STREAM_FOLD), counter (i // 4, 0,
+    0, 0), word i % 4); the sample of rank j goes to fold j % n_folds.
+    """
+    if not 1 <= n_folds <= n:
+        raise UsageError(f"--folds must lie in [1, N] (got {n_folds} folds for N = {n})")
+    ctr = np.zeros((-(-n // 4), 4), np.uint32)
+    ctr[:, 0] = np.arange(ctr.shape[0])
+    words = philox4x32_np(ctr, np.array([seed, STREAM_FOLD], np.uint32)).reshape(-1)[:n]   # (n,)
+    order = np.argsort(words, kind="stable")
+    fold = np.empty(n, np.int64)
+    fold[order] = np.arange(n) % n_folds
+    return fold
+
+
+def fold_indices(n, n_folds, seed):
+    """The validation indices of each fold: a list of n_folds sorted index arrays."""
+    fold = fold_assignment(n, n_folds, seed)
+    return [np.flatnonzero(fold == k) for k in range(n_folds)]
+
+
+# ----------------------------------------------------------------------------------------------- optimizer
+class Search:
+    """The interface the protocol needs from an optimizer of one real variable (here log10 of the learning
+    rate): ``ask(n)`` proposes n points, ``tell(points, values)`` reports their objective values (to minimize).
+    Any surrogate that keeps it can replace the Gaussian process below without touching the protocol."""
+
+    def ask(self, n):
+        raise NotImplementedError
+
+    def tell(self, points, values):
+        raise NotImplementedError
+
+
+class GaussianProcessSearch(Search):
+    """Bayesian optimization with scikit-optimize, behind `Search`.
+
+    The first ``n_initial`` points are the centres of n_initial equal strata of [low, high], so the whole range
+    is seen once whatever the seed; after that a Gaussian process (Matern 5/2, length scale at least a tenth of
+    the range, a fixed small noise term) proposes points by GP-Hedge, in batches by the constant-liar strategy.
+    Left to fit their own noise level, scikit-optimize's default GPs explained four or so scattered error rates
+    as pure noise and went flat; the bounds keep the surrogate informative from the first batch on.
+    """
+
+    def __init__(self, low, high, n_initial, seed):
+        from skopt import Optimizer
+        from skopt.learning import GaussianProcessRegressor
+        from skopt.learning.gaussian_process.kernels import ConstantKernel, Matern
+        from skopt.space import Real
+        kernel = ConstantKernel(1.0, (0.01, 1000.0)) * Matern(length_scale=1.0, length_scale_bounds=(0.1, 10.0),
+                                                               nu=2.5)
+        gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, noise=1e-2, n_restarts_optimizer=2,
+                                      random_state=int(seed))
+        self._initial = list(low + (high - low) * (np.arange(n_initial) + 0.5) / n_initial)
+        self._opt = Optimizer([Real(low, high)], base_estimator=gp, n_initial_points=max(n_initial, 1),
+                              acq_func="gp_hedge", random_state=int(seed))
+
+    def ask(self, n):
+        points, self._initial = self._initial[:n], self._initial[n:]
+        if len(points) < n:
+            more = n - len(points)
+            asked = self._opt.ask(n_points=more, strategy="cl_min") if more > 1 else [self._opt.ask()]
+            points += [float(p[0]) for p in asked]
+        return [float(p) for p in points]
+
+    def tell(self, points, values):
+        self._opt.tell([[p] for p in points], [float(v) for v in values])
+
+
+# ------------------------------------------------------------------------------------------------ training
+class Trainer:
+    """Trains lists of networks on the run's training set: all of them in one engine call (``per_call=None``),
+    or ``per_call`` at a time (``per_call=1`` is the network-by-network baseline of the benchmark).
+
+    Counts what it trained, so that a record can report throughput.
+    """
+
+    def __init__(self, engine_class, x, y, H, L, B, max_epochs, seed_base=0, per_call=None, progress=None,
+                 **engine_kw):
+        self.engine_class, self.x, self.y, self.seed_base = engine_class, x, y, seed_base
+        self.H, self.L, self.B, self.max_epochs = H, L, B, max_epochs
+        self.per_call, self.progress, self.engine_kw = per_call, progress, engine_kw
+        self.engine_calls = 0
+        self.network_samples = 0
+        self.train_s = 0.0
+
+    def compile(self):
+        """Compile the kernels once, on a one-network engine; returns seconds."""
+        return self.engine_class(self.x, self.y, self.H, self.L, self.B, [1.0], [0], **self.engine_kw).compile()
+
+    def fit(self, lrs, seeds, subsets=None):
+        """Train networks (lrs[i], seeds[i]) on training subsets (all samples when None) to their stop; returns
+        the engines, each with the slice of networks it trained: [(engine, start)]."""
+        M = len(lrs)
+        step = M if self.per_call is None else self.per_call
+        out = []
+        for start in range(0, M, step):
+            sl = slice(start, start + step)
+            engine = self.engine_class(self.x, self.y, self.H, self.L, self.B, lrs[sl], seeds[sl],
+                                       subsets=None if subsets is None else subsets[sl], **self.engine_kw)
+            t0 = time.perf_counter()
+            engine.fit(self.max_epochs, progress=self.progress)
+            self.train_s += time.perf_counter() - t0
+            self.engine_calls += 1
+            self.network_samples += int(np.sum(engine.epochs * engine.n_train))
+            out.append((engine, start))
+        return out
+
+
+def _take(a, idx):
+    """Rows idx (host NumPy indices) of a on its own device."""
+    if isinstance(a, np.ndarray):
+        return a[idx]
+    import cupy
+    return a[cupy.asarray(idx)]
+
+
+def validation_errors(trainer, lrs, fold_idx):
+    """Train len(lrs) x K fold networks and score each candidate lr.
+
+    Returns per-candidate lists of per-fold (validation error, epochs, status); a diverged fold network counts as
+    DIVERGED_ERROR, a non-converged one with its measured validation error."""
+    K, n = len(fold_idx), len(trainer.y)
+    train_idx = [np.setdiff1d(np.arange(n), v) for v in fold_idx]
+    cand_lrs = np.repeat(np.asarray(lrs, np.float64), K)                            # (q K,) candidate-major
+    seeds = np.tile(np.arange(K) + FOLD_SEED_OFFSET, len(lrs)) + trainer.seed_base  # (q K,)
+    subsets = train_idx * len(lrs)
+    folds_of = np.tile(np.arange(K), len(lrs))
+    val_err = np.empty(len(cand_lrs))
+    epochs = np.empty(len(cand_lrs), np.int64)
+    status = [None] * len(cand_lrs)
+    for engine, start in trainer.fit(cand_lrs, seeds, subsets):
+        for k in np.unique(folds_of[start:start + engine.M]):     # the folds this engine's networks left out
+            err, _ = engine.evaluate(_take(trainer.x, fold_idx[k]), _take(trainer.y, fold_idx[k]))
+            for i in range(engine.M):
+                j = start + i
+                if folds_of[j] == k:
+                    val_err[j] = err[i] / len(fold_idx[k])
+        for i in range(engine.M):
+            j = start + i
+            epochs[j] = engine.epochs[i]
+            status[j] = _status(engine, i)
+            if engine.diverged[i]:
+                val_err[j] = DIVERGED_ERROR
+    return [(val_err[c * K:(c + 1) * K], epochs[c * K:(c + 1) * K], status[c * K:(c + 1) * K])
+            for c in range(len(lrs))]
+
+
+def _status(engine, i):
+    return "converged" if engine.converged[i] else "diverged" if engine.diverged[i] else "not_converged"
+
+
+# ---------------------------------------------------------------------------------------------- the run
+# The keys of a record, as `run` documents them: None marks a leaf, a dict the keys of a sub-record, a list the keys
+# of each element of a list.  `check_record` holds a record to it.
+RECORD_KEYS = {
+    "command": None, "task": None, "selected_lr": None,
+    "config": dict.fromkeys(["N", "L", "H", "B", "folds", "bo_calls", "bo_batch", "lr_min", "lr_max", "repeats",
+                             "n_test", "seed", "backend", "param", "sigma_w2", "sigma_b2", "max_epochs", "dtype",
+                             "lr"]),
+    "search": {"n_initial": None,
+               "history": [dict.fromkeys(["eval", "batch", "lr", "log10_lr", "fold_errors", "mean_error",
+                                          "fold_epochs", "fold_status"])],
+               "best": dict.fromkeys(["eval", "batch", "lr", "log10_lr", "fold_errors", "mean_error",
+                                      "fold_epochs", "fold_status"])},
+    "final": {"lr": None, "converged": None, "diverged": None, "not_converged": None,
+              "test_error": dict.fromkeys(["mean", "std", "values"]),
+              "repeats": [dict.fromkeys(["index", "lr", "seed", "n_train", "epochs", "converged", "diverged",
+                                         "status", "train_loss", "train_error", "test_error", "test_loss"])]},
+    "timing": dict.fromkeys(["data_s", "compile_s", "search_s", "final_s", "test_s", "wall_s"]),
+    "throughput": dict.fromkeys(["engine_calls", "train_network_samples", "network_samples_per_s", "gflops"]),
+    "provenance": None,
+}
+
+
+def check_record(rec, keys=RECORD_KEYS, where="record"):
+    """Raise ValueError naming the first place where rec's keys differ from RECORD_KEYS (search may be None)."""
+    if not isinstance(rec, dict) or set(rec) != set(keys):
+        got = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
+        raise ValueError(f"{where}: keys {got}, documented {sorted(keys)}")
+    for k, sub in keys.items():
+        if isinstance(sub, dict) and rec[k] is not None:
+            check_record(rec[k], sub, f"{where}.{k}")
+        elif isinstance(sub, list):
+            for i, item in enumerate(rec[k]):
+                check_record(item, sub[0], f"{where}.{k}[{i}]")
+
+
+def check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr=None):
+    """UsageError (one line, what to change) for settings the protocol cannot run."""
+    if N < 1:
+        raise UsageError(f"--N must be at least 1 (got {N})")
+    if lr is None:
+        if not 2 <= folds <= N:
+            raise UsageError(f"--folds must lie in [2, N] = [2, {N}] (got {folds})")
+        if folds > REPEAT_SEED_OFFSET:
+            raise UsageError(f"--folds must be at most {REPEAT_SEED_OFFSET} (got {folds})")
+        if bo_calls < 1:
+            raise UsageError(f"--bo-calls must be at least 1 (got {bo_calls})")
+        if bo_batch < 1:
+            raise UsageError(f"--bo-batch must be at least 1 (got {bo_batch})")
+        if not (0 < lr_min < lr_max and math.isfinite(lr_max)):
+            raise UsageError(f"need 0 < --lr-min < --lr-max (got {lr_min:g} and {lr_max:g})")
+    elif not (math.isfinite(lr) and lr > 0):
+        raise UsageError(f"--lr must be positive and finite (got {lr:g})")
+    if not 1 <= repeats <= SEEDS_PER_RUN - REPEAT_SEED_OFFSET:
+        raise UsageError(f"--repeats must lie in [1, {SEEDS_PER_RUN - REPEAT_SEED_OFFSET}] (got {repeats})")
+    if n_test < 1:
+        raise UsageError(f"--n-test must be at least 1 (got {n_test})")
+
+
+def n_initial_points(bo_calls, bo_batch):
+    """Random points before the surrogate takes over: half the budget (scikit-optimize's gp_minimize uses 10 of
+    its default 100), at least one batch."""
+    return min(bo_calls, max(bo_batch, bo_calls // 2))
+
+
+def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4, lr_max=10.0, repeats=10,
+        n_test=10000, seed=0, backend="cpu", param="standard", sigma_w2=2.0, sigma_b2=0.0, max_epochs=2000,
+        dtype="float32", lr=None, per_call=None, progress=None):
+    """The whole protocol for one (task, N, L); returns the record (a JSON-ready dict).
+
+    ``lr`` given: no search, only the final repeats at that rate.  ``per_call``: networks per engine call (None:
+    all of a batch at once; 1: network by network, for the benchmark).  ``progress(text)`` receives one line per
+    phase and per optimizer batch.
+
+    Record keys:
+      command "run"; task (the task spec and its name); config (every setting above that changes results)
+      selected_lr                   the learning rate of the final repeats
+      search                        null with --lr, else: {n_initial, history, best}; history has one entry per
+                                    evaluated lr, in evaluation order: {eval, batch, lr, log10_lr, fold_errors,
+                                    mean_error, fold_epochs, fold_status}; best is the entry with the lowest
+                                    mean_error (the first such, if tied)
+      final                         {lr, repeats: [network record + test_error, test_loss], test_error: {mean, std,
+                                    values}, converged, diverged, not_converged}; a diverged repeat's test error
+                                    is DIVERGED_ERROR, like a diverged fold
+      timing                        {data_s, compile_s, search_s, final_s, test_s, wall_s}
+      throughput                    {engine_calls, train_network_samples, network_samples_per_s, gflops}
+      provenance                    versions, git commit, backend, device, threads, argv
+    """
+    from .bench import useful_flops_per_sample
+    from .engine import engine_class, generate_on
+    from .provenance import record
+
+    check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr)
+    say = progress or (lambda text: None)
+    t0 = time.perf_counter()
+    cls = engine_class(backend)
+    x, y = generate_on(backend, spec, seed, "train", 0, N)
+    trainer = Trainer(cls, x, y, H, L, B, max_epochs, seed_base=(SEEDS_PER_RUN * int(seed)) % 2**32,
+                      per_call=per_call, param=param, dtype=np.dtype(dtype), sigma_w2=sigma_w2, sigma_b2=sigma_b2)
+    t_data = time.perf_counter()
+    say("compiling kernels (cached on disk after the first run)")
+    compile_s = trainer.compile()
+    t_ready = time.perf_counter()
+
+    search = None
+    if lr is None:
+        fold_idx = fold_indices(N, folds, seed)
+        lo, hi = math.log10(lr_min), math.log10(lr_max)
+        n_init = n_initial_points(bo_calls, bo_batch)
+        opt = GaussianProcessSearch(lo, hi, n_init, seed)
+        history = []
+        for batch, start in enumerate(range(0, bo_calls, bo_batch)):
+            q = min(bo_batch, bo_calls - start)
+            points = opt.ask(q)
+            lrs = [10.0 ** p for p in points]
+            scores = validation_errors(trainer, lrs, fold_idx)
+            for p, cand_lr, (err, ep, st) in zip(points, lrs, scores):
+                history.append({"eval": len(history), "batch": batch, "lr": cand_lr, "log10_lr": p,
+                                "fold_errors": [float(e) for e in err], "mean_error": float(np.mean(err)),
+                                "fold_epochs": [int(e) for e in ep], "fold_status": st})
+            opt.tell(points, [h["mean_error"] for h in history[-q:]])
+            best = min(history, key=lambda h: h["mean_error"])
+            say(f"search: {len(history)}/{bo_calls} learning rates scored, best lr {best['lr']:.4g} "
+                f"(validation error {best['mean_error']:.4f})")
+        lr = best["lr"]
+        search = {"n_initial": n_init, "history": history, "best": best}
+    t_search = time.perf_counter()
+
+    say(f"final: {repeats} repeats at lr {lr:.4g}")
+    seeds = trainer.seed_base + REPEAT_SEED_OFFSET + np.arange(repeats)
+    finals = trainer.fit(np.full(repeats, lr), seeds)
+    t_final = time.perf_counter()
+    nets = []
+    for engine, start in finals:
+        err, loss = engine.task_metrics(spec, seed, "test", n_test)
+        for i, r in enumerate(engine.results()):
+            d = r.to_dict() | {"index": start + i, "status": _status(engine, i)}
+            d["test_error"] = DIVERGED_ERROR if r.diverged else float(err[i])
+            d["test_loss"] = None if r.diverged else float(loss[i])
+            nets.append(d)
+    t_test = time.perf_counter()
+
+    test_err = np.array([n["test_error"] for n in nets])
+    counts = {s: sum(n["status"] == s for n in nets) for s in ("converged", "diverged", "not_converged")}
+    train_s = trainer.train_s
+    flops = trainer.network_samples * useful_flops_per_sample(spec.D, H, L)
+    return {
+        "command": "run",
+        "task": spec.to_dict() | {"name": spec.name},
+        "config": {"N": N, "L": L, "H": H, "B": B, "folds": folds, "bo_calls": bo_calls, "bo_batch": bo_batch,
+                   "lr_min": lr_min, "lr_max": lr_max, "repeats": repeats, "n_test": n_test, "seed": seed,
+                   "backend": backend, "param": param, "sigma_w2": sigma_w2, "sigma_b2": sigma_b2,
+                   "max_epochs": max_epochs, "dtype": dtype, "lr": None if search else lr},
+        "selected_lr": lr,
+        "search": search,
+        "final": {"lr": lr, "repeats": nets,
+                  "test_error": {"mean": float(test_err.mean()),
+                                 "std": float(test_err.std(ddof=1)) if repeats > 1 else None,
+                                 "values": test_err.tolist()},
+                  **counts},
+        "timing": {"data_s": t_data - t0, "compile_s": compile_s, "search_s": t_search - t_ready,
+                   "final_s": t_final - t_search, "test_s": t_test - t_final, "wall_s": t_test - t0},
+        "throughput": {"engine_calls": trainer.engine_calls, "train_network_samples": trainer.network_samples,
+                       "network_samples_per_s": trainer.network_samples / train_s if train_s > 0 else None,
+                       "gflops": flops / train_s / 1e9 if train_s > 0 else None},
+        "provenance": record(backend) | {"threads": _threads(finals)},
+    }
+
+
+def _threads(finals):
+    return int(getattr(finals[0][0], "threads", 1))
