@@ -5,7 +5,8 @@
 __version__ = "0.1.0"
 
 _LAZY = {"Engine": "engine", "NetworkResult": "engine", "parse_task": "tasks", "generate": "tasks",
-         "iter_chunks": "tasks", "UsageError": "tasks"}
+         "iter_chunks": "tasks", "UsageError": "tasks",
+         "ntk_kernel": "ntk", "empirical_ntk": "ntk"}
 __all__ = sorted(_LAZY)
 
 

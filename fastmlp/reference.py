@@ -78,11 +78,18 @@ def softmax_xent(logits, y):
 
 def loss_and_grads(params, scales, x, y):
     """Loss (M,) and gradients [(dW (M, fan_in, fan_out), db (M, fan_out))] of the mean cross-entropy."""
-    c, s = scales
     logits, acts = forward(params, scales, x)
-    loss, dz = softmax_xent(logits, y)
+    loss, dlogits = softmax_xent(logits, y)
+    return loss, backward(params, scales, x, acts, dlogits)
+
+
+def backward(params, scales, x, acts, dlogits):
+    """Gradients [(dW (M, fan_in, fan_out), db (M, fan_out))] of sum(dlogits * logits), the chain rule from a
+    given gradient dlogits (M, B, C) of the logits; acts are `forward`'s hidden activations of the same x."""
+    c, s = scales
+    dz = dlogits
     x = np.asarray(x, dtype=np.float64)
-    inputs = [np.broadcast_to(x, (len(loss),) + x.shape[-2:])] + acts
+    inputs = [np.broadcast_to(x, (dz.shape[0],) + x.shape[-2:])] + acts
     grads = [None] * len(params)
     for l in range(len(params) - 1, -1, -1):
         W, _ = params[l]
@@ -91,7 +98,7 @@ def loss_and_grads(params, scales, x, y):
         if l > 0:
             da = c[l] * dz @ W.transpose(0, 2, 1)                   # (M, B, fan_in)
             dz = da * (a > 0)
-    return loss, grads
+    return grads
 
 
 def sgd_step(params, grads, lrs):
