@@ -210,6 +210,32 @@ def prepare_fastmlp_cpu(x, y, M, H, L, B, lr, seed):
     return run
 
 
+def _prepare_fastmlp_gpu(graphs=True, tf32=False):
+    """prepare() of fastmlp's engine on the GPU backend: CUDA graphs on or off, TF32 GEMMs or strict float32."""
+
+    def prepare(x, y, M, H, L, B, lr, seed):
+        from fastmlp import gpu
+        from fastmlp.engine import engine_class
+
+        eng = engine_class("gpu")(x, y, hidden_width=H, depth=L, batch_size=B, lrs=np.full(M, lr),
+                                  seeds=np.arange(M) + seed, graphs=graphs, tf32=tf32)
+        eng.compile()
+        eng.train_epochs(2)      # the first epoch of a shape runs eagerly, the second is captured: neither is timed
+
+        def run(epochs):
+            eng.train_epochs(epochs)      # ends with the epoch's report copied to the host: the GPU is done
+            if eng.diverged.any():
+                raise RuntimeError(f"bench: {int(eng.diverged.sum())} networks diverged at lr {lr}")
+            return eng
+
+        run.info = lambda: {"device": gpu.device_name(), "graphs": eng.graphs, "graph_error": eng.graph_error,
+                            "graph_launches": eng.graph_launches, "tf32": eng.tf32,
+                            "launches_per_step": eng.launches_per_step()}
+        return run
+
+    return prepare
+
+
 def _torch_available():
     try:
         return importlib.util.find_spec("torch") is not None
@@ -228,6 +254,11 @@ def _engine_available():
 IMPLS = {"fastmlp-cpu": prepare_fastmlp_cpu, "numpy": prepare_numpy}
 if _torch_available():
     IMPLS["torch"] = prepare_torch
+
+# The GPU engine, as used (graphs, float32), with one launch per kernel (no graphs: the launch overhead measured),
+# and with TF32 tensor-core GEMMs (asked for explicitly; recorded in the JSON line).
+GPU_IMPLS = {"fastmlp-gpu": _prepare_fastmlp_gpu(), "fastmlp-gpu-nograph": _prepare_fastmlp_gpu(graphs=False),
+             "fastmlp-gpu-tf32": _prepare_fastmlp_gpu(tf32=True)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,13 +290,15 @@ def workload_data(workload):
     return x, y
 
 
-def bench_impl(name, prepare, workload, epochs, repeats, threads, lr=BENCH_LR, seed=0):
+def bench_impl(name, prepare, workload, epochs, repeats, threads, lr=BENCH_LR, seed=0, networks=None):
     """Median wall time of `repeats` training runs of `epochs` epochs on a workload, as one JSON-ready dict.
 
     Setup (initialization, JIT compilation) and one warm-up epoch stay outside the timed runs; each timed run
-    continues training the same networks, so every run does the same work."""
+    continues training the same networks, so every run does the same work. ``networks`` overrides the workload's
+    M. A run function may carry ``info()``, extra fields for the line (the GPU's device name, graphs, TF32)."""
     w = WORKLOADS[workload]
     M, D, H, L, B, N = (w[k] for k in ("M", "D", "H", "L", "B", "N"))
+    M = int(networks or M)
     set_threads(threads)
     x, y = workload_data(workload)
 
@@ -279,6 +312,7 @@ def bench_impl(name, prepare, workload, epochs, repeats, threads, lr=BENCH_LR, s
 
     median = statistics.median(times)
     rate = M * N * epochs / median
+    info = run.info() if callable(getattr(run, "info", None)) else {}
     return {
         "workload": workload, "impl": name,
         "M": M, "D": D, "H": H, "L": L, "B": B, "N": N,
@@ -288,25 +322,31 @@ def bench_impl(name, prepare, workload, epochs, repeats, threads, lr=BENCH_LR, s
         "gflops": rate * useful_flops_per_sample(D, H, L) / 1e9,
         "threads": threads, "dtype": "float32",
         "device": cpu_name(),
+        **info,
     }
 
 
-def run_bench(workloads=("W1", "W2", "W3", "W4"), impls=None, epochs=None, repeats=3, threads=None, emit=print):
+def run_bench(workloads=("W1", "W2", "W3", "W4"), impls=None, epochs=None, repeats=3, threads=None, emit=print,
+              networks=None):
     """Every impl on every workload, side by side in this process; one JSON line per pair through `emit`.
 
-    impls: names from IMPLS or a dict name -> trainer (default: all of IMPLS; fastmlp-cpu is skipped with a note
-    on stderr while fastmlp.engine does not exist). epochs: an int for every workload, or None for DEFAULT_EPOCHS.
+    impls: names from IMPLS or GPU_IMPLS, or a dict name -> trainer (default: all of IMPLS, and fastmlp-gpu when
+    a GPU is usable; fastmlp-cpu is skipped with a note on stderr while fastmlp.engine does not exist). epochs: an
+    int for every workload, or None for DEFAULT_EPOCHS. networks: M for every workload instead of its own.
     """
+    known = {**IMPLS, **GPU_IMPLS}
     if impls is None:
         impls = dict(IMPLS)
         if not _engine_available():
             del impls["fastmlp-cpu"]
             print("bench: fastmlp.engine not found, skipping fastmlp-cpu", file=sys.stderr)
+        elif _gpu_available():
+            impls["fastmlp-gpu"] = GPU_IMPLS["fastmlp-gpu"]
     elif not isinstance(impls, dict):
-        unknown = [n for n in impls if n not in IMPLS]
+        unknown = [n for n in impls if n not in known]
         if unknown:
-            raise ValueError(f"unknown impl(s) {unknown}; choose from {list(IMPLS)} (torch needs PyTorch installed)")
-        impls = {n: IMPLS[n] for n in impls}
+            raise ValueError(f"unknown impl(s) {unknown}; choose from {list(known)} (torch needs PyTorch installed)")
+        impls = {n: known[n] for n in impls}
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         raise ValueError(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
@@ -315,4 +355,9 @@ def run_bench(workloads=("W1", "W2", "W3", "W4"), impls=None, epochs=None, repea
     for workload in workloads:
         n_epochs = DEFAULT_EPOCHS[workload] if epochs is None else epochs
         for name, fn in impls.items():
-            emit(json.dumps(bench_impl(name, fn, workload, n_epochs, repeats, threads)))
+            emit(json.dumps(bench_impl(name, fn, workload, n_epochs, repeats, threads, networks=networks)))
+
+
+def _gpu_available():
+    from .provenance import gpu_info
+    return gpu_info() is not None

@@ -98,12 +98,9 @@ class Progress:
 
 
 def _check_backend(backend):
-    if backend == "gpu":
-        from .provenance import gpu_info
-        if gpu_info() is None:
-            raise UsageError("--backend gpu needs CuPy and a CUDA device, and none is usable here; "
-                             "use --backend cpu")
-        raise UsageError("this version of fastmlp has no GPU kernels yet; use --backend cpu")
+    """The engine class of a backend; one line (UsageError) when the GPU is asked for and none is usable."""
+    from .engine import engine_class
+    return engine_class(backend)
 
 
 def task_options(f):
@@ -203,7 +200,7 @@ def data(task, D, seed, indices, beta1, beta2, N, split, start, out):
 @click.option("--sigma-b2", type=float, default=0.0, show_default=True, help="NTK parameterization: sigma_b^2")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
 @click.option("--backend", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
-              help="cpu: the Numba kernels (this version has no GPU kernels yet)")
+              help="cpu: the Numba kernels; gpu: the CUDA kernels through CuPy (pip install 'fastmlp[gpu]')")
 @click.option("--save-params", type=click.Path(dir_okay=False), default=None,
               help="write every network's final parameters to this .npz (W0, b0, ..., W{L}, b{L}; "
                    "W{l} has shape (networks, fan_in, fan_out), in the order of the records)")
@@ -216,9 +213,9 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
     network's test error is measured on --n-test fresh samples.
     """
     from .bench import useful_flops_per_sample
-    from .engine import Engine
+    from .engine import generate_on
     from .provenance import record
-    from .tasks import generate, iter_chunks, parse_task
+    from .tasks import parse_task
 
     spec = parse_task(task, D=D, indices=indices, beta1=beta1, beta2=beta2)
     lrs = _parse_floats(lr, "--lr")
@@ -228,14 +225,14 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
             raise UsageError(f"{name} must be at least 1 (got {value})")
     if n_test < 0:
         raise UsageError(f"--n-test must be 0 or more (got {n_test})")
-    _check_backend(backend)
+    engine_class = _check_backend(backend)
 
     t0 = time.perf_counter()
-    x, y = generate(spec, seed, "train", 0, N)
+    x, y = generate_on(backend, spec, seed, "train", 0, N)   # on the device that trains
     grid_lr = np.repeat(lrs, len(net_seeds))                 # (M,) lr-major grid
     grid_seed = np.tile(net_seeds, len(lrs))                 # (M,)
-    engine = Engine(x, y, H, L, B, grid_lr, grid_seed, param=param, dtype=np.dtype(dtype), sigma_w2=sigma_w2,
-                    sigma_b2=sigma_b2)
+    engine = engine_class(x, y, H, L, B, grid_lr, grid_seed, param=param, dtype=np.dtype(dtype),
+                          sigma_w2=sigma_w2, sigma_b2=sigma_b2)
     t_data = time.perf_counter()
     bar = Progress(f"train {spec.name} M={engine.M}", enabled=not as_json)
     bar.note("compiling kernels (cached on disk after the first run)...")
@@ -244,7 +241,7 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
     results = engine.fit(max_epochs, progress=bar)
     bar.close()
     t_train = time.perf_counter()
-    test_err, test_loss = engine.test_metrics((xc, yc) for _, xc, yc in iter_chunks(spec, seed, "test", n_test)) \
+    test_err, test_loss = engine.task_metrics(spec, seed, "test", n_test) \
         if n_test > 0 else (np.full(engine.M, np.nan),) * 2
     t_test = time.perf_counter()
 
@@ -445,12 +442,17 @@ def ntk(task, D, seed, indices, beta1, beta2, N, L, repeats, n_test, sigma_w2, s
 @main.command()
 @click.option("--workload", "workloads", multiple=True, type=click.Choice(["W1", "W2", "W3", "W4"]),
               help="workload(s) to run [default: all four]")
-@click.option("--impl", "impls", multiple=True, type=click.Choice(["fastmlp-cpu", "numpy", "torch"]),
-              help="implementation(s) [default: fastmlp-cpu, numpy, and torch when importable]")
+@click.option("--impl", "impls", multiple=True,
+              type=click.Choice(["fastmlp-cpu", "numpy", "torch", "fastmlp-gpu", "fastmlp-gpu-nograph",
+                                 "fastmlp-gpu-tf32"]),
+              help="implementation(s) [default: fastmlp-cpu, numpy, torch when importable, fastmlp-gpu when a GPU "
+                   "is usable]; -nograph launches every kernel on its own (no CUDA graphs), -tf32 lets cuBLAS use "
+                   "TF32")
 @click.option("--repeats", type=int, default=3, show_default=True, help="timed calls; the median is reported")
 @click.option("--epochs", type=int, default=None, help="epochs per timed call [default: per workload]")
 @click.option("--threads", type=int, default=None, help="threads for every implementation [default: all cores]")
-def bench(workloads, impls, repeats, epochs, threads):
+@click.option("--networks", type=int, default=None, help="networks M trained at once [default: the workload's]")
+def bench(workloads, impls, repeats, epochs, threads, networks):
     """Throughput on the standard workloads W1-W4 (DESIGN.md), one JSON line per (workload, impl).
 
     Every implementation trains the same networks for a fixed number of epochs (no early stop), side by side
@@ -463,10 +465,14 @@ def bench(workloads, impls, repeats, epochs, threads):
         raise UsageError(f"--epochs must be at least 1 (got {epochs})")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be at least 1 (got {threads})")
+    if networks is not None and networks < 1:
+        raise UsageError(f"--networks must be at least 1 (got {networks})")
     if "torch" in impls and "torch" not in b.IMPLS:
         raise UsageError("--impl torch needs PyTorch (pip install torch); it is not importable here")
+    if any(name.startswith("fastmlp-gpu") for name in impls):
+        _check_backend("gpu")
     b.run_bench(workloads=workloads or tuple(b.WORKLOADS), impls=list(impls) or None, epochs=epochs,
-                repeats=repeats, threads=threads, emit=click.echo)
+                repeats=repeats, threads=threads, emit=click.echo, networks=networks)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,44 @@ def _check_positive(name, value):
         raise UsageError(f"{name} must be at least 1 (got {value})")
 
 
+def check_engine_args(x_shape, y_shape, hidden_width, depth, batch_size, lrs, seeds, subsets, param, dtype,
+                      sigma_w2, sigma_b2):
+    """Validate an engine's arguments, the same for every backend -> (lrs (M,) float64, seeds (M,) int64,
+    dtype, subsets: M int64 index arrays)."""
+    if len(x_shape) != 2 or tuple(y_shape) != (x_shape[0],):
+        raise ValueError(f"need x (N, D) and y (N,); got {tuple(x_shape)} and {tuple(y_shape)}")
+    lrs = np.atleast_1d(np.asarray(lrs, dtype=np.float64))
+    seeds = np.atleast_1d(np.asarray(seeds, dtype=np.int64))
+    if lrs.shape != seeds.shape:
+        raise ValueError(f"one learning rate per seed: {lrs.shape} vs {seeds.shape}")
+    _check_positive("--H (hidden width)", hidden_width)
+    _check_positive("--L (depth)", depth)
+    _check_positive("--B (batch size)", batch_size)
+    _check_positive("--N (training samples)", x_shape[0])
+    if not np.all(np.isfinite(lrs)) or np.any(lrs <= 0):
+        raise UsageError(f"learning rates must be positive and finite (got {lrs.min():g})")
+    if np.any(seeds < 0) or np.any(seeds >= 2**32):
+        raise UsageError("network seeds must lie in [0, 2**32)")
+    if param not in reference.PARAMS:
+        raise UsageError(f"--param must be one of {', '.join(reference.PARAMS)} (got {param!r})")
+    if param == "ntk" and not (sigma_w2 > 0 and sigma_b2 >= 0):
+        raise UsageError(f"the NTK parameterization needs --sigma-w2 > 0 and --sigma-b2 >= 0 "
+                         f"(got {sigma_w2:g}, {sigma_b2:g})")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise UsageError(f"--dtype must be float32 or float64 (got {dtype})")
+    N, M = x_shape[0], len(lrs)
+    if subsets is None:
+        subsets = [np.arange(N)] * M
+    if len(subsets) != M:
+        raise ValueError(f"need one training subset per network ({M}), got {len(subsets)}")
+    subsets = [np.asarray(s, dtype=np.int64) for s in subsets]
+    for s in subsets:
+        if s.size == 0 or s.min() < 0 or s.max() >= N:
+            raise ValueError("every training subset needs indices in [0, N)")
+    return lrs, seeds, dtype, subsets
+
+
 class Engine:
     """Train M = len(lrs) networks on one dataset x (N, D), y (N,) in {0, 1}.
 
@@ -54,42 +92,14 @@ class Engine:
                  dtype=np.float32, sigma_w2=2.0, sigma_b2=0.0, threads=None):
         x = np.asarray(x)
         y = np.asarray(y)
-        if x.ndim != 2 or y.shape != (x.shape[0],):
-            raise ValueError(f"need x (N, D) and y (N,); got {x.shape} and {y.shape}")
-        lrs = np.atleast_1d(np.asarray(lrs, dtype=np.float64))
-        seeds = np.atleast_1d(np.asarray(seeds, dtype=np.int64))
-        if lrs.shape != seeds.shape:
-            raise ValueError(f"one learning rate per seed: {lrs.shape} vs {seeds.shape}")
-        _check_positive("--H (hidden width)", hidden_width)
-        _check_positive("--L (depth)", depth)
-        _check_positive("--B (batch size)", batch_size)
-        _check_positive("--N (training samples)", x.shape[0])
-        if not np.all(np.isfinite(lrs)) or np.any(lrs <= 0):
-            raise UsageError(f"learning rates must be positive and finite (got {lrs.min():g})")
-        if np.any(seeds < 0) or np.any(seeds >= 2**32):
-            raise UsageError("network seeds must lie in [0, 2**32)")
-        if param not in reference.PARAMS:
-            raise UsageError(f"--param must be one of {', '.join(reference.PARAMS)} (got {param!r})")
-        if param == "ntk" and not (sigma_w2 > 0 and sigma_b2 >= 0):
-            raise UsageError(f"the NTK parameterization needs --sigma-w2 > 0 and --sigma-b2 >= 0 "
-                             f"(got {sigma_w2:g}, {sigma_b2:g})")
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise UsageError(f"--dtype must be float32 or float64 (got {self.dtype})")
+        lrs, seeds, self.dtype, subsets = check_engine_args(x.shape, y.shape, hidden_width, depth, batch_size, lrs,
+                                                            seeds, subsets, param, dtype, sigma_w2, sigma_b2)
         N, D = x.shape
         H, L, B, M = int(hidden_width), int(depth), int(batch_size), len(lrs)
         self.N, self.D, self.H, self.L, self.B, self.M = N, D, H, L, B, M
         self.param, self.lrs, self.seeds = param, lrs, seeds
         self.threads = int(threads or numba.get_num_threads())
 
-        if subsets is None:
-            subsets = [np.arange(N)] * M
-        if len(subsets) != M:
-            raise ValueError(f"need one training subset per network ({M}), got {len(subsets)}")
-        subsets = [np.asarray(s, dtype=np.int64) for s in subsets]
-        for s in subsets:
-            if s.size == 0 or s.min() < 0 or s.max() >= N:
-                raise ValueError("every training subset needs indices in [0, N)")
         self.n_train = np.array([len(s) for s in subsets])
         self._sub_off = np.concatenate([[0], np.cumsum(self.n_train)]).astype(np.int64)
         self._subsets = np.concatenate(subsets)
