@@ -118,6 +118,33 @@ def task_options(f):
     return f
 
 
+def _options(*options):
+    """One decorator applying click options in the order they are listed (so --help lists them in that order)."""
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
+# The network and its training, spelled once for every command that trains (`train`, `run`).
+network_options = _options(
+    click.option("--N", "N", type=int, default=1000, show_default=True, help="training samples"),
+    click.option("--L", "L", type=int, default=1, show_default=True, help="hidden layers"),
+    click.option("--H", "H", type=int, default=100, show_default=True, help="hidden width"),
+    click.option("--B", "B", type=int, default=50, show_default=True, help="minibatch size"))
+training_options = _options(
+    click.option("--max-epochs", type=int, default=2000, show_default=True, help="epoch cap per network"),
+    click.option("--n-test", type=int, default=10000, show_default=True, help="fresh test samples"),
+    click.option("--param", type=click.Choice(["standard", "ntk"]), default="standard", show_default=True,
+                 help="standard (He) or NTK parameterization"),
+    click.option("--sigma-w2", type=float, default=2.0, show_default=True, help="NTK parameterization: sigma_w^2"),
+    click.option("--sigma-b2", type=float, default=0.0, show_default=True, help="NTK parameterization: sigma_b^2"),
+    click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True),
+    click.option("--backend", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+                 help="cpu: the Numba kernels; gpu: the CUDA kernels through CuPy (pip install 'fastmlp[gpu]')"))
+
+
 class FastmlpGroup(click.Group):
     """Turns UsageError from anywhere below into one line and exit status 2."""
 
@@ -185,22 +212,11 @@ def data(task, D, seed, indices, beta1, beta2, N, split, start, out):
 @main.command()
 @click.argument("task")
 @task_options
-@click.option("--N", "N", type=int, default=1000, show_default=True, help="training samples")
-@click.option("--L", "L", type=int, default=1, show_default=True, help="hidden layers")
-@click.option("--H", "H", type=int, default=100, show_default=True, help="hidden width")
-@click.option("--B", "B", type=int, default=50, show_default=True, help="minibatch size")
+@network_options
 @click.option("--lr", required=True, help="learning rates, comma-separated, e.g. 0.01,0.1")
 @click.option("--seeds", default="0", show_default=True,
               help="network seeds (initialization and minibatch order), e.g. 0-9")
-@click.option("--max-epochs", type=int, default=2000, show_default=True, help="epoch cap per network")
-@click.option("--n-test", type=int, default=10000, show_default=True, help="fresh test samples")
-@click.option("--param", type=click.Choice(["standard", "ntk"]), default="standard", show_default=True,
-              help="standard (He) or NTK parameterization")
-@click.option("--sigma-w2", type=float, default=2.0, show_default=True, help="NTK parameterization: sigma_w^2")
-@click.option("--sigma-b2", type=float, default=0.0, show_default=True, help="NTK parameterization: sigma_b^2")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
-@click.option("--backend", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
-              help="cpu: the Numba kernels; gpu: the CUDA kernels through CuPy (pip install 'fastmlp[gpu]')")
+@training_options
 @click.option("--save-params", type=click.Path(dir_okay=False), default=None,
               help="write every network's final parameters to this .npz (W0, b0, ..., W{L}, b{L}; "
                    "W{l} has shape (networks, fan_in, fan_out), in the order of the records)")
@@ -296,10 +312,7 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
 @main.command()
 @click.argument("task")
 @task_options
-@click.option("--N", "N", type=int, default=1000, show_default=True, help="training samples")
-@click.option("--L", "L", type=int, default=1, show_default=True, help="hidden layers")
-@click.option("--H", "H", type=int, default=100, show_default=True, help="hidden width")
-@click.option("--B", "B", type=int, default=50, show_default=True, help="minibatch size")
+@network_options
 @click.option("--folds", type=int, default=10, show_default=True, help="cross-validation folds K")
 @click.option("--bo-calls", type=int, default=20, show_default=True,
               help="learning rates scored by the Bayesian optimization")
@@ -310,14 +323,7 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
 @click.option("--lr", type=float, default=None, help="skip the search and train the repeats at this learning rate")
 @click.option("--repeats", type=int, default=10, show_default=True,
               help="final networks on all N samples at the selected learning rate")
-@click.option("--max-epochs", type=int, default=2000, show_default=True, help="epoch cap per network")
-@click.option("--n-test", type=int, default=10000, show_default=True, help="fresh test samples")
-@click.option("--param", type=click.Choice(["standard", "ntk"]), default="standard", show_default=True,
-              help="standard (He) or NTK parameterization")
-@click.option("--sigma-w2", type=float, default=2.0, show_default=True, help="NTK parameterization: sigma_w^2")
-@click.option("--sigma-b2", type=float, default=0.0, show_default=True, help="NTK parameterization: sigma_b^2")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
-@click.option("--backend", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@training_options
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="also write the record to this JSON file (atomically)")
 @click.option("--json", "as_json", is_flag=True, help="print the record as one JSON object (progress stays off)")

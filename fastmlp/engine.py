@@ -82,6 +82,18 @@ def check_engine_args(x_shape, y_shape, hidden_width, depth, batch_size, lrs, se
     return lrs, seeds, dtype, subsets
 
 
+def init_stop_state(engine):
+    """Every network's stop state, on the host for every backend: epochs trained, converged, diverged, stopped,
+    and its last training loss and error (NaN until known)."""
+    M = engine.M
+    engine.epochs = np.zeros(M, np.int64)
+    engine.converged = np.zeros(M, bool)
+    engine.diverged = np.zeros(M, bool)
+    engine.train_loss = np.full(M, np.nan)
+    engine.train_error = np.full(M, np.nan)
+    engine.stopped = np.zeros(M, bool)
+
+
 class Engine:
     """Train M = len(lrs) networks on one dataset x (N, D), y (N,) in {0, 1}.
 
@@ -122,12 +134,7 @@ class Engine:
         self._perm = np.zeros((T, int(self.n_train.max())), np.int64)
         self._ident = np.arange(Bp, dtype=np.int64)            # rows of an activation buffer, in order
 
-        self.epochs = np.zeros(M, np.int64)
-        self.converged = np.zeros(M, bool)
-        self.diverged = np.zeros(M, bool)
-        self.train_loss = np.full(M, np.nan)
-        self.train_error = np.full(M, np.nan)
-        self.stopped = np.zeros(M, bool)
+        init_stop_state(self)
 
     # ------------------------------------------------------------------------------------------ parameters
     def _pack(self, params):

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import reference
-from .engine import Engine, _check_positive, check_engine_args
+from .engine import Engine, _check_positive, check_engine_args, init_stop_state
 from .constants import (N_CLASSES, PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, PHILOX_W0, PHILOX_W1, STREAM_FOLD,
                         STREAM_INIT, STREAM_ORDER, STREAM_TEST_X, STREAM_TRAIN_X)
 from .tasks import SPLIT_STREAMS, UsageError, _check_sample_range
@@ -546,12 +546,7 @@ class GpuEngine:
         self.graph_launches = 0          # epochs run as one graph launch
         self.n_train = np.array([len(s) for s in subsets])
 
-        self.epochs = np.zeros(M, np.int64)
-        self.converged = np.zeros(M, bool)
-        self.diverged = np.zeros(M, bool)
-        self.train_loss = np.full(M, np.nan)
-        self.train_error = np.full(M, np.nan)
-        self.stopped = np.zeros(M, bool)
+        init_stop_state(self)
 
         P = int(self.n_train.max())
         self.P = P

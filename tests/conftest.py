@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from fastmlp import reference
+
 # (atol, rtol) per operation and dtype; a check passes when |actual - expected| <= atol + rtol * |expected|.
 # float32 values have been through a reduction over D or H (and, for "step", 20 SGD steps of them); float64 ones
 # differ from the reference only by summation order.  "fd" is a float64 reference gradient against central
@@ -38,6 +40,96 @@ def assert_close(actual, expected, op, dtype):
         raise AssertionError(f"{op} ({np.dtype(dtype).name}): {int((~(excess <= 0)).sum())} of {excess.size} "
                              f"elements out of tolerance (atol {atol:g}, rtol {rtol:g}); worst at {i}: "
                              f"{actual[i]!r} vs {expected[i]!r}")
+
+
+SIGMA_B2 = {"standard": 0.0, "ntk": 0.5}   # engine tests: NTK with sigma_b > 0, so the bias paths count
+
+
+def scales(engine):
+    """The reference's per-layer (c, s) for an engine's architecture and parameterization."""
+    return reference.layer_scales(engine.D, engine.H, engine.L, engine.param, 2.0, SIGMA_B2[engine.param])
+
+
+def network(params, m):
+    """Network m of stacked reference-layout parameters, as a stack of one."""
+    return [(W[m:m + 1], b[m:m + 1]) for W, b in params]
+
+
+def assert_params_equal(a, b):
+    for (W, bias), (W1, bias1) in zip(a, b):
+        np.testing.assert_array_equal(W, W1)
+        np.testing.assert_array_equal(bias, bias1)
+
+
+def subsets(N, sizes, seed):
+    """One sorted random subset of [0, N) per size."""
+    g = np.random.default_rng(seed)
+    return [np.sort(g.choice(N, size, replace=False)) for size in sizes]
+
+
+def check_fit_stop_rule(engine_class, data, dtype):
+    """The stop rule of fit(), with the reference as the oracle, for any engine class; returns the engine.
+
+    Networks converge or hit the cap (both occur); each stops at the first epoch with zero training error;
+    records match the final parameters; stopped networks are frozen while the others go on."""
+    x, y = data
+    H, L, B, max_epochs = 21, 3, 17, 40
+    lrs = [0.1, 0.05, 1e-4, 0.2, 0.1]                 # 1e-4 cannot fit 200 samples in 40 epochs
+    seeds = [3, 1, 2, 4, 5]
+    subs = subsets(len(x), [200, 200, 200, 150, 300], seed=6)
+    e = engine_class(x, y, H, L, B, lrs, seeds, subsets=subs, dtype=dtype)
+    snaps = []                                        # (params, epochs, stopped, n_active) after every epoch
+
+    def progress(epoch, n_active, n_networks):
+        assert n_networks == 5
+        snaps.append((e.params(), e.epochs.copy(), e.stopped.copy(), n_active))
+
+    results = e.fit(max_epochs=max_epochs, progress=progress)
+    sc = scales(e)
+    assert 2 <= e.converged.sum() <= 4 and not e.diverged.any()    # both outcomes occur
+    for r in results:
+        m = r.index
+        assert (r.lr, r.seed, r.n_train, r.epochs, r.converged) == (lrs[m], seeds[m], len(subs[m]),
+                                                                    e.epochs[m], e.converged[m])
+        S = subs[m]
+        net = network(e.params(), m)
+        _, loss_ref = reference.evaluate(net, sc, x[S], y[S])
+        assert_close(r.train_loss, loss_ref[0], "loss", dtype)   # the loss reported is that of the final params
+        logits, _ = reference.forward(net, sc, x[S])
+        margin = logits[0, :, 1] - logits[0, :, 0]
+        wrong = (margin > 0) != (y[S] == 1)
+        near = np.zeros(len(S), bool)
+        if dtype == np.float32:
+            # engine and reference logits differ by float32 rounding of sums over H (the "forward" tolerance),
+            # so only a sample closer to a tie than twice that may be classified differently
+            atol, rtol = tol("forward", dtype)
+            near = np.abs(margin) <= 2 * (atol + rtol * np.abs(logits[0]).max(axis=1))
+        if not r.converged:
+            assert r.epochs == max_epochs and r.train_error > 0
+            assert abs(r.train_error * len(S) - wrong.sum()) <= near.sum()
+            continue
+        assert r.train_error == 0 and r.epochs < max_epochs
+        assert not (wrong & ~near).any()              # float64: no sample at all
+        # it stopped at the first epoch with zero error: one epoch earlier it still had errors
+        if r.epochs >= 2:
+            before = network(snaps[r.epochs - 2][0], m)
+            assert reference.evaluate(before, sc, x[S], y[S])[0][0] > 0
+
+    # stopped networks are frozen while the others go on; the active set shrinks
+    assert len(snaps) == max_epochs
+    for k, (params, epochs, stopped, n_active) in enumerate(snaps):
+        assert n_active == (~stopped).sum()
+        np.testing.assert_array_equal(epochs, np.minimum(k + 1, e.epochs))
+        if k > 0:
+            assert n_active <= snaps[k - 1][3]
+    for m in np.flatnonzero(e.converged):
+        stop = e.epochs[m] - 1                        # snapshot index at which m stopped
+        assert snaps[stop][2][m] and not snaps[stop - 1][2][m]
+        assert_params_equal(network(snaps[stop][0], m), network(snaps[-1][0], m))
+    m_last = np.flatnonzero(~e.converged)[0]
+    first_stop = e.epochs[e.converged].min() - 1
+    assert not np.array_equal(snaps[first_stop][0][0][0][m_last], snaps[-1][0][0][0][m_last])   # others moved
+    return e
 
 
 def make_data(N, D, seed=0):

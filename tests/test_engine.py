@@ -7,29 +7,9 @@ import pytest
 from fastmlp import codegen, reference, tasks
 from fastmlp.engine import Engine
 from fastmlp.tasks import UsageError
-from conftest import DTYPES, assert_close, make_data, tol
+from conftest import (DTYPES, check_fit_stop_rule, SIGMA_B2, assert_close, assert_params_equal as _assert_params_equal, make_data,
+                      network as _network, scales as _scales, subsets as _subsets, tol)
 
-SIGMA_B2 = {"standard": 0.0, "ntk": 0.5}
-
-
-def _scales(e):
-    return reference.layer_scales(e.D, e.H, e.L, e.param, 2.0, SIGMA_B2[e.param])
-
-
-def _network(params, m):
-    return [(W[m:m + 1], b[m:m + 1]) for W, b in params]
-
-
-def _assert_params_equal(a, b):
-    for (W, bias), (W1, bias1) in zip(a, b):
-        np.testing.assert_array_equal(W, W1)
-        np.testing.assert_array_equal(bias, bias1)
-
-
-def _subsets(N, sizes, seed):
-    """One sorted random subset of [0, N) per size."""
-    g = np.random.default_rng(seed)
-    return [np.sort(g.choice(N, size, replace=False)) for size in sizes]
 
 
 def test_networks_trained_together_equal_each_trained_alone(data_medium):
@@ -90,63 +70,7 @@ def test_subset_network_never_sees_other_samples(data_medium):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fit_stop_rule(data_medium, dtype):
-    x, y = data_medium
-    H, L, B, max_epochs = 21, 3, 17, 40
-    lrs = [0.1, 0.05, 1e-4, 0.2, 0.1]                 # 1e-4 cannot fit 200 samples in 40 epochs
-    seeds = [3, 1, 2, 4, 5]
-    subsets = _subsets(len(x), [200, 200, 200, 150, 300], seed=6)
-    e = Engine(x, y, H, L, B, lrs, seeds, subsets=subsets, dtype=dtype)
-    snaps = []                                        # (params, epochs, stopped, n_active) after every epoch
-
-    def progress(epoch, n_active, n_networks):
-        assert n_networks == 5
-        snaps.append((e.params(), e.epochs.copy(), e.stopped.copy(), n_active))
-
-    results = e.fit(max_epochs=max_epochs, progress=progress)
-    scales = _scales(e)
-    assert 2 <= e.converged.sum() <= 4 and not e.diverged.any()    # both outcomes occur
-    for r in results:
-        m = r.index
-        assert (r.lr, r.seed, r.n_train, r.epochs, r.converged) == (lrs[m], seeds[m], len(subsets[m]),
-                                                                    e.epochs[m], e.converged[m])
-        S = subsets[m]
-        net = _network(e.params(), m)
-        _, loss_ref = reference.evaluate(net, scales, x[S], y[S])
-        assert_close(r.train_loss, loss_ref[0], "loss", dtype)   # the loss reported is that of the final params
-        logits, _ = reference.forward(net, scales, x[S])
-        margin = logits[0, :, 1] - logits[0, :, 0]
-        wrong = (margin > 0) != (y[S] == 1)
-        near = np.zeros(len(S), bool)
-        if dtype == np.float32:
-            # engine and reference logits differ by float32 rounding of sums over H (the "forward" tolerance),
-            # so only a sample closer to a tie than twice that may be classified differently
-            atol, rtol = tol("forward", dtype)
-            near = np.abs(margin) <= 2 * (atol + rtol * np.abs(logits[0]).max(axis=1))
-        if not r.converged:
-            assert r.epochs == max_epochs and r.train_error > 0
-            assert abs(r.train_error * len(S) - wrong.sum()) <= near.sum()
-            continue
-        assert r.train_error == 0 and r.epochs < max_epochs
-        assert not (wrong & ~near).any()              # float64: no sample at all
-        # it stopped at the first epoch with zero error: one epoch earlier it still had errors
-        if r.epochs >= 2:
-            before = _network(snaps[r.epochs - 2][0], m)
-            assert reference.evaluate(before, scales, x[S], y[S])[0][0] > 0
-
-    # stopped networks are frozen while the others go on; the active set shrinks
-    assert len(snaps) == max_epochs
-    for k, (params, epochs, stopped, n_active) in enumerate(snaps):
-        assert n_active == (~stopped).sum()
-        np.testing.assert_array_equal(epochs, np.minimum(k + 1, e.epochs))
-        if k > 0:
-            assert n_active <= snaps[k - 1][3]
-    for m in np.flatnonzero(e.converged):
-        stop = e.epochs[m] - 1                        # snapshot index at which m stopped
-        assert snaps[stop][2][m] and not snaps[stop - 1][2][m]
-        _assert_params_equal(_network(snaps[stop][0], m), _network(snaps[-1][0], m))
-    m_last = np.flatnonzero(~e.converged)[0]
-    first_stop = e.epochs[e.converged].min() - 1
-    assert not np.array_equal(snaps[first_stop][0][0][0][m_last], snaps[-1][0][0][0][m_last])   # others moved
+    check_fit_stop_rule(Engine, data_medium, dtype)
 
 
 def test_huge_learning_rate_diverges_cleanly(data_medium):
