@@ -108,11 +108,10 @@ class Trainer:
     Counts what it trained, so that a record can report throughput.
     """
 
-    def __init__(self, engine_class, x, y, H, L, B, max_epochs, seed_base=0, per_call=None, progress=None,
-                 **engine_kw):
+    def __init__(self, engine_class, x, y, H, L, B, max_epochs, seed_base=0, per_call=None, **engine_kw):
         self.engine_class, self.x, self.y, self.seed_base = engine_class, x, y, seed_base
         self.H, self.L, self.B, self.max_epochs = H, L, B, max_epochs
-        self.per_call, self.progress, self.engine_kw = per_call, progress, engine_kw
+        self.per_call, self.engine_kw = per_call, engine_kw
         self.engine_calls = 0
         self.network_samples = 0
         self.train_s = 0.0
@@ -132,7 +131,7 @@ class Trainer:
             engine = self.engine_class(self.x, self.y, self.H, self.L, self.B, lrs[sl], seeds[sl],
                                        subsets=None if subsets is None else subsets[sl], **self.engine_kw)
             t0 = time.perf_counter()
-            engine.fit(self.max_epochs, progress=self.progress)
+            engine.fit(self.max_epochs)
             self.train_s += time.perf_counter() - t0
             self.engine_calls += 1
             self.network_samples += int(np.sum(engine.epochs * engine.n_train))
@@ -348,9 +347,5 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
         "throughput": {"engine_calls": trainer.engine_calls, "train_network_samples": trainer.network_samples,
                        "network_samples_per_s": trainer.network_samples / train_s if train_s > 0 else None,
                        "gflops": flops / train_s / 1e9 if train_s > 0 else None},
-        "provenance": record(backend) | {"threads": _threads(finals)},
+        "provenance": record(backend) | {"threads": int(getattr(finals[0][0], "threads", 1))},
     }
-
-
-def _threads(finals):
-    return int(getattr(finals[0][0], "threads", 1))

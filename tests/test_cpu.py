@@ -8,24 +8,14 @@ import pytest
 
 from fastmlp import reference
 from fastmlp.engine import Engine
-from conftest import DTYPES, assert_close, make_data, tol
+from conftest import DTYPES, SIGMA_B2, assert_close, make_data, network as _network, scales as _scales, tol
 
 SHAPES = [(13, 1, 7), (21, 2, 17), (40, 3, 7)]   # (H, L, B)
 PARAMS = ["standard", "ntk"]
-SIGMA_B2 = {"standard": 0.0, "ntk": 0.5}          # NTK with sigma_b > 0, so the bias paths count
 
 
 def _engine(x, y, H, L, B, param, dtype, lrs=(0.05, 0.2, 0.5), seeds=(3, 4, 5), **kw):
     return Engine(x, y, H, L, B, list(lrs), list(seeds), param=param, dtype=dtype, sigma_b2=SIGMA_B2[param], **kw)
-
-
-def _scales(e):
-    return reference.layer_scales(e.D, e.H, e.L, e.param, 2.0, SIGMA_B2[e.param])
-
-
-def _network(params, m):
-    """Network m of a parameter list, as a one-network list."""
-    return [(W[m:m + 1], b[m:m + 1]) for W, b in params]
 
 
 def _assert_params_close(actual, expected, op, dtype):
