@@ -8,6 +8,7 @@ import click
 import numpy as np
 
 from . import __version__
+from .store import json_safe, write_json_atomic
 from .tasks import UsageError
 
 DTYPES = ("float32", "float64")
@@ -54,19 +55,8 @@ def parse_int_list(text, option):
     return out
 
 
-def _json_safe(obj):
-    """Replace non-finite floats by None (JSON has no NaN) through dicts and lists."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def emit_json(obj):
-    click.echo(json.dumps(_json_safe(obj), allow_nan=False))
+    click.echo(json.dumps(json_safe(obj), allow_nan=False))
 
 
 class Progress:
@@ -340,9 +330,6 @@ def run(task, D, seed, indices, beta1, beta2, N, L, H, B, folds, bo_calls, bo_ba
     from .tasks import parse_task
 
     spec = parse_task(task, D=D, indices=indices, beta1=beta1, beta2=beta2)
-    for name, value in (("--H", H), ("--L", L), ("--B", B), ("--max-epochs", max_epochs)):
-        if value < 1:
-            raise UsageError(f"{name} must be at least 1 (got {value})")
     t0 = time.perf_counter()
 
     def say(text):
@@ -370,23 +357,6 @@ def run(task, D, seed, indices, beta1, beta2, N, L, H, B, folds, bo_calls, bo_ba
     t = rec["timing"]
     click.echo(f"wall {t['wall_s']:.1f}s (search {t['search_s']:.1f}s, final {t['final_s']:.1f}s, "
                f"test {t['test_s']:.1f}s, compile {t['compile_s']:.1f}s)" + (f"; record in {out}" if out else ""))
-
-
-def write_json_atomic(path, obj):
-    """Write obj as JSON to path through a temporary file and a rename: a reader never sees half a record."""
-    import os
-    import tempfile
-    path = os.path.abspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_json_safe(obj), f, allow_nan=False, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------- ntk
@@ -442,6 +412,194 @@ def ntk(task, D, seed, indices, beta1, beta2, N, L, repeats, n_test, sigma_w2, s
         std = "-" if te["std"] is None else f"{te['std']:.4f}"
         click.echo(f"test error {te['mean']:.4f} +- {std} over {repeats} repeats")
     click.echo(f"wall {rec['timing']['wall_s']:.1f}s")
+
+
+# -------------------------------------------------------------------------------------------------- sweep
+def sweep_keys(command):
+    """The sweep keys of the `run` or `ntk` command: its options without their dashes, and TASK as `task`."""
+    from .sweep import Key
+    keys = {"task": Key("task", str, None)}
+    for p in command.params:
+        if not isinstance(p, click.Option) or p.name in ("as_json", "out"):
+            continue
+        name = max(p.opts, key=len).lstrip("-")
+        if isinstance(p.type, click.Choice):
+            keys[name] = Key(name, str, p.default, tuple(p.type.choices))
+        else:
+            kind = {click.types.IntParamType: int, click.types.FloatParamType: float,
+                    click.types.StringParamType: str}[type(p.type)]
+            keys[name] = Key(name, kind, p.default)
+    return keys
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _outcome(rec):
+    """A job record's result in a few words."""
+    if rec["status"] == "failed":
+        return f"FAILED {rec['error']['type']}: {rec['error']['message']}"
+    r = rec["record"]
+    te = (r["final"]["test_error"] if rec["command"] == "run" else r["test_error"])["mean"]
+    text = "test error -" if te is None else f"test error {te:.4f}"
+    return text + (f" at lr {r['selected_lr']:.3g}" if rec["command"] == "run" else "")
+
+
+class SweepProgress:
+    """Jobs finished out of the sweep's total, failures, elapsed and remaining time, on stderr: a bar in a
+    terminal, otherwise one line per finished job (batch-system logs stay readable)."""
+
+    def __init__(self, total, done, failed, enabled=True):
+        self.total, self.done, self.failed = total, done, failed
+        self.finished = 0                       # by this process
+        self.enabled = enabled
+        self.bar = enabled and sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+
+    def __call__(self, rec):
+        from .sweep import Job
+        self.finished += 1
+        if rec["status"] == "done":
+            self.done += 1
+        else:
+            self.failed += 1
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.t0
+        left = self.total - self.done - self.failed
+        eta = f"about {_duration(elapsed / self.finished * left)} left" if left else "finished"
+        status = f"{self.done + self.failed}/{self.total} jobs, {self.failed} failed, " \
+                 f"{_duration(elapsed)} elapsed, {eta}"
+        label = Job(rec["id"], rec["command"], rec["config"]).label
+        if self.bar:
+            if rec["status"] == "failed":
+                click.echo(f"\r{label}: {_outcome(rec)}", err=True)
+            fill = int(30 * (self.done + self.failed) / max(self.total, 1))
+            click.echo(f"\rsweep [{'#' * fill}{'.' * (30 - fill)}] {status} ", err=True, nl=False)
+        else:
+            took = "" if rec["elapsed_s"] is None else f" in {rec['elapsed_s']:.1f}s"
+            click.echo(f"sweep: {label} {rec['id']}: {_outcome(rec)}{took}; {status}", err=True)
+
+    def close(self):
+        if self.bar:
+            click.echo("", err=True)
+
+
+@main.command()
+@click.argument("sweep_file", type=click.Path(dir_okay=False))
+@click.option("--store", "store_dir", type=click.Path(file_okay=False), default=None,
+              help="result directory, one JSON record per job [default: results/NAME for SWEEP_FILE NAME.toml]")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="replace a key of the file everywhere, e.g. --set N=250,500 (a list) or --set backend=gpu; "
+                   "repeatable")
+@click.option("--workers", type=int, default=None,
+              help="run on a local Dask cluster of this many worker processes, the cores shared among them "
+                   "(pip install 'fastmlp[cluster]'); on a GPU machine, one per GPU")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="run on the existing Dask cluster whose scheduler is at ADDRESS, e.g. tcp://10.0.0.1:8786")
+@click.option("--shard", default=None, metavar="i/K",
+              help="run only the i-th of K slices of the jobs (0 <= i < K), for batch-system job arrays")
+@click.option("--retry-failed", is_flag=True, help="run again the jobs whose stored record is failed")
+@click.option("--dry-run", is_flag=True, help="list the jobs, their ids and stored status; run nothing")
+@click.option("--json", "as_json", is_flag=True, help="print a summary as one JSON object (progress stays off)")
+def sweep(sweep_file, store_dir, overrides, workers, scheduler, shard, retry_failed, dry_run, as_json):
+    """Run every job of a sweep file (a grid of `run` or `ntk` jobs) that the store does not hold yet.
+
+    The file's keys are the options of `fastmlp run` (or of `fastmlp ntk`, with command = "ntk") without their
+    dashes, TASK as task; list values are the axes of the grid, and [[grid]] tables add further grids.  A job is
+    named by a hash of its resolved configuration, and its record is written to the store the moment it
+    finishes.  Stop the sweep at any time and run the same command again: finished jobs are skipped, and so are
+    failed ones unless --retry-failed.  Exit status 1 when a job of the sweep has a failed record.
+    """
+    from pathlib import Path
+
+    from . import sweep as sw
+    from .store import Store
+
+    schemas = {"run": sweep_keys(run), "ntk": sweep_keys(ntk)}
+    pairs = [sw.parse_override(text, schemas) for text in overrides]
+    jobs, settings = sw.read_sweep(sweep_file, schemas, pairs)
+    if shard:
+        jobs = sw.select_shard(jobs, shard)
+    store_path = Path(store_dir or Path("results") / Path(sweep_file).stem)
+    store = Store(store_path) if not dry_run or store_path.exists() else None   # a dry run creates nothing
+    statuses = store.statuses() if store else {}
+    todo, done, failed = sw.plan(jobs, statuses, retry_failed)
+    if dry_run:
+        for job in jobs:
+            status = statuses.get(job.id, "pending")
+            if job in todo and status == "failed":
+                status = "failed, to retry"
+            click.echo(f"{job.id}  {status:<16} {job.command_line()}")
+        click.echo(f"{len(jobs)} jobs: {len(done)} done, {len(failed)} failed (skipped), {len(todo)} to run; "
+                   f"store {store_path}", err=True)
+        return
+    t0 = time.perf_counter()
+    say = (lambda text: None) if as_json else (lambda text: click.echo(f"sweep: {text}", err=True))
+    say(f"{len(jobs)} jobs in {sweep_file}: {len(done)} done already, "
+        + (f"{len(failed)} failed (skipped; --retry-failed to rerun), " if failed else "")
+        + f"{len(todo)} to run; store {store_path}")
+    progress = SweepProgress(len(jobs) - len(failed), len(done), 0, enabled=not as_json)
+    written = []
+    if todo:
+        executor = sw.executor_for(workers if workers is not None else settings["workers"], scheduler)
+        say(f"running {executor.description}")
+        try:
+            written = sw.run_jobs(todo, store, executor, progress)
+        except KeyboardInterrupt:
+            progress.close()
+            click.echo(f"sweep: interrupted; every finished job is in {store_path}: run the same command to go on",
+                       err=True)
+            sys.exit(130)
+        finally:
+            executor.close()
+        progress.close()
+    n_failed = len(failed) + sum(rec["status"] == "failed" for rec in written)
+    summary = {"sweep": str(sweep_file), "store": str(store_path), "jobs": len(jobs), "skipped_done": len(done),
+               "skipped_failed": len(failed), "ran": len(written),
+               "done": len(done) + sum(rec["status"] == "done" for rec in written), "failed": n_failed,
+               "wall_s": time.perf_counter() - t0}
+    if as_json:
+        emit_json(summary)
+    else:
+        say(f"{summary['done']}/{len(jobs)} jobs done, {n_failed} failed; ran {len(written)} in "
+            f"{_duration(summary['wall_s'])}"
+            + ("; see the errors with `fastmlp collect`, rerun with --retry-failed" if n_failed else ""))
+    if n_failed:
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------------------------------------ collect
+@main.command()
+@click.argument("store_dir", type=click.Path(file_okay=False))
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="write the table as CSV to this file (- for stdout)")
+@click.option("--jsonl", "jsonl_out", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="write the table as JSON lines to this file (- for stdout)")
+@click.option("--status", type=click.Choice(["all", "done", "failed"]), default="all", show_default=True,
+              help="which jobs to include")
+def collect(store_dir, csv_out, jsonl_out, status):
+    """Flatten the job records of a store into one table, a row per job: id, status, command, the resolved
+    configuration, then selected_lr, test error mean/std/count, converged/diverged/not_converged, the best
+    validation error, wall time, device, version and error.  CSV on stdout when no file is given."""
+    from .store import Store, table, write_csv, write_jsonl
+
+    records = [rec for rec in Store(store_dir, create=False).records() if status in ("all", rec["status"])]
+    columns, rows = table(records)
+    if csv_out is None and jsonl_out is None:
+        csv_out = "-"
+    for out, write in ((csv_out, write_csv), (jsonl_out, write_jsonl)):
+        if out is not None:
+            with click.open_file(out, "w") as f:
+                write(f, columns, rows)
+    n_failed = sum(rec["status"] == "failed" for rec in records)
+    click.echo(f"collect: {len(rows)} jobs ({n_failed} failed) from {store_dir}", err=True)
 
 
 # -------------------------------------------------------------------------------------------------- bench

@@ -218,10 +218,14 @@ def check_record(rec, keys=RECORD_KEYS, where="record"):
                 check_record(item, sub[0], f"{where}.{k}[{i}]")
 
 
-def check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr=None):
+def check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr=None, H=1, L=1, B=1,
+                 max_epochs=1, seed=0):
     """UsageError (one line, what to change) for settings the protocol cannot run."""
-    if N < 1:
-        raise UsageError(f"--N must be at least 1 (got {N})")
+    for name, value in (("--N", N), ("--H", H), ("--L", L), ("--B", B), ("--max-epochs", max_epochs)):
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1 (got {value})")
+    if not 0 <= seed < 2**32 // SEEDS_PER_RUN:
+        raise UsageError(f"--seed must lie in [0, {2**32 // SEEDS_PER_RUN}) (got {seed})")
     if lr is None:
         if not 2 <= folds <= N:
             raise UsageError(f"--folds must lie in [2, N] = [2, {N}] (got {folds})")
@@ -274,7 +278,7 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
     from .engine import engine_class, generate_on
     from .provenance import record
 
-    check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr)
+    check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr, H, L, B, max_epochs, seed)
     say = progress or (lambda text: None)
     t0 = time.perf_counter()
     cls = engine_class(backend)

@@ -1,0 +1,372 @@
+"""Sweeps: a grid of `run` or `ntk` jobs from one TOML file, each job named by a hash of its resolved
+configuration, run in this process or on a Dask cluster, every result kept in a `fastmlp.store.Store`.
+
+Sweep file (TOML, read with the standard library's tomllib)
+  Keys are the options of `fastmlp run` (or of `fastmlp ntk`, with ``command = "ntk"``) without their dashes,
+  TASK included as ``task``::
+
+      task = ["2-local", "2-global"]     # a list is an axis of the grid
+      N = [250, 500, 1000]
+      L = [1, 3, 5]
+      bo-calls = 20                      # a plain value is fixed
+
+  The jobs are the Cartesian product of the list-valued keys.  A ``[[grid]]`` table is a further grid: its keys
+  override the top level's for it alone, and the sweep is the union of all of them (the networks and the NTK of
+  one figure, say, with ``command = "ntk"`` in the second).  ``workers = K`` sets the default of --workers.
+  A key left out takes the command's default.
+
+Job identity
+  A job's configuration is resolved: every option of its command with its value, the task's D and indices made
+  explicit (the paper's D when none is given), options the task does not use (beta1, beta2 off the temperature
+  task) left out.  Its id is the first 16 hex digits of the SHA-256 of the command and that configuration as
+  canonical JSON.  How a sweep is run (store, workers, scheduler, shard) is not part of it; backend and dtype
+  are, since they change results (by rounding at least).  Growing a list re-uses every job already stored.
+
+Executors
+  In process, one job after another (the default); a local Dask cluster of worker processes (--workers); an
+  existing Dask cluster by its scheduler's address (--scheduler).  Every job's record comes back to the sweep
+  process, which alone writes the store.  A job that raises is stored as failed with its error; a worker lost
+  mid-job has its job rescheduled by Dask on another worker.
+"""
+import hashlib
+import itertools
+import json
+import os
+import socket
+import sys
+import time
+import tomllib
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .tasks import UsageError, parse_task
+
+COMMANDS = ("run", "ntk")
+TASK_KEYS = ("task", "D", "indices", "beta1", "beta2")   # what parse_task takes; resolved into the spec
+SWEEP_KEYS = ("command", "grid", "workers")              # keys of a sweep file that are not options
+
+
+@dataclass(frozen=True)
+class Key:
+    """One option of a command as a sweep key."""
+    name: str              # the option without its dashes: "bo-calls", "D"
+    kind: type             # int, float or str: the TOML type it takes
+    default: object        # None: the command's own default (no value)
+    choices: tuple = ()    # allowed strings, when the option is a choice
+
+    @property
+    def arg(self):
+        """The keyword of the Python function that takes it: "bo-calls" -> "bo_calls"."""
+        return self.name.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    command: str
+    config: dict           # resolved; keys are sweep keys
+
+    @property
+    def label(self):
+        c = self.config
+        return f"{self.command} {c['task']} N={c['N']} L={c['L']} seed={c['seed']}"
+
+    def command_line(self):
+        """The `fastmlp` command that computes this job alone."""
+        c = self.config
+        args = [f"--{k} {v}" for k, v in c.items() if k != "task" and v is not None]
+        return " ".join(["fastmlp", self.command, c["task"], *args])
+
+
+# ----------------------------------------------------------------------------------------------- the file
+def read_sweep(path, schemas, overrides=()):
+    """The jobs of a sweep file -> (jobs in grid order without repeats, settings {workers}).
+
+    ``schemas`` maps each command to its keys ({name: Key}); ``overrides`` are (key, value) pairs from the command
+    line that replace the file's value of key everywhere (top level and every [[grid]]).  Every problem raises
+    UsageError naming the file and the key.
+    """
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"no sweep file {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: not valid TOML: {e}") from None
+    where = str(path)
+    grids = doc.pop("grid", [{}])
+    if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) for g in grids):
+        raise UsageError(f"{where}: 'grid' must be one or more [[grid]] tables")
+    workers = doc.pop("workers", None)
+    if workers is not None and (type(workers) is not int or workers < 1):
+        raise UsageError(f"{where}: key 'workers' must be a positive integer (got {workers!r})")
+    overrides = dict(overrides)
+    jobs, seen = [], set()
+    for i, grid in enumerate(grids):
+        if "grid" in grid or "workers" in grid:
+            raise UsageError(f"{where}: [[grid]] tables take option keys and 'command' only")
+        table = doc | grid | overrides
+        label = where if len(grids) == 1 else f"{where} [[grid]] {i + 1}"
+        for job in grid_jobs(table, schemas, label):
+            if job.id not in seen:
+                seen.add(job.id)
+                jobs.append(job)
+    return jobs, {"workers": workers}
+
+
+def grid_jobs(table, schemas, where):
+    """The jobs of one table of keys (lists are axes), in grid order (the last key varies fastest)."""
+    command = table.get("command", "run")
+    if command not in COMMANDS:
+        raise UsageError(f"{where}: key 'command' must be one of {', '.join(COMMANDS)} (got {command!r})")
+    schema = schemas[command]
+    axes = {}
+    for name, value in table.items():
+        if name == "command":
+            continue
+        if name not in schema:
+            known = ", ".join(schema)
+            raise UsageError(f"{where}: unknown key {name!r} for command {command} (known keys: {known})")
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise UsageError(f"{where}: key {name!r} is an empty list, so the grid has no jobs")
+        axes[name] = [check_value(schema[name], v, where) for v in values]
+    if "task" not in axes:
+        raise UsageError(f"{where}: key 'task' is missing (e.g. task = \"2-local\")")
+    names = list(axes)
+    return [resolve(command, dict(zip(names, point)), schema, where)
+            for point in itertools.product(*(axes[n] for n in names))]
+
+
+def check_value(key, value, where):
+    """One value of a key, type-checked (an int is a float where a float is asked for)."""
+    if key.kind is float and type(value) in (int, float):
+        return float(value)
+    if type(value) is not key.kind:
+        kind = {int: "an integer", float: "a number", str: "a string"}[key.kind]
+        raise UsageError(f"{where}: key {key.name!r} must be {kind} or a list of them (got {value!r})")
+    if key.choices and value not in key.choices:
+        raise UsageError(f"{where}: key {key.name!r} must be one of {', '.join(key.choices)} (got {value!r})")
+    return value
+
+
+def resolve(command, values, schema, where="sweep"):
+    """The Job of one grid point: defaults filled in, the task resolved, the settings checked."""
+    full = {name: key.default for name, key in schema.items()} | values
+    try:
+        spec = parse_task(full["task"], D=full["D"], indices=full["indices"], beta1=full["beta1"],
+                          beta2=full["beta2"])
+        config = {"task": spec.name, "D": spec.D}
+        if spec.rule == "temperature":
+            config |= {"beta1": spec.beta1, "beta2": spec.beta2}
+        else:
+            config["indices"] = ",".join(map(str, spec.indices))
+        config |= {name: value for name, value in full.items() if name not in TASK_KEYS}
+        check_job(command, config)
+    except UsageError as e:
+        point = ", ".join(f"{k} = {v!r}" for k, v in values.items())
+        raise UsageError(f"{where}: the job with {point}: {e}") from None
+    return Job(job_id(command, config), command, config)
+
+
+def check_job(command, config):
+    """UsageError for a job its command would refuse, before anything runs."""
+    c = {k.replace("-", "_"): v for k, v in config.items()}
+    if command == "run":
+        from .protocol import check_config
+        check_config(c["N"], c["folds"], c["bo_calls"], c["bo_batch"], c["lr_min"], c["lr_max"], c["repeats"],
+                     c["n_test"], c["lr"], H=c["H"], L=c["L"], B=c["B"], max_epochs=c["max_epochs"], seed=c["seed"])
+    else:
+        from .ntk import check_config
+        check_config(c["N"], c["L"], c["sigma_w2"], c["sigma_b2"], c["n_test"], c["repeats"], c["seed"], c["kind"])
+
+
+def job_id(command, config):
+    """16 hex digits of SHA-256 over the canonical JSON of (command, resolved configuration)."""
+    canonical = json.dumps({"command": command, "config": config}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def parse_override(text, schemas):
+    """'KEY=VALUE' from --set -> (key, value).  VALUE is TOML (bare words are strings); a comma-separated VALUE
+    is a list, except for indices, whose own value is comma-separated (write a list of them as ["0,1", "0,2"])."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    known = {name for schema in schemas.values() for name in schema} | {"command"}
+    if not sep or not raw:
+        raise UsageError(f"--set takes KEY=VALUE, e.g. --set N=250,500 (got {text!r})")
+    if key not in known:
+        raise UsageError(f"--set: unknown key {key!r} (known keys: {', '.join(sorted(known))})")
+
+    def value(s):
+        try:
+            return tomllib.loads(f"v = {s}")["v"]
+        except tomllib.TOMLDecodeError:
+            return s
+    if raw.startswith("[") or key == "indices" or "," not in raw:
+        return key, value(raw)
+    return key, [value(part.strip()) for part in raw.split(",")]
+
+
+def select_shard(jobs, shard):
+    """The jobs of shard 'i/K' (0 <= i < K): those whose id, as a number, is i modulo K.  A job keeps its shard
+    when the grid grows, and the K shards together are the whole sweep."""
+    try:
+        i, k = (int(s) for s in shard.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard takes i/K with 0 <= i < K, e.g. 0/4 (got {shard!r})") from None
+    if not 0 <= i < k:
+        raise UsageError(f"--shard i/K needs 0 <= i < K (got {shard!r})")
+    return [job for job in jobs if int(job.id, 16) % k == i]
+
+
+# ------------------------------------------------------------------------------------------------ one job
+def _now():
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def job_record(job, status, record, error, provenance, started, elapsed_s):
+    """The stored record of a job (see fastmlp.store)."""
+    return {"id": job.id, "status": status, "command": job.command, "config": job.config,
+            "command_line": job.command_line(), "record": record, "error": error, "provenance": provenance,
+            "worker": {"host": socket.gethostname(), "pid": os.getpid()}, "started": started, "finished": _now(),
+            "elapsed_s": elapsed_s}
+
+
+def error_of(exc):
+    return {"type": type(exc).__name__, "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc))}
+
+
+def execute(job):
+    """Run one job where this is called (this process or a Dask worker) -> its stored record.  Never raises for
+    an error of the job itself: that is recorded as status failed."""
+    from . import ntk, protocol
+    from .provenance import record as provenance
+    started, t0 = _now(), time.perf_counter()
+    c = job.config
+    _use_worker_gpu(c["backend"])
+    try:
+        spec = parse_task(c["task"], D=c["D"], indices=c.get("indices"), beta1=c.get("beta1", 0.1),
+                          beta2=c.get("beta2", 0.2))
+        kwargs = {k.replace("-", "_"): v for k, v in c.items() if k not in TASK_KEYS}
+        rec = (protocol.run if job.command == "run" else ntk.run)(spec, **kwargs)
+    except Exception as e:   # any failure of the job is its result: stored, shown, retried on request
+        return job_record(job, "failed", None, error_of(e), _safe_provenance(c["backend"], provenance), started,
+                          time.perf_counter() - t0)
+    return job_record(job, "done", rec, None, rec["provenance"], started, time.perf_counter() - t0)
+
+
+def _safe_provenance(backend, provenance):
+    try:
+        return provenance(backend)
+    except Exception as e:   # the failure may be the backend itself; the record must still be written
+        return {"backend": backend, "error": str(e)}
+
+
+def _use_worker_gpu(backend):
+    """On a Dask worker of a machine with several GPUs, use GPU (worker number mod GPU count): one per worker."""
+    if backend != "gpu" or "distributed" not in sys.modules:
+        return
+    try:
+        from distributed import get_worker
+        name = get_worker().name
+        import cupy
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception:   # not on a worker, or no CuPy/GPU: the job itself reports what is missing
+        return
+    if isinstance(name, int) and n > 1:
+        cupy.cuda.Device(name % n).use()
+
+
+# ---------------------------------------------------------------------------------------------- executors
+class InProcess:
+    """Runs the jobs here, one after another."""
+    description = "in this process"
+
+    def results(self, jobs):
+        for job in jobs:
+            yield execute(job)
+
+    def close(self):
+        pass
+
+
+class DaskExecutor:
+    """Runs the jobs on a Dask cluster: a new local one of ``workers`` processes, or the one whose scheduler is at
+    ``scheduler``.  Records come back here as jobs finish, in any order."""
+
+    def __init__(self, workers=None, scheduler=None, connect_timeout=30):
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise UsageError("--workers and --scheduler need Dask: pip install 'fastmlp[cluster]'") from None
+        self.cluster = None
+        if scheduler:
+            try:
+                self.client = Client(scheduler, timeout=connect_timeout)
+            except (OSError, TimeoutError) as e:
+                raise UsageError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
+            self.description = f"on the Dask cluster at {scheduler}"
+        else:
+            threads = max(1, len(os.sched_getaffinity(0)) // workers)
+            env = {name: str(threads) for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                   "MKL_NUM_THREADS")}
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, env=env)
+            self.client = Client(self.cluster)
+            self.description = f"on a local Dask cluster of {workers} worker processes, {threads} thread(s) each"
+
+    def results(self, jobs):
+        from distributed import as_completed
+        futures = {self.client.submit(execute, job, key=f"fastmlp-{job.id}", pure=False): job for job in jobs}
+        started = _now()
+        for future in as_completed(futures):
+            job = futures.pop(future)
+            try:
+                yield future.result()
+            except Exception as e:   # the worker was lost too often (KilledWorker), or the task was cancelled
+                yield job_record(job, "failed", None, error_of(e), None, started, None)
+            future.release()
+
+    def close(self):
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def executor_for(workers=None, scheduler=None):
+    """The executor the options ask for (in process when neither is given)."""
+    if workers is not None and scheduler:
+        raise UsageError("give --workers (a local cluster) or --scheduler (an existing one), not both")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be at least 1 (got {workers})")
+    if workers or scheduler:
+        return DaskExecutor(workers=workers, scheduler=scheduler)
+    return InProcess()
+
+
+def plan(jobs, statuses, retry_failed):
+    """(jobs to run, done jobs skipped, failed jobs skipped) given the store's {id: status}."""
+    todo, done, failed = [], [], []
+    for job in jobs:
+        status = statuses.get(job.id)
+        if status == "done":
+            done.append(job)
+        elif status == "failed" and not retry_failed:
+            failed.append(job)
+        else:
+            todo.append(job)
+    return todo, done, failed
+
+
+def run_jobs(jobs, store, executor, on_record=None):
+    """Run the jobs on the executor, writing each record to the store as it arrives -> the records written."""
+    written = []
+    for rec in executor.results(jobs):
+        store.write(rec)
+        written.append(rec)
+        if on_record:
+            on_record(rec)
+    return written

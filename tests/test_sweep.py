@@ -1,0 +1,440 @@
+"""Sweeps: sweep files and job identity, the result store (resume, extend, retry, SIGKILL), shards, collect, and
+the Dask executors on real clusters (a LocalCluster; `dask scheduler` + `dask worker` processes, one killed)."""
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fastmlp import engine, ntk, sweep
+from fastmlp.cli import main, ntk as ntk_command, run as run_command, sweep_keys
+from fastmlp import store as store_mod
+from fastmlp.store import Store
+from fastmlp.tasks import UsageError
+
+SCHEMAS = {"run": sweep_keys(run_command), "ntk": sweep_keys(ntk_command)}
+
+# Six tiny jobs: a fixed lr, two repeats, 30 epochs at most; well under a second each once compiled.
+TINY = """\
+task = "1-local"
+D = 10
+H = 8
+lr = 0.1
+repeats = 2
+n-test = 200
+max-epochs = 30
+N = [40, 60, 80]
+L = [1, 2]
+"""
+
+# Six jobs of about a second each (lr 1e-5 never reaches zero training error: every one runs to the cap).
+SLOW = """\
+task = "1-local"
+D = 10
+H = 32
+lr = 1e-5
+repeats = 2
+n-test = 200
+max-epochs = 6000
+N = [1000, 1001, 1002]
+L = [1, 2]
+"""
+
+
+def write(path, text):
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def jobs_of(text, tmp_path, overrides=()):
+    return sweep.read_sweep(write(tmp_path / "s.toml", text), SCHEMAS, overrides)[0]
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def fastmlp_command(*args):
+    """The command line of a fastmlp process (this interpreter, this checkout's package)."""
+    return [sys.executable, "-m", "fastmlp.cli", *map(str, args)]
+
+
+def dask_command(*args):
+    """`dask ...` from this interpreter's environment."""
+    exe = Path(sys.executable).parent / "dask"
+    return [str(exe) if exe.exists() else shutil.which("dask"), *map(str, args)]
+
+
+def record_files(store_dir):
+    """The record files of a store (not the temporary file a killed writer may leave)."""
+    return [f for f in Path(store_dir).glob("*.json") if not f.name.startswith(".")]
+
+
+def results_of(store_dir):
+    """{id: (status, test errors of the repeats)} of a store."""
+    return {r["id"]: (r["status"], r["record"]["final"]["test_error"]["values"] if r["record"] else None)
+            for r in Store(store_dir, create=False).records()}
+
+
+@pytest.fixture
+def count_engine_calls(monkeypatch):
+    """Counts Engine.fit calls made in this process."""
+    calls = []
+    fit = engine.Engine.fit
+
+    def counted(self, *args, **kwargs):
+        calls.append(self.M)
+        return fit(self, *args, **kwargs)
+    monkeypatch.setattr(engine.Engine, "fit", counted)
+    return calls
+
+
+# ------------------------------------------------------------------------------------- files and identity
+def test_the_grid_is_the_product_of_the_lists(tmp_path):
+    jobs = jobs_of(TINY, tmp_path)
+    assert len(jobs) == 6 and len({j.id for j in jobs}) == 6
+    assert [(j.config["N"], j.config["L"]) for j in jobs] == [(40, 1), (40, 2), (60, 1), (60, 2), (80, 1), (80, 2)]
+    c = jobs[0].config
+    assert c["H"] == 8 and c["B"] == 50 and c["folds"] == 10 and c["indices"] == "0" and c["lr"] == 0.1
+    assert "beta1" not in c and "out" not in c and "json" not in c
+    assert jobs[0].command_line().startswith("fastmlp run 1-local --D 10 --indices 0 --seed 0 --N 40 --L 1 --H 8")
+
+
+def test_job_identity_is_the_resolved_configuration(tmp_path):
+    base = {j.id for j in jobs_of(TINY, tmp_path)}
+    # the same jobs spelled differently: keys reordered, defaults given, a float key as an int
+    respelled = "B = 50\nseed = 0\nindices = \"0\"\nsigma-w2 = 2\n" + "\n".join(reversed(TINY.splitlines()))
+    assert {j.id for j in jobs_of(respelled, tmp_path)} == base
+    # the paper's D is the default D
+    assert jobs_of('task = "2-local"', tmp_path)[0].id == jobs_of('task = "2-local"\nD = 500', tmp_path)[0].id
+    # anything that changes results changes the id
+    for old, new in (("H = 8", "H = 9"), ("lr = 0.1", "lr = 0.2"), ("H = 8", 'H = 8\nbackend = "gpu"'),
+                     ("H = 8", 'H = 8\ndtype = "float64"'), ("H = 8", "H = 8\nseed = 1")):
+        changed = jobs_of(TINY.replace(old, new), tmp_path)
+        assert not {j.id for j in changed} & base, new
+    # how the sweep runs is not part of it
+    assert {j.id for j in jobs_of("workers = 3\n" + TINY, tmp_path)} == base
+
+
+def test_grid_tables_are_a_union_and_overrides_apply_everywhere(tmp_path):
+    text = TINY + '\n[[grid]]\n\n[[grid]]\ncommand = "ntk"\nlr = []\n'
+    with pytest.raises(UsageError, match="'H' for command ntk"):   # top-level keys reach every table
+        jobs_of(text, tmp_path)
+    text = 'task = "1-local"\nD = 10\nN = [40, 60]\nrepeats = 2\nn-test = 200\n' \
+           '[[grid]]\nH = 8\nlr = 0.1\nmax-epochs = 30\nL = [1, 2]\n[[grid]]\ncommand = "ntk"\nL = [1, 2, 3]\n'
+    jobs = jobs_of(text, tmp_path)
+    assert [j.command for j in jobs] == ["run"] * 4 + ["ntk"] * 6
+    jobs = jobs_of(text, tmp_path, [sweep.parse_override("N=40", SCHEMAS), sweep.parse_override("L=1", SCHEMAS)])
+    assert [(j.command, j.config["N"], j.config["L"]) for j in jobs] == [("run", 40, 1), ("ntk", 40, 1)]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("N=250,500", ("N", [250, 500])),
+    ("N=[250, 500]", ("N", [250, 500])),
+    ("task=2-local", ("task", "2-local")),
+    ("task=2-local,2-global", ("task", ["2-local", "2-global"])),
+    ("indices=0,2", ("indices", "0,2")),
+    ('indices=["0,1", "0,2"]', ("indices", ["0,1", "0,2"])),
+    ("lr=1e-3", ("lr", 0.001)),
+    ("backend=gpu", ("backend", "gpu")),
+])
+def test_overrides_parse_like_toml(text, expected):
+    assert sweep.parse_override(text, SCHEMAS) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    (TINY + "Hx = 8\n", "unknown key 'Hx'"),
+    (TINY.replace("N = [40, 60, 80]", 'N = "forty"'), "key 'N' must be an integer"),
+    (TINY.replace("N = [40, 60, 80]", 'N = [40, 60.5]'), "key 'N' must be an integer"),
+    (TINY.replace("L = [1, 2]", "L = []"), "key 'L' is an empty list"),
+    (TINY + 'dtype = "float16"\n', "key 'dtype' must be one of float32, float64"),
+    (TINY + 'command = "train"\n', "key 'command' must be one of run, ntk"),
+    (TINY.replace('task = "1-local"', ""), "key 'task' is missing"),
+    (TINY.replace('task = "1-local"', 'task = "4-nonlocal"'), "unknown task"),
+    (TINY.replace("lr = 0.1", "folds = 50"), "--folds must lie in [2, N]"),
+    (TINY + "workers = 0\n", "key 'workers' must be a positive integer"),
+    (TINY + "N = 3\n", "not valid TOML"),
+])
+def test_a_malformed_sweep_file_exits_2_naming_the_key(tmp_path, text, message):
+    path = write(tmp_path / "bad.toml", text)
+    result = cli("sweep", path, "--store", tmp_path / "store")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastmlp: error:") and message in lines[0], lines
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "Hx=3"], "unknown key 'Hx'"),
+    (["--set", "N"], "KEY=VALUE"),
+    (["--shard", "2/2"], "0 <= i < K"),
+    (["--shard", "a/b"], "--shard takes i/K"),
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not both"),
+])
+def test_bad_sweep_options_exit_2(tmp_path, args, message):
+    result = cli("sweep", write(tmp_path / "s.toml", TINY), "--store", tmp_path / "store", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+# ------------------------------------------------------------------------------------- store and resume
+def test_sweep_stores_every_job_and_a_rerun_trains_nothing(tmp_path, count_engine_calls):
+    path, store = write(tmp_path / "s.toml", TINY), tmp_path / "store"
+    first = cli("sweep", path, "--store", store)
+    assert first.exit_code == 0, first.output
+    assert len(count_engine_calls) == 6                                  # one engine call per job (fixed lr)
+    records = Store(store, create=False).records()
+    assert len(records) == 6 and all(r["status"] == "done" for r in records)
+    for r in records:                                                    # the record `fastmlp run` would give
+        assert r["record"]["config"]["N"] == r["config"]["N"] and r["record"]["selected_lr"] == 0.1
+        assert r["command_line"].startswith("fastmlp run 1-local") and r["worker"]["pid"] == os.getpid()
+        assert r["provenance"]["backend"] == "cpu" and r["provenance"]["versions"]["fastmlp"]
+    assert "6/6 jobs" in first.output
+    before = {f.name: f.read_bytes() for f in store.iterdir()}
+    again = cli("sweep", path, "--store", store)
+    assert again.exit_code == 0 and "6 done already, 0 to run" in again.output
+    assert len(count_engine_calls) == 6 and {f.name: f.read_bytes() for f in store.iterdir()} == before
+
+    # one job's record equals `fastmlp run` of its command line
+    job = next(r for r in records if r["config"]["N"] == 60 and r["config"]["L"] == 2)
+    alone = cli(*job["command_line"].split()[1:], "--json")
+    assert json.loads(alone.output)["final"]["test_error"] == job["record"]["final"]["test_error"]
+
+
+def test_extending_the_grid_runs_only_the_new_jobs(tmp_path, count_engine_calls):
+    store = tmp_path / "store"
+    assert cli("sweep", write(tmp_path / "s.toml", TINY), "--store", store).exit_code == 0
+    before = {f.name: f.read_bytes() for f in store.iterdir()}
+    result = cli("sweep", tmp_path / "s.toml", "--store", store, "--set", "N=40,60,80,100", "--set", "L=1,2,3")
+    assert result.exit_code == 0 and "6 done already, 6 to run" in result.output
+    assert len(count_engine_calls) == 6 + 6
+    after = {f.name: f.read_bytes() for f in store.iterdir()}
+    assert len(after) == 12 and all(after[name] == data for name, data in before.items())
+
+
+def test_failed_jobs_are_stored_skipped_and_retried_on_request(tmp_path, monkeypatch):
+    text = 'command = "ntk"\ntask = "1-local"\nD = 10\nN = [40, 60]\nrepeats = 2\nn-test = 200\n'
+    path, store = write(tmp_path / "s.toml", text), tmp_path / "store"
+    real = ntk.run
+
+    def flaky(spec, N, **kw):
+        if N == 60:
+            raise MemoryError("no memory for this one")
+        return real(spec, N, **kw)
+    monkeypatch.setattr(ntk, "run", flaky)
+    first = cli("sweep", path, "--store", store)
+    assert first.exit_code == 1 and "FAILED MemoryError: no memory for this one" in first.output
+    assert "--retry-failed" in first.output
+    by_n = {r["config"]["N"]: r for r in Store(store, create=False).records()}
+    assert by_n[40]["status"] == "done" and by_n[60]["status"] == "failed" and by_n[60]["record"] is None
+    assert by_n[60]["error"]["type"] == "MemoryError" and "flaky" in by_n[60]["error"]["traceback"]
+    assert by_n[60]["provenance"]["backend"] == "cpu"
+
+    monkeypatch.setattr(ntk, "run", real)                                # the cause is fixed
+    skipped = cli("sweep", path, "--store", store)
+    assert skipped.exit_code == 1 and "1 failed (skipped; --retry-failed to rerun), 0 to run" in skipped.output
+    retried = cli("sweep", path, "--store", store, "--retry-failed")
+    assert retried.exit_code == 0 and "1 done already, 1 to run" in retried.output, retried.output
+    assert all(r["status"] == "done" for r in Store(store, create=False).records())
+
+
+def test_dry_run_lists_jobs_and_status_and_writes_nothing(tmp_path):
+    path, store = write(tmp_path / "s.toml", TINY), tmp_path / "store"
+    listed = cli("sweep", path, "--store", store, "--dry-run")
+    assert listed.exit_code == 0 and not store.exists()
+    lines = [line for line in listed.output.splitlines() if "pending" in line]
+    assert len(lines) == 6 and all(" fastmlp run 1-local" in line for line in lines)
+    assert cli("sweep", path, "--store", store, "--set", "N=40").exit_code == 0
+    listed = cli("sweep", path, "--store", store, "--dry-run").output
+    assert listed.count(" done ") == 2 and listed.count(" pending ") == 4
+
+
+def test_shards_split_the_jobs_and_cover_them(tmp_path):
+    jobs = jobs_of(TINY.replace("N = [40, 60, 80]", "N = [40, 50, 60, 70, 80, 90, 100]"), tmp_path)
+    shards = [sweep.select_shard(jobs, f"{i}/3") for i in range(3)]
+    ids = [j.id for shard in shards for j in shard]
+    assert sorted(ids) == sorted(j.id for j in jobs) and all(shards)
+    store = tmp_path / "store"
+    result = cli("sweep", write(tmp_path / "s.toml", TINY), "--store", store, "--shard", "1/2")
+    assert result.exit_code == 0
+    mine = {j.id for j in sweep.select_shard(jobs_of(TINY, tmp_path), "1/2")}
+    assert set(results_of(store)) == mine and 0 < len(mine) < 6
+
+
+def test_collect_flattens_the_store(tmp_path):
+    store = tmp_path / "store"
+    assert cli("sweep", write(tmp_path / "s.toml", TINY), "--store", store, "--set", "N=40,60", "--set", "L=1")\
+        .exit_code == 0
+    assert cli("sweep", write(tmp_path / "n.toml", 'command = "ntk"\ntask = "1-local"\nD = 10\nN = [40, 60]\n'
+                              'repeats = 2\nn-test = 200\n'), "--store", store).exit_code == 0
+    result = cli("collect", store, "--csv", tmp_path / "t.csv", "--jsonl", tmp_path / "t.jsonl")
+    assert result.exit_code == 0 and "4 jobs (0 failed)" in result.output
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
+    lines = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert len(rows) == len(lines) == 4
+    assert list(rows[0])[:11] == ["id", "status", "command", "task", "D", "indices", "seed", "N", "L", "H", "B"]
+    records = {r["id"]: r for r in Store(store, create=False).records()}
+    for row, line in zip(rows, lines):
+        rec = records[row["id"]]
+        assert line["id"] == row["id"] and line["command"] == rec["command"] == row["command"]
+        te = (rec["record"]["final"] if rec["command"] == "run" else rec["record"])["test_error"]
+        assert line["test_error_mean"] == te["mean"] and float(row["test_error_mean"]) == te["mean"]
+        assert line["N"] == rec["config"]["N"] and line["error"] is None
+        assert (line["H"] == 8) if rec["command"] == "run" else (line["H"] is None and row["H"] == "")
+    stdout = cli("collect", store, "--status", "failed")
+    assert stdout.exit_code == 0 and stdout.stdout.splitlines() == [",".join(["id", "status", "command"] +
+                                                                             list(store_mod.RESULT_COLUMNS))]
+
+
+def test_collect_refuses_what_is_not_a_store(tmp_path):
+    assert cli("collect", tmp_path / "nothing").exit_code == 2
+    (tmp_path / "0123456789abcdef.json").write_text("{")
+    result = cli("collect", tmp_path)
+    assert result.exit_code == 2 and "not a job record" in result.output
+
+
+# --------------------------------------------------------------------------------------- SIGKILL mid-sweep
+COUNTING_FASTMLP = """
+import os, sys
+import fastmlp.engine as engine
+fit = engine.Engine.fit
+def counted(self, *args, **kwargs):
+    with open(os.environ["CALL_LOG"], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    return fit(self, *args, **kwargs)
+engine.Engine.fit = counted
+from fastmlp.cli import main
+main()
+"""
+
+
+def test_a_sweep_killed_with_sigkill_resumes_without_rerunning_or_losing_anything(tmp_path):
+    """SIGKILL after two jobs are stored (the third is running), then the same command again: every job ends with
+    exactly one done record, the two stored ones untouched, and the restarted process trains only the jobs it
+    stores (its engine calls are those its records report)."""
+    path, store, log = write(tmp_path / "s.toml", SLOW), tmp_path / "store", tmp_path / "calls.log"
+    env = {**os.environ, "CALL_LOG": str(log), "NUMBA_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", COUNTING_FASTMLP, "sweep", str(path), "--store", str(store)]
+    first = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(record_files(store)) < 2:
+        assert first.poll() is None and time.monotonic() < deadline, "the sweep ended before it was killed"
+        time.sleep(0.02)
+    time.sleep(0.3)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    kept = {f.name: f.read_bytes() for f in record_files(store)}
+    assert 2 <= len(kept) < 6, "the kill must land mid-sweep"
+    assert all(json.loads(data)["status"] == "done" for data in kept.values())
+
+    second = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    _, stderr = second.communicate(timeout=300)
+    assert second.returncode == 0, stderr
+    assert f"{len(kept)} done already, {6 - len(kept)} to run" in stderr
+    records = [json.loads(f.read_text()) for f in record_files(store)]   # every file parses: none truncated
+    assert sorted(r["id"] for r in records) == sorted(j.id for j in jobs_of(SLOW, tmp_path))
+    assert all(r["status"] == "done" for r in records)
+    assert all((store / name).read_bytes() == data for name, data in kept.items())
+    rerun = [r for r in records if f"{r['id']}.json" not in kept]
+    assert {r["worker"]["pid"] for r in rerun} == {second.pid}
+    calls = log.read_text().split()
+    assert calls.count(str(second.pid)) == sum(r["record"]["throughput"]["engine_calls"] for r in rerun)
+    assert len(kept) <= calls.count(str(first.pid)) <= len(kept) + 1     # + the job it was killed in
+
+
+# --------------------------------------------------------------------------------------------------- Dask
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sweep_on_a_local_cluster_of_two_worker_processes(tmp_path):
+    path = write(tmp_path / "s.toml", TINY)
+    result = subprocess.run(fastmlp_command("sweep", path, "--store", tmp_path / "dask", "--workers", 2),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "local Dask cluster of 2 worker processes" in result.stderr and "6/6 jobs" in result.stderr
+    records = Store(tmp_path / "dask", create=False).records()
+    assert len(records) == 6 and all(r["status"] == "done" for r in records)
+    assert all(r["worker"]["pid"] != os.getpid() for r in records)
+    assert all(r["provenance"]["threads"] >= 1 for r in records)
+    # the same numbers as in this process
+    assert cli("sweep", path, "--store", tmp_path / "here").exit_code == 0
+    assert results_of(tmp_path / "dask") == results_of(tmp_path / "here")
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A `dask scheduler` and two single-threaded `dask worker` processes on 127.0.0.1 (no nanny: killing a
+    worker's process kills the worker) -> (address, {worker name: worker process})."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs = open(tmp_path / "dask.log", "w")
+    names = ["w0", "w1"]
+    procs = [subprocess.Popen(dask_command("scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard"),
+                              stdout=logs, stderr=subprocess.STDOUT)]
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1"}
+    for name in names:
+        procs.append(subprocess.Popen(dask_command("worker", address, "--nthreads", 1, "--no-nanny", "--no-dashboard",
+                                                   "--host", "127.0.0.1", "--name", name),
+                                      stdout=logs, stderr=subprocess.STDOUT, env=env))
+    from distributed import Client
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address, dict(zip(names, procs[1:]))
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        logs.close()
+
+
+def test_sweep_connects_to_a_dask_scheduler_by_address(tmp_path, dask_cluster):
+    address, workers = dask_cluster
+    path = write(tmp_path / "s.toml", TINY)
+    result = subprocess.run(fastmlp_command("sweep", path, "--store", tmp_path / "store", "--scheduler", address),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"on the Dask cluster at {address}" in result.stderr
+    records = Store(tmp_path / "store", create=False).records()
+    assert len(records) == 6 and all(r["status"] == "done" for r in records)
+    assert {r["worker"]["pid"] for r in records} <= {p.pid for p in workers.values()}
+
+
+def test_a_dask_worker_killed_mid_job_does_not_stop_the_sweep(tmp_path, dask_cluster):
+    from distributed import Client
+    address, workers = dask_cluster
+    path, store = write(tmp_path / "s.toml", SLOW), tmp_path / "store"
+    sweep_proc = subprocess.Popen(fastmlp_command("sweep", path, "--store", store, "--scheduler", address),
+                                  stderr=subprocess.PIPE, text=True)
+    killed, lost = None, None
+    with Client(address, timeout=60) as client:
+        deadline = time.monotonic() + 120
+        while killed is None:
+            assert sweep_proc.poll() is None and time.monotonic() < deadline, "no job ever started"
+            busy = {addr: keys for addr, keys in client.processing().items() if keys}
+            if busy:
+                time.sleep(0.3)                                           # into the job
+                addr, keys = next(iter(busy.items()))
+                killed = workers[client.scheduler_info()["workers"][addr]["name"]]
+                lost = {str(k).removeprefix("fastmlp-") for k in keys}
+                killed.send_signal(signal.SIGKILL)
+            time.sleep(0.05)
+    _, stderr = sweep_proc.communicate(timeout=300)
+    assert sweep_proc.returncode == 0, stderr
+    assert killed.poll() is not None
+    records = {r["id"]: r for r in Store(store, create=False).records()}
+    assert len(records) == 6 and all(r["status"] == "done" for r in records.values())
+    assert lost and all(records[job_id]["worker"]["pid"] != killed.pid for job_id in lost)
