@@ -547,6 +547,8 @@ def sweep(sweep_file, store_dir, overrides, workers, scheduler, shard, retry_fai
         + f"{len(todo)} to run; store {store_path}")
     progress = SweepProgress(len(jobs) - len(failed), len(done), 0, enabled=not as_json)
     written = []
+    if todo and not scheduler and any(job.config["backend"] == "gpu" for job in todo):
+        _check_backend("gpu")   # this machine runs them: refuse now rather than fail every job
     if todo:
         executor = sw.executor_for(workers if workers is not None else settings["workers"], scheduler)
         say(f"running {executor.description}")

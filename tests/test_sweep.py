@@ -438,3 +438,12 @@ def test_a_dask_worker_killed_mid_job_does_not_stop_the_sweep(tmp_path, dask_clu
     records = {r["id"]: r for r in Store(store, create=False).records()}
     assert len(records) == 6 and all(r["status"] == "done" for r in records.values())
     assert lost and all(records[job_id]["worker"]["pid"] != killed.pid for job_id in lost)
+
+
+def test_gpu_jobs_are_refused_up_front_where_no_gpu_is_usable(tmp_path):
+    from fastmlp import gpu
+    if gpu.available():
+        pytest.skip("a GPU is usable here")
+    result = cli("sweep", write(tmp_path / "s.toml", TINY), "--store", tmp_path / "store", "--set", "backend=gpu")
+    assert result.exit_code == 2 and "--backend gpu needs CuPy and a CUDA device" in result.output
+    assert not list((tmp_path / "store").glob("*.json"))
