@@ -604,6 +604,27 @@ def collect(store_dir, csv_out, jsonl_out, status):
     click.echo(f"collect: {len(rows)} jobs ({n_failed} failed) from {store_dir}", err=True)
 
 
+# --------------------------------------------------------------------------------------------------- plot
+@main.command()
+@click.argument("store_dir", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="the picture (.png, .pdf or .svg); the plotted numbers go beside it as .csv")
+@click.option("--x", "x", type=click.Choice(["auto", "N", "lr"]), default="auto", show_default=True,
+              help="N: test error against N, a panel per task; lr: against a fixed learning rate, a panel per "
+                   "(task, N); auto: lr when the store's runs vary a fixed lr")
+def plot(store_dir, out, x):
+    """The paper's figures from a store: test error against N, a curve per depth L with error bars over the
+    repeats (pooled over seeds), a panel per task, and the NTK of each depth as its own dashed curve; or test
+    error against the learning rate, with the NTK as dashed horizontal lines (its lr -> 0 limit)."""
+    from pathlib import Path
+
+    from .plot import plot_store
+    fig, points = plot_store(store_dir, out, x=x)
+    curves = {(p["panel"], p["curve"]) for p in points}
+    click.echo(f"plot: {len(fig.axes)} panels, {len(curves)} curves, {len(points)} points; wrote {out} and "
+               f"{Path(out).with_suffix('.csv')}", err=True)
+
+
 # -------------------------------------------------------------------------------------------------- bench
 @main.command()
 @click.option("--workload", "workloads", multiple=True, type=click.Choice(["W1", "W2", "W3", "W4"]),

@@ -84,7 +84,7 @@ def read_sweep(path, schemas, overrides=()):
     """The jobs of a sweep file -> (jobs in grid order without repeats, settings {workers}).
 
     ``schemas`` maps each command to its keys ({name: Key}); ``overrides`` are (key, value) pairs from the command
-    line that replace the file's value of key everywhere (top level and every [[grid]]).  Every problem raises
+    line that replace the file's value of key in every grid whose command takes it.  Every problem raises
     UsageError naming the file and the key.
     """
     try:
@@ -106,7 +106,9 @@ def read_sweep(path, schemas, overrides=()):
     for i, grid in enumerate(grids):
         if "grid" in grid or "workers" in grid:
             raise UsageError(f"{where}: [[grid]] tables take option keys and 'command' only")
-        table = doc | grid | overrides
+        table = doc | grid
+        schema = schemas.get(table.get("command", "run"), {})
+        table |= {k: v for k, v in overrides.items() if k in schema or k == "command"}
         label = where if len(grids) == 1 else f"{where} [[grid]] {i + 1}"
         for job in grid_jobs(table, schemas, label):
             if job.id not in seen:

@@ -136,6 +136,8 @@ def test_grid_tables_are_a_union_and_overrides_apply_everywhere(tmp_path):
     assert [j.command for j in jobs] == ["run"] * 4 + ["ntk"] * 6
     jobs = jobs_of(text, tmp_path, [sweep.parse_override("N=40", SCHEMAS), sweep.parse_override("L=1", SCHEMAS)])
     assert [(j.command, j.config["N"], j.config["L"]) for j in jobs] == [("run", 40, 1), ("ntk", 40, 1)]
+    jobs = jobs_of(text, tmp_path, [sweep.parse_override("H=16", SCHEMAS)])   # only where the command takes it
+    assert {j.config.get("H") for j in jobs} == {16, None} and len(jobs) == 10
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -1,0 +1,156 @@
+"""`fastmlp plot`: figures from real stores of tiny sweeps, checked on the matplotlib objects, the PNG and the CSV."""
+import csv
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+from matplotlib.container import ErrorbarContainer
+
+from fastmlp import sweep
+from fastmlp.cli import main
+from fastmlp.plot import plot_store
+from fastmlp.store import Store
+from fastmlp.tasks import UsageError
+
+# Two tasks x two N x two depths of networks at a fixed lr, and the NTK of the same points: tiny and fast.
+FIGURE_N = """\
+task = ["1-local", "1-global"]
+D = 10
+N = [40, 80]
+L = [1, 2]
+repeats = 2
+n-test = 200
+
+[[grid]]
+H = 8
+lr = 0.1
+max-epochs = 30
+
+[[grid]]
+command = "ntk"
+"""
+
+# One task at one N, three learning rates x two depths, and the NTK of both depths.
+FIGURE_LR = """\
+task = "1-local"
+D = 10
+N = 40
+L = [1, 2]
+repeats = 2
+n-test = 200
+
+[[grid]]
+H = 8
+lr = [0.03, 0.1, 0.3]
+max-epochs = 30
+
+[[grid]]
+command = "ntk"
+"""
+
+
+def make_store(tmp_path, text, name="store", *overrides):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(textwrap.dedent(text))
+    args = [a for o in overrides for a in ("--set", o)]
+    result = CliRunner().invoke(main, ["sweep", str(path), "--store", str(tmp_path / name), *args])
+    assert result.exit_code == 0, result.output
+    return tmp_path / name
+
+
+def errorbars(ax):
+    return [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+
+
+def labels(ax):
+    return sorted(c.get_label() for c in errorbars(ax))
+
+
+def read_csv(path):
+    return list(csv.DictReader(path.open()))
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_against_n_a_panel_per_task_a_curve_per_depth_and_the_ntk(tmp_path):
+    store = make_store(tmp_path, FIGURE_N)
+    fig, points = plot_store(store, tmp_path / "fig.png")
+    assert [ax.get_title() for ax in fig.axes] == ["1-global (D = 10)", "1-local (D = 10)"]
+    for ax in fig.axes:
+        assert labels(ax) == ["L = 1", "L = 2", "NTK L = 1", "NTK L = 2"]
+        assert ax.get_xscale() == "log" and ax.get_xlabel() == "training samples N"
+        for container in errorbars(ax):
+            line = container.lines[0]
+            assert list(line.get_xdata()) == [40, 80]
+            assert line.get_linestyle() == ("--" if container.get_label().startswith("NTK") else "-")
+    assert_png(tmp_path / "fig.png")
+    rows = read_csv(tmp_path / "fig.csv")
+    assert len(rows) == len(points) == 2 * 4 * 2
+    # every point is the mean and std of the repeats of its job
+    by_config = {(r["config"]["task"], r["config"]["N"], r["config"]["L"], r["command"]): r
+                 for r in Store(store, create=False).records()}
+    for row in rows:
+        rec = by_config[(row["panel"].split()[0], int(row["x"]), int(row["L"]), row["command"])]
+        te = (rec["record"]["final"] if rec["command"] == "run" else rec["record"])["test_error"]
+        assert float(row["mean"]) == pytest.approx(te["mean"]) and float(row["std"]) == pytest.approx(te["std"])
+        assert row["n_values"] == "2" and row["n_jobs"] == "1"
+
+
+def test_against_lr_a_curve_per_depth_and_the_ntk_as_lines(tmp_path):
+    store = make_store(tmp_path, FIGURE_LR)
+    fig, points = plot_store(store, tmp_path / "lr.png")            # auto: the sweep varies lr
+    (ax,) = fig.axes
+    assert ax.get_title() == "1-local (D = 10), N = 40" and ax.get_xlabel() == "learning rate"
+    assert labels(ax) == ["L = 1", "L = 2"]
+    assert all(list(c.lines[0].get_xdata()) == [0.03, 0.1, 0.3] for c in errorbars(ax))
+    ntk_lines = [line for line in ax.get_lines() if line.get_label().startswith("NTK")]
+    assert sorted(line.get_label() for line in ntk_lines) == ["NTK L = 1", "NTK L = 2"]
+    assert all(len(set(line.get_ydata())) == 1 for line in ntk_lines)   # horizontal
+    assert_png(tmp_path / "lr.png")
+    assert len(read_csv(tmp_path / "lr.csv")) == len(points) == 2 * 3 + 2
+    # the same store plotted against N: one point per depth, all learning rates pooled
+    fig, points = plot_store(store, tmp_path / "n.png", x="N")
+    assert labels(fig.axes[0]) == ["L = 1", "L = 2", "NTK L = 1", "NTK L = 2"]
+    assert {p["n_values"] for p in points if p["command"] == "run"} == {6}
+
+
+def test_a_varying_setting_splits_curves_and_seeds_pool(tmp_path):
+    store = make_store(tmp_path, FIGURE_N, "store", "task=1-local", "H=8,16", "seed=0,1")
+    fig, points = plot_store(store, tmp_path / "fig.png")
+    (ax,) = fig.axes
+    assert labels(ax) == ["L = 1, H = 16", "L = 1, H = 8", "L = 2, H = 16", "L = 2, H = 8", "NTK L = 1",
+                          "NTK L = 2"]
+    assert {(p["n_values"], p["n_jobs"]) for p in points} == {(4, 2)}   # two seeds x two repeats per point
+
+
+def test_failed_jobs_are_left_out_and_counted(tmp_path):
+    store = make_store(tmp_path, FIGURE_N, "store", "task=1-local")
+    job = sweep.Job("f" * 16, "run", {**Store(store, create=False).records()[0]["config"], "N": 60})
+    Store(store).write(sweep.job_record(job, "failed", None, {"type": "MemoryError", "message": "m",
+                                                              "traceback": ""}, None, "t", 1.0))
+    fig, points = plot_store(store, tmp_path / "fig.png")
+    assert all(p["x"] != 60 for p in points) and len(points) == 8
+    assert fig._suptitle.get_text() == "1 failed jobs left out"
+
+
+def test_nothing_to_plot_is_a_usage_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no done jobs"):
+        plot_store(tmp_path / "empty", tmp_path / "x.png")
+    store = make_store(tmp_path, 'command = "ntk"\ntask = "1-local"\nD = 10\nN = [40, 80]\nn-test = 200\n')
+    with pytest.raises(UsageError, match="fixed lr"):
+        plot_store(store, tmp_path / "x.png", x="lr")
+    result = CliRunner().invoke(main, ["plot", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "no result store" in result.output
+
+
+def test_plot_command_writes_the_picture_and_the_numbers(tmp_path):
+    store = make_store(tmp_path, FIGURE_N)
+    result = CliRunner().invoke(main, ["plot", str(store), "--out", str(tmp_path / "fig.png")])
+    assert result.exit_code == 0, result.output
+    assert "2 panels, 8 curves, 16 points" in result.output
+    assert_png(tmp_path / "fig.png")
+    assert len(read_csv(tmp_path / "fig.csv")) == 16
