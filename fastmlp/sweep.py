@@ -312,11 +312,16 @@ class DaskExecutor:
                 raise UsageError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
             self.description = f"on the Dask cluster at {scheduler}"
         else:
+            import dask
             threads = max(1, len(os.sched_getaffinity(0)) // workers)
-            env = {name: str(threads) for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                   "MKL_NUM_THREADS")}
-            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, env=env)
+            # Thread counts must be in the environment before a worker imports Numba or NumPy: Dask's
+            # pre-spawn environment is set before the worker process starts (its `env` only after).
+            env = dask.config.get("distributed.nanny.pre-spawn-environ", {}) | {
+                name: str(threads) for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                "MKL_NUM_THREADS")}
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                            dashboard_address=None)
             self.client = Client(self.cluster)
             self.description = f"on a local Dask cluster of {workers} worker processes, {threads} thread(s) each"
 
