@@ -19,8 +19,11 @@ from .store import Store
 from .tasks import UsageError
 
 CSV_COLUMNS = ("panel", "curve", "command", "L", "x_name", "x", "mean", "std", "n_values", "n_jobs")
-# Keys that never split a curve: the x axes, the seeds (pooled), and what the panel title already says.
-NOT_CURVE_KEYS = {"N", "lr", "seed", "task", "D", "indices", "beta1", "beta2"}
+X_CHOICES = ("auto", "N", "lr")
+# Keys that never split a curve: the seeds (pooled), and what the panel title already says.  A task's indices or
+# temperatures are not in the title, so where they vary on a panel they split its curves; so does a fixed lr
+# against a searched one (lr null) in the figure against N.
+NOT_CURVE_KEYS = {"N", "seed", "task", "D"}
 
 
 def test_errors(rec):
@@ -38,30 +41,37 @@ def pooled(values):
     return mean, std, n
 
 
-def varying_keys(records):
-    """Configuration keys (other than NOT_CURVE_KEYS) whose values differ among the records, sorted."""
+def varying_keys(records, x_key):
+    """Configuration keys (other than NOT_CURVE_KEYS, L and the x axis) whose values differ among the records,
+    sorted."""
     values = defaultdict(set)
     for rec in records:
         for k, v in rec["config"].items():
             values[k].add(repr(v))
-    return sorted(k for k, vs in values.items() if len(vs) > 1 and k not in NOT_CURVE_KEYS | {"L"})
+    return sorted(k for k, vs in values.items() if len(vs) > 1 and k not in NOT_CURVE_KEYS | {"L", x_key})
 
 
 def curve_label(command, config, keys):
-    parts = [f"L = {config['L']}"] + [f"{k} = {config[k]}" for k in keys]
+    parts = [f"L = {config['L']}"] + [f"{k} = {'searched' if config[k] is None else config[k]}" for k in keys]
     return ("NTK " if command == "ntk" else "") + ", ".join(parts)
+
+
+def _order(value):
+    """A sort key that puts numbers in numeric order (H = 8 before H = 16) and anything else after, as text."""
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
 
 def curves(records, x_key):
     """{curve label: [(x, pooled values, jobs)]} of one command's records on one panel, x ascending; curves ordered
-    by depth, then label."""
-    keys = varying_keys(records)
+    by depth, then by the values of the settings that split them."""
+    keys = varying_keys(records, x_key)
     groups = defaultdict(list)
     for rec in records:
-        label = curve_label(rec["command"], rec["config"], keys)
-        groups[(rec["config"]["L"], label, rec["config"][x_key])].append(rec)
+        c = rec["config"]
+        order = (c["L"], *(_order(c[k]) for k in keys), c[x_key])
+        groups[(order, curve_label(rec["command"], c, keys), c[x_key])].append(rec)
     out = defaultdict(list)
-    for (_, label, x), recs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+    for (_, label, x), recs in sorted(groups.items(), key=lambda kv: kv[0][0]):
         out[label].append((x, [v for rec in recs for v in test_errors(rec)], recs))
     return out
 
@@ -176,6 +186,8 @@ def plot_store(store_dir, out, x="auto"):
 
     from matplotlib.figure import Figure   # no pyplot: no global state, no interactive backend
 
+    if x not in X_CHOICES:
+        raise UsageError(f"x must be one of {', '.join(X_CHOICES)}, not {x!r}")
     records = Store(store_dir, create=False).records()
     done = [r for r in records if r["status"] == "done"]
     n_failed = len(records) - len(done)

@@ -11,7 +11,8 @@ A stored job record (the keys, in this order):
   status          "done", or "failed" (the command raised; see error)
   command         "run" or "ntk"
   config          the resolved configuration: every option of the command, keys spelled as the options without
-                  their dashes ("bo-calls"), the task's D and indices explicit, keys the task does not use left out
+                  their dashes ("bo-calls"), the task's D and indices explicit, options the job does not use left
+                  out (see fastmlp.sweep)
   command_line    the `fastmlp` command that recomputes this job on its own
   record          what `fastmlp run --json` / `fastmlp ntk --json` prints for it; null when failed
   error           null, or {type, message, traceback} of what the job raised, or of how its worker was lost

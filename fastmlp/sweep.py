@@ -17,8 +17,9 @@ Sweep file (TOML, read with the standard library's tomllib)
 
 Job identity
   A job's configuration is resolved: every option of its command with its value, the task's D and indices made
-  explicit (the paper's D when none is given), options the task does not use (beta1, beta2 off the temperature
-  task) left out.  Its id is the first 16 hex digits of the SHA-256 of the command and that configuration as
+  explicit (the paper's D when none is given), options the job does not use left out (beta1 and beta2 off the
+  temperature task, the search's options with a fixed lr, sigma-w2 and sigma-b2 with the standard
+  parameterization).  Its id is the first 16 hex digits of the SHA-256 of the command and that configuration as
   canonical JSON.  How a sweep is run (store, workers, scheduler, shard) is not part of it; backend and dtype
   are, since they change results (by rounding at least).  Growing a list re-uses every job already stored.
 
@@ -44,7 +45,7 @@ from .tasks import UsageError, parse_task
 
 COMMANDS = ("run", "ntk")
 TASK_KEYS = ("task", "D", "indices", "beta1", "beta2")   # what parse_task takes; resolved into the spec
-SWEEP_KEYS = ("command", "grid", "workers")              # keys of a sweep file that are not options
+SEARCH_KEYS = ("folds", "bo-calls", "bo-batch", "lr-min", "lr-max")
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,17 @@ def resolve(command, values, schema, where="sweep"):
     except UsageError as e:
         point = ", ".join(f"{k} = {v!r}" for k, v in values.items())
         raise UsageError(f"{where}: the job with {point}: {e}") from None
+    config = {name: value for name, value in config.items() if name not in unused_keys(command, config)}
     return Job(job_id(command, config), command, config)
+
+
+def unused_keys(command, config):
+    """Options a `run` job does not use, left out of its configuration (and so of its identity): the search's
+    with a fixed lr, sigma-w2 and sigma-b2 with the standard parameterization."""
+    if command != "run":
+        return set()
+    unused = set(SEARCH_KEYS) if config["lr"] is not None else set()
+    return unused | ({"sigma-w2", "sigma-b2"} if config["param"] == "standard" else set())
 
 
 def check_job(command, config):

@@ -111,10 +111,12 @@ def test_against_lr_a_curve_per_depth_and_the_ntk_as_lines(tmp_path):
     assert all(len(set(line.get_ydata())) == 1 for line in ntk_lines)   # horizontal
     assert_png(tmp_path / "lr.png")
     assert len(read_csv(tmp_path / "lr.csv")) == len(points) == 2 * 3 + 2
-    # the same store plotted against N: one point per depth, all learning rates pooled
+    # against N, a fixed lr splits the curves, and so does a searched lr (runs without --lr) beside them
+    make_store(tmp_path, FIGURE_LR.replace("lr = [0.03, 0.1, 0.3]", "folds = 2\nbo-calls = 2"), "store")
     fig, points = plot_store(store, tmp_path / "n.png", x="N")
-    assert labels(fig.axes[0]) == ["L = 1", "L = 2", "NTK L = 1", "NTK L = 2"]
-    assert {p["n_values"] for p in points if p["command"] == "run"} == {6}
+    assert labels(fig.axes[0]) == [f"L = {L}, lr = {lr}" for L in (1, 2) for lr in (0.03, 0.1, 0.3, "searched")] \
+        + ["NTK L = 1", "NTK L = 2"]
+    assert {p["n_values"] for p in points} == {2}
 
 
 def test_a_varying_setting_splits_curves_and_seeds_pool(tmp_path):
@@ -123,7 +125,19 @@ def test_a_varying_setting_splits_curves_and_seeds_pool(tmp_path):
     (ax,) = fig.axes
     assert labels(ax) == ["L = 1, H = 16", "L = 1, H = 8", "L = 2, H = 16", "L = 2, H = 8", "NTK L = 1",
                           "NTK L = 2"]
+    assert [c.get_label() for c in errorbars(ax)][:2] == ["L = 1, H = 8", "L = 1, H = 16"]   # numeric order
     assert {(p["n_values"], p["n_jobs"]) for p in points} == {(4, 2)}   # two seeds x two repeats per point
+
+
+def test_tasks_that_differ_in_indices_are_not_pooled(tmp_path):
+    store = make_store(tmp_path, 'command = "ntk"\ntask = "1-local"\nD = 10\nN = [40, 80]\nL = [1, 2]\n'
+                               'repeats = 2\nn-test = 200\n')
+    for rec in Store(store).records():      # the same jobs again, relabelled as another index set of the task
+        Store(store).write({**rec, "id": "0" + rec["id"][1:], "config": {**rec["config"], "indices": "3"}})
+    fig, points = plot_store(store, tmp_path / "fig.png")
+    assert labels(fig.axes[0]) == ["NTK L = 1, indices = 0", "NTK L = 1, indices = 3", "NTK L = 2, indices = 0",
+                                   "NTK L = 2, indices = 3"]
+    assert {p["n_jobs"] for p in points} == {1}
 
 
 def test_failed_jobs_are_left_out_and_counted(tmp_path):
@@ -143,6 +157,8 @@ def test_nothing_to_plot_is_a_usage_error(tmp_path):
     store = make_store(tmp_path, 'command = "ntk"\ntask = "1-local"\nD = 10\nN = [40, 80]\nn-test = 200\n')
     with pytest.raises(UsageError, match="fixed lr"):
         plot_store(store, tmp_path / "x.png", x="lr")
+    with pytest.raises(UsageError, match="x must be one of auto, N, lr"):
+        plot_store(store, tmp_path / "x.png", x="n")
     result = CliRunner().invoke(main, ["plot", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "no result store" in result.output
 

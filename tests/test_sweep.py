@@ -105,9 +105,12 @@ def test_the_grid_is_the_product_of_the_lists(tmp_path):
     assert len(jobs) == 6 and len({j.id for j in jobs}) == 6
     assert [(j.config["N"], j.config["L"]) for j in jobs] == [(40, 1), (40, 2), (60, 1), (60, 2), (80, 1), (80, 2)]
     c = jobs[0].config
-    assert c["H"] == 8 and c["B"] == 50 and c["folds"] == 10 and c["indices"] == "0" and c["lr"] == 0.1
-    assert "beta1" not in c and "out" not in c and "json" not in c
+    assert c["H"] == 8 and c["B"] == 50 and c["indices"] == "0" and c["lr"] == 0.1 and c["param"] == "standard"
+    assert not {"beta1", "out", "json"} & set(c)                         # not options of this job
+    assert not {"folds", "bo-calls", "lr-min", "sigma-w2"} & set(c)      # not used with a fixed lr, He init
     assert jobs[0].command_line().startswith("fastmlp run 1-local --D 10 --indices 0 --seed 0 --N 40 --L 1 --H 8")
+    searched = jobs_of(TINY.replace("lr = 0.1", 'param = "ntk"'), tmp_path)[0].config
+    assert searched["folds"] == 10 and searched["bo-calls"] == 20 and searched["sigma-w2"] == 2.0
 
 
 def test_job_identity_is_the_resolved_configuration(tmp_path):
@@ -262,15 +265,17 @@ def test_dry_run_lists_jobs_and_status_and_writes_nothing(tmp_path):
 
 
 def test_shards_split_the_jobs_and_cover_them(tmp_path):
-    jobs = jobs_of(TINY.replace("N = [40, 60, 80]", "N = [40, 50, 60, 70, 80, 90, 100]"), tmp_path)
+    wide = TINY.replace("N = [40, 60, 80]", "N = [40, 50, 60, 70, 80, 90, 100]")   # 14 jobs
+    jobs = jobs_of(wide, tmp_path)
     shards = [sweep.select_shard(jobs, f"{i}/3") for i in range(3)]
     ids = [j.id for shard in shards for j in shard]
-    assert sorted(ids) == sorted(j.id for j in jobs) and all(shards)
+    assert sorted(ids) == sorted(j.id for j in jobs)                     # disjoint, and together the whole sweep
     store = tmp_path / "store"
-    result = cli("sweep", write(tmp_path / "s.toml", TINY), "--store", store, "--shard", "1/2")
+    result = cli("sweep", write(tmp_path / "s.toml", wide), "--store", store, "--shard", "1/2")
     assert result.exit_code == 0
-    mine = {j.id for j in sweep.select_shard(jobs_of(TINY, tmp_path), "1/2")}
-    assert set(results_of(store)) == mine and 0 < len(mine) < 6
+    mine = {j.id for j in sweep.select_shard(jobs, "1/2")}
+    assert set(results_of(store)) == mine and 0 < len(mine) < 14
+    assert {j.id for j in sweep.select_shard(jobs_of(TINY, tmp_path), "1/2")} <= mine   # kept as the grid grew
 
 
 def test_collect_flattens_the_store(tmp_path):
