@@ -4,7 +4,6 @@ import textwrap
 
 import pytest
 from click.testing import CliRunner
-from matplotlib.container import ErrorbarContainer
 
 from fastmlp import sweep
 from fastmlp.cli import main
@@ -59,6 +58,7 @@ def make_store(tmp_path, text, name="store", *overrides):
 
 
 def errorbars(ax):
+    from matplotlib.container import ErrorbarContainer   # here: `pytest -m gpu` collects this file without it
     return [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
 
 

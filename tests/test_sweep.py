@@ -1,6 +1,7 @@
 """Sweeps: sweep files and job identity, the result store (resume, extend, retry, SIGKILL), shards, collect, and
 the Dask executors on real clusters (a LocalCluster; `dask scheduler` + `dask worker` processes, one killed)."""
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -455,3 +456,21 @@ def test_gpu_jobs_are_refused_up_front_where_no_gpu_is_usable(tmp_path):
     result = cli("sweep", write(tmp_path / "s.toml", TINY), "--store", tmp_path / "store", "--set", "backend=gpu")
     assert result.exit_code == 2 and "--backend gpu needs CuPy and a CUDA device" in result.output
     assert not list((tmp_path / "store").glob("*.json"))
+
+
+@pytest.mark.gpu
+def test_a_sweep_runs_on_the_gpu_in_process_and_on_a_local_cluster(tmp_path):
+    from fastmlp import gpu
+    if not gpu.available():
+        pytest.skip("needs CuPy and a CUDA device")
+    path = write(tmp_path / "s.toml", TINY)
+    assert cli("sweep", path, "--store", tmp_path / "here", "--set", "backend=gpu").exit_code == 0
+    records = Store(tmp_path / "here", create=False).records()
+    assert len(records) == 6 and all(r["status"] == "done" for r in records)
+    assert all(r["provenance"]["backend"] == "gpu" and r["record"]["config"]["backend"] == "gpu" for r in records)
+    if importlib.util.find_spec("distributed") is None:   # not on every GPU machine
+        return
+    result = subprocess.run(fastmlp_command("sweep", path, "--store", tmp_path / "dask", "--set", "backend=gpu",
+                                            "--workers", 1), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert results_of(tmp_path / "dask") == results_of(tmp_path / "here")
