@@ -18,7 +18,8 @@
 #   install      pip install --no-deps --no-build-isolation -e .          ~10 s   (falls back to PYTHONPATH)
 #   tests        pytest tests/test_gpu.py: nvcc and NVRTC compile checks,  < 240 s (Numba compiles the CPU
 #                then every GPU test against the reference / CPU engine            engine for the comparisons)
-#                pytest -m gpu on the other test files (the NTK on CuPy)  < 60 s
+#                pytest -m gpu on the other test files (the NTK on CuPy,  < 60 s
+#                a sweep on the GPU)
 #   benchmarks   bench/bench_gpu.py: W1-W4 with and without CUDA graphs,  < 150 s
 #                W2 TF32, W2 M=400, W4 M=100, the CPU engine on W1-W4
 # Output: $OUT/gpu_check.log, gpu_tests.xml (JUnit), bench_gpu.jsonl, summary.json.
