@@ -56,11 +56,6 @@ class Key:
     default: object        # None: the command's own default (no value)
     choices: tuple = ()    # allowed strings, when the option is a choice
 
-    @property
-    def arg(self):
-        """The keyword of the Python function that takes it: "bo-calls" -> "bo_calls"."""
-        return self.name.replace("-", "_")
-
 
 @dataclass(frozen=True)
 class Job:
@@ -103,18 +98,22 @@ def read_sweep(path, schemas, overrides=()):
     if workers is not None and (type(workers) is not int or workers < 1):
         raise UsageError(f"{where}: key 'workers' must be a positive integer (got {workers!r})")
     overrides = dict(overrides)
-    jobs, seen = [], set()
+    jobs, seen, applied = [], set(), {"command"}
     for i, grid in enumerate(grids):
         if "grid" in grid or "workers" in grid:
             raise UsageError(f"{where}: [[grid]] tables take option keys and 'command' only")
-        table = doc | grid
+        table = doc | grid | {k: v for k, v in overrides.items() if k == "command"}
         schema = schemas.get(table.get("command", "run"), {})
-        table |= {k: v for k, v in overrides.items() if k in schema or k == "command"}
+        table |= {k: v for k, v in overrides.items() if k in schema}
+        applied |= set(overrides) & set(schema)
         label = where if len(grids) == 1 else f"{where} [[grid]] {i + 1}"
         for job in grid_jobs(table, schemas, label):
             if job.id not in seen:
                 seen.add(job.id)
                 jobs.append(job)
+    unused = sorted(set(overrides) - applied)
+    if unused:
+        raise UsageError(f"--set {unused[0]}: no grid of {where} runs a command that takes it")
     return jobs, {"workers": workers}
 
 

@@ -142,6 +142,9 @@ def test_grid_tables_are_a_union_and_overrides_apply_everywhere(tmp_path):
     assert [(j.command, j.config["N"], j.config["L"]) for j in jobs] == [("run", 40, 1), ("ntk", 40, 1)]
     jobs = jobs_of(text, tmp_path, [sweep.parse_override("H=16", SCHEMAS)])   # only where the command takes it
     assert {j.config.get("H") for j in jobs} == {16, None} and len(jobs) == 10
+    ntk_only = 'command = "ntk"\ntask = "1-local"\nD = 10\nN = 40\n'
+    with pytest.raises(UsageError, match="--set H: no grid of .* runs a command that takes it"):
+        jobs_of(ntk_only, tmp_path, [("H", 16)])
 
 
 @pytest.mark.parametrize("text, expected", [
