@@ -550,6 +550,8 @@ def sweep(sweep_file, store_dir, overrides, workers, scheduler, shard, retry_fai
     if todo and not scheduler and any(job.config["backend"] == "gpu" for job in todo):
         _check_backend("gpu")   # this machine runs them: refuse now rather than fail every job
     if todo:
+        import signal
+        signal.signal(signal.SIGTERM, signal.default_int_handler)   # a batch system's SIGTERM: stop as on Ctrl-C
         executor = sw.executor_for(workers if workers is not None else settings["workers"], scheduler)
         say(f"running {executor.description}")
         try:
