@@ -496,8 +496,8 @@ class SweepProgress:
 @click.option("--store", "store_dir", type=click.Path(file_okay=False), default=None,
               help="result directory, one JSON record per job [default: results/NAME for SWEEP_FILE NAME.toml]")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="replace a key of the file everywhere, e.g. --set N=250,500 (a list) or --set backend=gpu; "
-                   "repeatable")
+              help="replace a key of the file in every grid whose command takes it, e.g. --set N=250,500 (a list) "
+                   "or --set backend=gpu; repeatable")
 @click.option("--workers", type=int, default=None,
               help="run on a local Dask cluster of this many worker processes, the cores shared among them "
                    "(pip install 'fastmlp[cluster]'); on a GPU machine, one per GPU")
