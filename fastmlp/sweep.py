@@ -66,7 +66,8 @@ class Job:
     @property
     def label(self):
         c = self.config
-        return f"{self.command} {c['task']} N={c['N']} L={c['L']} seed={c['seed']}"
+        width = f" H={c['H']}" if "H" in c else ""
+        return f"{self.command} {c['task']} N={c['N']} L={c['L']}{width} seed={c['seed']}"
 
     def command_line(self):
         """The `fastmlp` command that computes this job alone."""
