@@ -152,6 +152,8 @@ def main():
 
     TASK is K-local, K-global (K = 1, 2, 3, ...) or temperature; see each command's --help.
     """
+    from .provenance import git_commit
+    git_commit()   # pinned now, with the code this process runs; records made later carry this commit
 
 
 # --------------------------------------------------------------------------------------------------- info

@@ -1,4 +1,5 @@
 """Where a result came from: package versions, git commit, backend, device and thread count."""
+import functools
 import platform
 import subprocess
 import sys
@@ -19,8 +20,12 @@ def versions():
     return out
 
 
+@functools.cache
 def git_commit():
-    """The commit of the checkout this package runs from, with '+dirty' for local changes; None elsewhere."""
+    """The commit of the checkout this package runs from, with '+dirty' for local changes; None elsewhere.
+
+    Read once per process: a long sweep run from a checkout records the commit it started from, not one made
+    while it ran (the code it had already imported)."""
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return None

@@ -256,7 +256,8 @@ def execute(job):
     """Run one job where this is called (this process or a Dask worker) -> its stored record.  Never raises for
     an error of the job itself: that is recorded as status failed."""
     from . import ntk, protocol
-    from .provenance import record as provenance
+    from .provenance import git_commit, record as provenance
+    git_commit()   # on a worker: pinned at its first job, when it imports this code
     started, t0 = _now(), time.perf_counter()
     c = job.config
     _use_worker_gpu(c["backend"])
