@@ -9,7 +9,8 @@ Two figures, chosen by what the store holds:
 A point pools the test errors of every repeat of every job at that x on that curve (seeds included): its value is
 their mean and its error bar their standard deviation (ddof = 1; none for a single value).  A curve is one depth
 and one value of every other setting that varies among the panel's jobs (H, say), so settings are never mixed;
-its label names them.  Failed jobs and null test errors (n_test = 0) are left out and counted.
+its label names them.  A point where some repeats hit the epoch cap without reaching zero training error has a
+hollow marker.  Failed jobs and null test errors (n_test = 0) are left out and counted.
 """
 import csv
 import math
@@ -18,7 +19,8 @@ from collections import defaultdict
 from .store import Store
 from .tasks import UsageError
 
-CSV_COLUMNS = ("panel", "curve", "command", "L", "x_name", "x", "mean", "std", "n_values", "n_jobs")
+CSV_COLUMNS = ("panel", "curve", "command", "L", "x_name", "x", "mean", "std", "n_values", "n_jobs",
+               "not_converged")
 X_CHOICES = ("auto", "N", "lr")
 # Keys that never split a curve: the seeds (pooled), and what the panel title already says.  A task's indices or
 # temperatures are not in the title, so where they vary on a panel they split its curves; so does a fixed lr
@@ -94,8 +96,9 @@ def choose_x(runs):
 # ---------------------------------------------------------------------------------------------- drawing
 def _point_row(panel, label, command, L, x_name, x, values, recs):
     mean, std, n = pooled(values) if values else (None, None, 0)
+    not_converged = sum(r["record"]["final"]["not_converged"] for r in recs) if command == "run" else None
     return {"panel": panel, "curve": label, "command": command, "L": L, "x_name": x_name, "x": x, "mean": mean,
-            "std": std, "n_values": n, "n_jobs": len(recs)}
+            "std": std, "n_values": n, "n_jobs": len(recs), "not_converged": not_converged}
 
 
 def depth_colours(records):
@@ -115,9 +118,14 @@ def _draw_curves(ax, panel, records, x_name, points, colour):
             if not rows:
                 continue
             points.extend(rows)
+            marker, c = next(markers), colour[rows[0]["L"]]
             ax.errorbar([row["x"] for row in rows], [row["mean"] for row in rows],
-                        yerr=[row["std"] or 0.0 for row in rows], linestyle=style, marker=next(markers),
-                        markersize=4, capsize=3, color=colour[rows[0]["L"]], label=label)
+                        yerr=[row["std"] or 0.0 for row in rows], linestyle=style, marker=marker, markersize=4,
+                        capsize=3, color=c, label=label)
+            hollow = [row for row in rows if row["not_converged"]]   # some repeats hit the epoch cap
+            if hollow:
+                ax.plot([row["x"] for row in hollow], [row["mean"] for row in hollow], linestyle="none",
+                        marker=marker, markersize=4, markerfacecolor="white", color=c, zorder=3)
 
 
 def _draw_ntk_lines(ax, panel, records, points, colour):
@@ -132,11 +140,13 @@ def _draw_ntk_lines(ax, panel, records, points, colour):
 
 
 def _log_x(ax, xs, label):
-    """A log x axis labelled at the data's own x values."""
+    """A log x axis, labelled at the data's own x values when they are few enough to read."""
     from matplotlib.ticker import NullFormatter
     ax.set_xscale("log")
-    ax.set_xticks(sorted(set(xs)), [f"{x:g}" for x in sorted(set(xs))])
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    xs = sorted(set(xs))
+    if len(xs) <= 6:
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(label)
 
 
@@ -206,7 +216,8 @@ def plot_store(store_dir, out, x="auto"):
     dropped = sum(len((r["record"]["final"] if r["command"] == "run" else r["record"])["test_error"]["values"])
                   - len(test_errors(r)) for r in done)
     notes = [f"{n_failed} failed jobs left out" if n_failed else "",
-             f"{dropped} null test errors left out" if dropped else ""]
+             f"{dropped} null test errors left out" if dropped else "",
+             "hollow markers: some repeats hit the epoch cap" if any(p["not_converged"] for p in points) else ""]
     if any(notes):
         fig.suptitle("; ".join(n for n in notes if n), fontsize="small")
     out = Path(out)

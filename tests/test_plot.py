@@ -97,6 +97,13 @@ def test_against_n_a_panel_per_task_a_curve_per_depth_and_the_ntk(tmp_path):
         te = (rec["record"]["final"] if rec["command"] == "run" else rec["record"])["test_error"]
         assert float(row["mean"]) == pytest.approx(te["mean"]) and float(row["std"]) == pytest.approx(te["std"])
         assert row["n_values"] == "2" and row["n_jobs"] == "1"
+        assert row["not_converged"] == ("" if rec["command"] == "ntk" else str(rec["record"]["final"]["not_converged"]))
+    # a point whose repeats did not all reach zero training error is drawn hollow, once
+    hollow = [(line.get_xdata()[i], line.get_ydata()[i]) for ax in fig.axes for line in ax.get_lines()
+              if line.get_markerfacecolor() == "white" for i in range(len(line.get_xdata()))]
+    expected = [(p["x"], p["mean"]) for p in points if p["not_converged"]]
+    assert sorted(hollow) == sorted(expected) and expected             # 30 epochs: some repeats stop at the cap
+    assert fig._suptitle.get_text() == "hollow markers: some repeats hit the epoch cap"
 
 
 def test_against_lr_a_curve_per_depth_and_the_ntk_as_lines(tmp_path):
@@ -147,7 +154,7 @@ def test_failed_jobs_are_left_out_and_counted(tmp_path):
                                                               "traceback": ""}, None, "t", 1.0))
     fig, points = plot_store(store, tmp_path / "fig.png")
     assert all(p["x"] != 60 for p in points) and len(points) == 8
-    assert fig._suptitle.get_text() == "1 failed jobs left out"
+    assert fig._suptitle.get_text().startswith("1 failed jobs left out")
 
 
 def test_nothing_to_plot_is_a_usage_error(tmp_path):
