@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from . import __version__
-from .store import json_safe, write_json_atomic
+from .store import json_safe, test_error_of, write_json_atomic
 from .tasks import UsageError
 
 DTYPES = ("float32", "float64")
@@ -59,6 +59,12 @@ def emit_json(obj):
     click.echo(json.dumps(json_safe(obj), allow_nan=False))
 
 
+def _bar(done, total, width=30):
+    """[####......] for done out of total."""
+    fill = int(width * done / max(total, 1))
+    return f"[{'#' * fill}{'.' * (width - fill)}]"
+
+
 class Progress:
     """A one-line progress bar on stderr, drawn only in a terminal (never with --json)."""
 
@@ -71,10 +77,8 @@ class Progress:
         if not self.enabled:
             return
         done = n_total - n_active
-        width = 30
-        fill = int(width * done / max(n_total, 1))
         elapsed = time.perf_counter() - self.t0
-        click.echo(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {done}/{n_total} stopped, "
+        click.echo(f"\r{self.label} {_bar(done, n_total)} {done}/{n_total} stopped, "
                    f"epoch {epoch}, {elapsed:.0f}s ", err=True, nl=False)
 
     def note(self, text):
@@ -447,10 +451,9 @@ def _outcome(rec):
     """A job record's result in a few words."""
     if rec["status"] == "failed":
         return f"FAILED {rec['error']['type']}: {rec['error']['message']}"
-    r = rec["record"]
-    te = (r["final"]["test_error"] if rec["command"] == "run" else r["test_error"])["mean"]
+    te = test_error_of(rec)["mean"]
     text = "test error -" if te is None else f"test error {te:.4f}"
-    return text + (f" at lr {r['selected_lr']:.3g}" if rec["command"] == "run" else "")
+    return text + (f" at lr {rec['record']['selected_lr']:.3g}" if rec["command"] == "run" else "")
 
 
 class SweepProgress:
@@ -482,8 +485,7 @@ class SweepProgress:
         if self.bar:
             if rec["status"] == "failed":
                 click.echo(f"\r{label}: {_outcome(rec)}", err=True)
-            fill = int(30 * (self.done + self.failed) / max(self.total, 1))
-            click.echo(f"\rsweep [{'#' * fill}{'.' * (30 - fill)}] {status} ", err=True, nl=False)
+            click.echo(f"\rsweep {_bar(self.done + self.failed, self.total)} {status} ", err=True, nl=False)
         else:
             took = "" if rec["elapsed_s"] is None else f" in {rec['elapsed_s']:.1f}s"
             click.echo(f"sweep: {label} {rec['id']}: {_outcome(rec)}{took}; {status}", err=True)

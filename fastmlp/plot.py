@@ -16,7 +16,7 @@ import csv
 import math
 from collections import defaultdict
 
-from .store import Store
+from .store import Store, test_error_of
 from .tasks import UsageError
 
 CSV_COLUMNS = ("panel", "curve", "command", "L", "x_name", "x", "mean", "std", "n_values", "n_jobs",
@@ -30,9 +30,7 @@ NOT_CURVE_KEYS = {"N", "seed", "task", "D"}
 
 def test_errors(rec):
     """The non-null test errors of a stored job's repeats."""
-    r = rec["record"]
-    values = (r["final"] if rec["command"] == "run" else r)["test_error"]["values"]
-    return [v for v in values if v is not None]
+    return [v for v in test_error_of(rec)["values"] if v is not None]
 
 
 def pooled(values):
@@ -213,8 +211,7 @@ def plot_store(store_dir, out, x="auto"):
     for ax in fig.axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
-    dropped = sum(len((r["record"]["final"] if r["command"] == "run" else r["record"])["test_error"]["values"])
-                  - len(test_errors(r)) for r in done)
+    dropped = sum(len(test_error_of(r)["values"]) - len(test_errors(r)) for r in done)
     notes = [f"{n_failed} failed jobs left out" if n_failed else "",
              f"{dropped} null test errors left out" if dropped else "",
              "hollow markers: some repeats hit the epoch cap" if any(p["not_converged"] for p in points) else ""]

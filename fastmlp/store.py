@@ -82,13 +82,6 @@ class Store:
             raise ValueError(f"not a job record: missing {missing} or status {rec.get('status')!r}")
         write_json_atomic(self.file_of(rec["id"]), {k: rec[k] for k in RECORD_FIELDS})
 
-    def read(self, job_id):
-        """The record of one job, or None when it has none."""
-        try:
-            return self._load(self.file_of(job_id))
-        except FileNotFoundError:
-            return None
-
     def statuses(self):
         """{id: status} of every stored job."""
         return {rec["id"]: rec["status"] for rec in self.records()}
@@ -109,6 +102,12 @@ class Store:
 
 
 # ------------------------------------------------------------------------------------------------- collect
+def test_error_of(rec):
+    """{mean, std, values} of a done job's test error: the final repeats' of a run, the repeats' of an ntk job."""
+    r = rec["record"]
+    return (r["final"] if rec["command"] == "run" else r)["test_error"]
+
+
 RESULT_COLUMNS = ("selected_lr", "test_error_mean", "test_error_std", "test_error_n", "converged", "diverged",
                   "not_converged", "validation_error", "wall_s", "device", "fastmlp", "git_commit", "error")
 
@@ -120,7 +119,7 @@ def flatten(rec):
     out = dict.fromkeys(RESULT_COLUMNS)
     r = rec["record"]
     if r is not None:
-        te = r["final"]["test_error"] if rec["command"] == "run" else r["test_error"]
+        te = test_error_of(rec)
         out.update(test_error_mean=te["mean"], test_error_std=te["std"],
                    test_error_n=sum(v is not None for v in te["values"]), wall_s=r["timing"]["wall_s"])
         if rec["command"] == "run":

@@ -183,9 +183,15 @@ def unused_keys(command, config):
     return unused | ({"sigma-w2", "sigma-b2"} if config["param"] == "standard" else set())
 
 
+def _arguments(config):
+    """The keyword arguments of a configuration: sweep keys as Python names ("bo-calls" -> bo_calls)."""
+    return {k.replace("-", "_"): v for k, v in config.items()}
+
+
 def check_job(command, config):
-    """UsageError for a job its command would refuse, before anything runs."""
-    c = {k.replace("-", "_"): v for k, v in config.items()}
+    """UsageError for a job its command would refuse, before anything runs (on its whole configuration, before
+    the keys it does not use are left out)."""
+    c = _arguments(config)
     if command == "run":
         from .protocol import check_config
         check_config(c["N"], c["folds"], c["bo_calls"], c["bo_batch"], c["lr_min"], c["lr_max"], c["repeats"],
@@ -262,9 +268,8 @@ def execute(job):
     c = job.config
     _use_worker_gpu(c["backend"])
     try:
-        spec = parse_task(c["task"], D=c["D"], indices=c.get("indices"), beta1=c.get("beta1", 0.1),
-                          beta2=c.get("beta2", 0.2))
-        kwargs = {k.replace("-", "_"): v for k, v in c.items() if k not in TASK_KEYS}
+        spec = parse_task(c["task"], **{k: c[k] for k in TASK_KEYS[1:] if k in c})
+        kwargs = _arguments({k: v for k, v in c.items() if k not in TASK_KEYS})
         rec = (protocol.run if job.command == "run" else ntk.run)(spec, **kwargs)
     except Exception as e:   # any failure of the job is its result: stored, shown, retried on request
         return job_record(job, "failed", None, error_of(e), _safe_provenance(c["backend"], provenance), started,
