@@ -8,8 +8,9 @@ Two figures, chosen by what the store holds:
 
 A point pools the test errors of every repeat of every job at that x on that curve (seeds included): its value is
 their mean and its error bar their standard deviation (ddof = 1; none for a single value).  A curve is one depth
-and one value of every other setting that varies among the panel's jobs (H, say), so settings are never mixed;
-its label names them.  A point where some repeats hit the epoch cap without reaching zero training error has a
+and one value of every other setting that varies among the panel's jobs at one x (H, say), so settings are never
+mixed at a point; its label names them.  A setting that changes only from one x to another (an epoch cap grown
+as the fixed lr shrinks, a search range per N) does not split a curve: the label says it is set per x.  A point where some repeats hit the epoch cap without reaching zero training error has a
 hollow marker.  Failed jobs and null test errors (n_test = 0) are left out and counted.
 """
 import csv
@@ -42,17 +43,23 @@ def pooled(values):
 
 
 def varying_keys(records, x_key):
-    """Configuration keys (other than NOT_CURVE_KEYS, L and the x axis) whose values differ among the records,
-    sorted."""
-    values = defaultdict(set)
+    """(split, per_x): the configuration keys (other than NOT_CURVE_KEYS, L and the x axis) whose values differ
+    among the records, sorted.  ``split`` differ at some one x, so they split curves; ``per_x`` differ only from
+    one x to another, so a curve may follow them."""
+    values, at_point = defaultdict(set), defaultdict(set)
     for rec in records:
-        for k, v in rec["config"].items():
+        c = rec["config"]
+        for k, v in c.items():
             values[k].add(repr(v))
-    return sorted(k for k, vs in values.items() if len(vs) > 1 and k not in NOT_CURVE_KEYS | {"L", x_key})
+            at_point[k, repr(c[x_key])].add(repr(v))
+    varying = sorted(k for k, vs in values.items() if len(vs) > 1 and k not in NOT_CURVE_KEYS | {"L", x_key})
+    split = {k for (k, _), vs in at_point.items() if len(vs) > 1}
+    return [k for k in varying if k in split], [k for k in varying if k not in split]
 
 
-def curve_label(command, config, keys):
+def curve_label(command, config, keys, per_x=(), x_key="N"):
     parts = [f"L = {config['L']}"] + [f"{k} = {'searched' if config[k] is None else config[k]}" for k in keys]
+    parts += [f"{k} set per {x_key}" for k in per_x]
     return ("NTK " if command == "ntk" else "") + ", ".join(parts)
 
 
@@ -64,12 +71,12 @@ def _order(value):
 def curves(records, x_key):
     """{curve label: [(x, pooled values, jobs)]} of one command's records on one panel, x ascending; curves ordered
     by depth, then by the values of the settings that split them."""
-    keys = varying_keys(records, x_key)
+    keys, per_x = varying_keys(records, x_key)
     groups = defaultdict(list)
     for rec in records:
         c = rec["config"]
         order = (c["L"], *(_order(c[k]) for k in keys), c[x_key])
-        groups[(order, curve_label(rec["command"], c, keys), c[x_key])].append(rec)
+        groups[(order, curve_label(rec["command"], c, keys, per_x, x_key), c[x_key])].append(rec)
     out = defaultdict(list)
     for (_, label, x), recs in sorted(groups.items(), key=lambda kv: kv[0][0]):
         out[label].append((x, [v for rec in recs for v in test_errors(rec)], recs))
@@ -82,12 +89,14 @@ def panel_title(config, with_n=False):
 
 
 def choose_x(runs):
-    """'lr' when some (task, N, L, other settings) group of run jobs has more than one fixed lr, else 'N'."""
+    """'lr' when some (task, N, L, other settings) group of run jobs has more than one fixed lr, else 'N'.  Settings
+    that change only with the lr (an epoch cap grown as lr shrinks) do not make groups."""
+    fixed = [rec for rec in runs if rec["config"]["lr"] is not None]
+    _, per_lr = varying_keys(fixed, "lr")
     lrs = defaultdict(set)
-    for rec in runs:
-        if rec["config"]["lr"] is not None:
-            rest = {k: v for k, v in rec["config"].items() if k not in ("lr", "seed")}
-            lrs[repr(sorted(rest.items()))].add(rec["config"]["lr"])
+    for rec in fixed:
+        rest = {k: v for k, v in rec["config"].items() if k not in ("lr", "seed", *per_lr)}
+        lrs[repr(sorted(rest.items()))].add(rec["config"]["lr"])
     return "lr" if any(len(v) > 1 for v in lrs.values()) else "N"
 
 

@@ -136,6 +136,19 @@ def test_a_varying_setting_splits_curves_and_seeds_pool(tmp_path):
     assert {(p["n_values"], p["n_jobs"]) for p in points} == {(4, 2)}   # two seeds x two repeats per point
 
 
+def test_a_setting_that_changes_only_with_x_does_not_split_curves(tmp_path):
+    # an epoch cap grown as lr shrinks: one [[grid]] per lr, so max-epochs differs only from one lr to another
+    grids = "".join(f"\n[[grid]]\nH = 8\nlr = {lr}\nmax-epochs = {cap}\n" for lr, cap in ((0.03, 60), (0.1, 30)))
+    store = make_store(tmp_path, FIGURE_LR.split("[[grid]]")[0] + grids)
+    fig, points = plot_store(store, tmp_path / "lr.png")
+    assert labels(fig.axes[0]) == ["L = 1, max-epochs set per lr", "L = 2, max-epochs set per lr"]
+    assert all(list(c.lines[0].get_xdata()) == [0.03, 0.1] for c in errorbars(fig.axes[0]))
+    # the same cap at both lr as well as the grown one: now two values meet at one lr, and they split the curves
+    make_store(tmp_path, FIGURE_LR.split("[[grid]]")[0] + grids.replace("= 60", "= [30, 60]"))
+    fig, points = plot_store(store, tmp_path / "lr.png")
+    assert labels(fig.axes[0]) == [f"L = {L}, max-epochs = {cap}" for L in (1, 2) for cap in (30, 60)]
+
+
 def test_tasks_that_differ_in_indices_are_not_pooled(tmp_path):
     store = make_store(tmp_path, 'command = "ntk"\ntask = "1-local"\nD = 10\nN = [40, 80]\nL = [1, 2]\n'
                                'repeats = 2\nn-test = 200\n')
