@@ -458,14 +458,29 @@ def _outcome(rec):
 
 class SweepProgress:
     """Jobs finished out of the sweep's total, failures, elapsed and remaining time, on stderr: a bar in a
-    terminal, otherwise one line per finished job (batch-system logs stay readable)."""
+    terminal, otherwise one line per finished job (batch-system logs stay readable).  From inside a running job
+    (in process only): its latest phase beside the bar, or in a log a line at most every HEARTBEAT_S seconds, so
+    a long job is never silent for long and short ones add nothing."""
+    HEARTBEAT_S = 60.0
 
     def __init__(self, total, done, failed, enabled=True):
         self.total, self.done, self.failed = total, done, failed
         self.finished = 0                       # by this process
         self.enabled = enabled
         self.bar = enabled and sys.stderr.isatty()
-        self.t0 = time.perf_counter()
+        self.t0 = self.last_line = time.perf_counter()
+
+    def job(self, job, text):
+        """A progress line from inside a running job."""
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.bar:
+            status = f"{_bar(self.done + self.failed, self.total)} {self.done + self.failed}/{self.total}"
+            click.echo(f"\r\x1b[Ksweep {status} {job.label}: {text}"[:200], err=True, nl=False)
+        elif now - self.last_line >= self.HEARTBEAT_S:
+            click.echo(f"sweep:   {job.label} {job.id}: {text}", err=True)
+            self.last_line = now
 
     def __call__(self, rec):
         from .sweep import Job
@@ -484,11 +499,12 @@ class SweepProgress:
         label = Job(rec["id"], rec["command"], rec["config"]).label
         if self.bar:
             if rec["status"] == "failed":
-                click.echo(f"\r{label}: {_outcome(rec)}", err=True)
-            click.echo(f"\rsweep {_bar(self.done + self.failed, self.total)} {status} ", err=True, nl=False)
+                click.echo(f"\r\x1b[K{label}: {_outcome(rec)}", err=True)
+            click.echo(f"\r\x1b[Ksweep {_bar(self.done + self.failed, self.total)} {status} ", err=True, nl=False)
         else:
             took = "" if rec["elapsed_s"] is None else f" in {rec['elapsed_s']:.1f}s"
             click.echo(f"sweep: {label} {rec['id']}: {_outcome(rec)}{took}; {status}", err=True)
+        self.last_line = time.perf_counter()
 
     def close(self):
         if self.bar:
@@ -556,7 +572,8 @@ def sweep(sweep_file, store_dir, overrides, workers, scheduler, shard, retry_fai
     if todo:
         import signal
         signal.signal(signal.SIGTERM, signal.default_int_handler)   # a batch system's SIGTERM: stop as on Ctrl-C
-        executor = sw.executor_for(workers if workers is not None else settings["workers"], scheduler)
+        executor = sw.executor_for(workers if workers is not None else settings["workers"], scheduler,
+                                   job_progress=progress.job)
         say(f"running {executor.description}")
         try:
             written = sw.run_jobs(todo, store, executor, progress)

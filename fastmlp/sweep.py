@@ -29,6 +29,7 @@ Executors
   process, which alone writes the store.  A job that raises is stored as failed with its error; a worker lost
   mid-job has its job rescheduled by Dask on another worker.
 """
+import functools
 import hashlib
 import itertools
 import json
@@ -258,9 +259,10 @@ def error_of(exc):
             "traceback": "".join(traceback.format_exception(exc))}
 
 
-def execute(job):
+def execute(job, progress=None):
     """Run one job where this is called (this process or a Dask worker) -> its stored record.  Never raises for
-    an error of the job itself: that is recorded as status failed."""
+    an error of the job itself: that is recorded as status failed.  ``progress(text)`` receives the job's own
+    progress lines (search batches, final repeats; NTK repeats)."""
     from . import ntk, protocol
     from .provenance import git_commit, record as provenance
     git_commit()   # on a worker: pinned at its first job, when it imports this code
@@ -270,7 +272,7 @@ def execute(job):
     try:
         spec = parse_task(c["task"], **{k: c[k] for k in TASK_KEYS[1:] if k in c})
         kwargs = _arguments({k: v for k, v in c.items() if k not in TASK_KEYS})
-        rec = (protocol.run if job.command == "run" else ntk.run)(spec, **kwargs)
+        rec = (protocol.run if job.command == "run" else ntk.run)(spec, **kwargs, progress=progress)
     except Exception as e:   # any failure of the job is its result: stored, shown, retried on request
         return job_record(job, "failed", None, error_of(e), _safe_provenance(c["backend"], provenance), started,
                           time.perf_counter() - t0)
@@ -301,12 +303,16 @@ def _use_worker_gpu(backend):
 
 # ---------------------------------------------------------------------------------------------- executors
 class InProcess:
-    """Runs the jobs here, one after another."""
+    """Runs the jobs here, one after another.  ``job_progress(job, text)`` receives each job's progress lines."""
     description = "in this process"
+
+    def __init__(self, job_progress=None):
+        self.job_progress = job_progress
 
     def results(self, jobs):
         for job in jobs:
-            yield execute(job)
+            say = None if self.job_progress is None else functools.partial(self.job_progress, job)
+            yield execute(job, progress=say)
 
     def close(self):
         pass
@@ -360,15 +366,16 @@ class DaskExecutor:
             self.cluster.close()
 
 
-def executor_for(workers=None, scheduler=None):
-    """The executor the options ask for (in process when neither is given)."""
+def executor_for(workers=None, scheduler=None, job_progress=None):
+    """The executor the options ask for (in process when neither is given; only that one reports
+    ``job_progress(job, text)`` from inside jobs)."""
     if workers is not None and scheduler:
         raise UsageError("give --workers (a local cluster) or --scheduler (an existing one), not both")
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1 (got {workers})")
     if workers or scheduler:
         return DaskExecutor(workers=workers, scheduler=scheduler)
-    return InProcess()
+    return InProcess(job_progress)
 
 
 def plan(jobs, statuses, retry_failed):

@@ -220,6 +220,38 @@ def test_sweep_stores_every_job_and_a_rerun_trains_nothing(tmp_path, count_engin
     assert json.loads(alone.output)["final"]["test_error"] == job["record"]["final"]["test_error"]
 
 
+def test_a_long_job_reports_its_own_progress_in_the_log(tmp_path, monkeypatch):
+    from fastmlp.cli import SweepProgress
+    text = """\
+    task = "1-local"
+    D = 10
+    N = 40
+    L = [1, 2]
+    repeats = 2
+    n-test = 200
+
+    [[grid]]
+    H = 8
+    lr = 0.1
+    max-epochs = 30
+
+    [[grid]]
+    command = "ntk"
+    """
+    path = write(tmp_path / "s.toml", text)
+    quiet = cli("sweep", path, "--store", tmp_path / "a")        # jobs of a second: no lines from inside them
+    assert quiet.exit_code == 0, quiet.output
+    assert "final:" not in quiet.output and "repeat 1/2" not in quiet.output
+    monkeypatch.setattr(SweepProgress, "HEARTBEAT_S", 0.0)       # every job "long": each of its lines is shown
+    loud = cli("sweep", path, "--store", tmp_path / "b")
+    assert loud.exit_code == 0, loud.output
+    lines = loud.output.splitlines()
+    assert any(line.startswith("sweep:   run 1-local N=40 L=1") and "final: 2 repeats at lr 0.1" in line
+               for line in lines), loud.output
+    assert any(line.startswith("sweep:   ntk 1-local N=40 L=2") and "repeat 2/2: test error" in line
+               for line in lines), loud.output
+
+
 def test_extending_the_grid_runs_only_the_new_jobs(tmp_path, count_engine_calls):
     store = tmp_path / "store"
     assert cli("sweep", write(tmp_path / "s.toml", TINY), "--store", store).exit_code == 0
