@@ -15,6 +15,7 @@ Seeds (all derived from the run's data seed ``seed``, so one seed names one whol
 """
 import math
 import time
+import warnings
 
 import numpy as np
 
@@ -92,7 +93,11 @@ class GaussianProcessSearch(Search):
         points, self._initial = self._initial[:n], self._initial[n:]
         if len(points) < n:
             more = n - len(points)
-            asked = self._opt.ask(n_points=more, strategy="cl_min") if more > 1 else [self._opt.ask()]
+            with warnings.catch_warnings():
+                # scikit-optimize warns when its proposal repeats an evaluated point (often a bound of the range)
+                # and replaces it by a random one: expected here, and noise in a sweep's log.
+                warnings.filterwarnings("ignore", message="The objective has been evaluated at point")
+                asked = self._opt.ask(n_points=more, strategy="cl_min") if more > 1 else [self._opt.ask()]
             points += [float(p[0]) for p in asked]
         return [float(p) for p in points]
 

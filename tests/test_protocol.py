@@ -2,6 +2,8 @@
 import json
 import math
 
+import warnings
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -65,6 +67,19 @@ def test_gaussian_process_search_finds_the_minimum_of_a_noisy_objective():
 def test_initial_points_cover_the_range_in_strata():
     search = protocol.GaussianProcessSearch(-4.0, 1.0, n_initial=5, seed=0)
     assert search.ask(5) == pytest.approx([-3.5, -2.5, -1.5, -0.5, 0.5])
+
+
+def test_a_proposal_at_an_evaluated_point_is_replaced_without_a_warning_in_the_log():
+    # the best point sits on the upper bound, so scikit-optimize proposes it again and again; it replaces each
+    # repeat by a random point and would warn about it every time
+    search = protocol.GaussianProcessSearch(-2.0, 0.0, n_initial=5, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        points = search.ask(5)
+        for _ in range(4):
+            search.tell(points, [0.5 - 0.2 * (p + 2) for p in points])
+            points = search.ask(5)
+    assert all(-2.0 <= p <= 0.0 for p in points)
 
 
 # ------------------------------------------------------------------------------------------------- scoring
