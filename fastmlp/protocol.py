@@ -27,6 +27,7 @@ FOLD_SEED_OFFSET = 0
 REPEAT_SEED_OFFSET = 2048
 SEEDS_PER_RUN = 4096
 DIVERGED_ERROR = 0.5   # PAPER.md: a diverging run counts as validation error 0.5
+EPOCH_PROGRESS_S = 30.0   # inside one engine call, a progress line at most this often
 
 
 # --------------------------------------------------------------------------------------------------- folds
@@ -110,13 +111,15 @@ class Trainer:
     """Trains lists of networks on the run's training set: all of them in one engine call (``per_call=None``),
     or ``per_call`` at a time (``per_call=1`` is the network-by-network baseline of the benchmark).
 
-    Counts what it trained, so that a record can report throughput.
+    Counts what it trained, so that a record can report throughput.  ``progress(text)``, if given, hears from a
+    long engine call at most every EPOCH_PROGRESS_S seconds: its epoch and how many networks still train.
     """
 
-    def __init__(self, engine_class, x, y, H, L, B, max_epochs, seed_base=0, per_call=None, **engine_kw):
+    def __init__(self, engine_class, x, y, H, L, B, max_epochs, seed_base=0, per_call=None, progress=None,
+                 **engine_kw):
         self.engine_class, self.x, self.y, self.seed_base = engine_class, x, y, seed_base
         self.H, self.L, self.B, self.max_epochs = H, L, B, max_epochs
-        self.per_call, self.engine_kw = per_call, engine_kw
+        self.per_call, self.progress, self.engine_kw = per_call, progress, engine_kw
         self.engine_calls = 0
         self.network_samples = 0
         self.train_s = 0.0
@@ -125,9 +128,25 @@ class Trainer:
         """Compile the kernels once, on a one-network engine; returns seconds."""
         return self.engine_class(self.x, self.y, self.H, self.L, self.B, [1.0], [0], **self.engine_kw).compile()
 
-    def fit(self, lrs, seeds, subsets=None):
+    def _epoch_progress(self, phase):
+        """engine.fit's per-epoch callback for phase (None without a progress receiver), throttled."""
+        if self.progress is None:
+            return None
+        last = time.perf_counter()
+
+        def report(epoch, n_active, n_networks):
+            nonlocal last
+            now = time.perf_counter()
+            if n_active and now - last >= EPOCH_PROGRESS_S:
+                last = now
+                self.progress(f"{phase}: epoch {epoch} of at most {self.max_epochs}, {n_active} of {n_networks} "
+                              f"networks still training")
+        return report
+
+    def fit(self, lrs, seeds, subsets=None, phase="training"):
         """Train networks (lrs[i], seeds[i]) on training subsets (all samples when None) to their stop; returns
-        the engines, each with the slice of networks it trained: [(engine, start)]."""
+        the engines, each with the slice of networks it trained: [(engine, start)].  ``phase`` names the work in
+        progress lines."""
         M = len(lrs)
         step = M if self.per_call is None else self.per_call
         out = []
@@ -136,7 +155,7 @@ class Trainer:
             engine = self.engine_class(self.x, self.y, self.H, self.L, self.B, lrs[sl], seeds[sl],
                                        subsets=None if subsets is None else subsets[sl], **self.engine_kw)
             t0 = time.perf_counter()
-            engine.fit(self.max_epochs)
+            engine.fit(self.max_epochs, progress=self._epoch_progress(phase))
             self.train_s += time.perf_counter() - t0
             self.engine_calls += 1
             self.network_samples += int(np.sum(engine.epochs * engine.n_train))
@@ -152,7 +171,7 @@ def _take(a, idx):
     return a[cupy.asarray(idx)]
 
 
-def validation_errors(trainer, lrs, fold_idx):
+def validation_errors(trainer, lrs, fold_idx, phase="search"):
     """Train len(lrs) x K fold networks and score each candidate lr.
 
     Returns per-candidate lists of per-fold (validation error, epochs, status); a diverged fold network counts as
@@ -166,7 +185,7 @@ def validation_errors(trainer, lrs, fold_idx):
     val_err = np.empty(len(cand_lrs))
     epochs = np.empty(len(cand_lrs), np.int64)
     status = [None] * len(cand_lrs)
-    for engine, start in trainer.fit(cand_lrs, seeds, subsets):
+    for engine, start in trainer.fit(cand_lrs, seeds, subsets, phase):
         for k in np.unique(folds_of[start:start + engine.M]):     # the folds this engine's networks left out
             err, _ = engine.evaluate(_take(trainer.x, fold_idx[k]), _take(trainer.y, fold_idx[k]))
             for i in range(engine.M):
@@ -289,7 +308,7 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
     cls = engine_class(backend)
     x, y = generate_on(backend, spec, seed, "train", 0, N)
     trainer = Trainer(cls, x, y, H, L, B, max_epochs, seed_base=(SEEDS_PER_RUN * int(seed)) % 2**32,
-                      per_call=per_call, param=param, dtype=np.dtype(dtype), sigma_w2=sigma_w2, sigma_b2=sigma_b2)
+                      per_call=per_call, progress=progress, param=param, dtype=np.dtype(dtype), sigma_w2=sigma_w2, sigma_b2=sigma_b2)
     t_data = time.perf_counter()
     say("compiling kernels (cached on disk after the first run)")
     compile_s = trainer.compile()
@@ -306,7 +325,7 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
             q = min(bo_batch, bo_calls - start)
             points = opt.ask(q)
             lrs = [10.0 ** p for p in points]
-            scores = validation_errors(trainer, lrs, fold_idx)
+            scores = validation_errors(trainer, lrs, fold_idx, f"search batch {batch + 1}")
             for p, cand_lr, (err, ep, st) in zip(points, lrs, scores):
                 history.append({"eval": len(history), "batch": batch, "lr": cand_lr, "log10_lr": p,
                                 "fold_errors": [float(e) for e in err], "mean_error": float(np.mean(err)),
@@ -321,7 +340,7 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
 
     say(f"final: {repeats} repeats at lr {lr:.4g}")
     seeds = trainer.seed_base + REPEAT_SEED_OFFSET + np.arange(repeats)
-    finals = trainer.fit(np.full(repeats, lr), seeds)
+    finals = trainer.fit(np.full(repeats, lr), seeds, phase="final")
     t_final = time.perf_counter()
     nets = []
     for engine, start in finals:

@@ -82,6 +82,22 @@ def test_a_proposal_at_an_evaluated_point_is_replaced_without_a_warning_in_the_l
     assert all(-2.0 <= p <= 0.0 for p in points)
 
 
+def test_a_long_engine_call_reports_its_epochs(monkeypatch):
+    spec = parse_task("1-local", D=10)
+    kw = dict(N=60, L=1, H=8, B=10, folds=2, bo_calls=2, bo_batch=2, lr_min=1e-6, lr_max=1e-5, repeats=2,
+              n_test=100, max_epochs=5)                      # lr this small never fits: every call runs to the cap
+    lines = []
+    protocol.run(spec, progress=lines.append, **kw)
+    assert not any("epoch" in line for line in lines)        # calls of milliseconds: nothing from inside them
+    monkeypatch.setattr(protocol, "EPOCH_PROGRESS_S", 0.0)
+    lines = []
+    protocol.run(spec, progress=lines.append, **kw)
+    search = [line for line in lines if line.startswith("search batch 1: epoch")]
+    final = [line for line in lines if line.startswith("final: epoch")]
+    assert search[0] == "search batch 1: epoch 1 of at most 5, 4 of 4 networks still training"
+    assert final == [f"final: epoch {e} of at most 5, 2 of 2 networks still training" for e in range(1, 5)]
+
+
 # ------------------------------------------------------------------------------------------------- scoring
 def test_validation_scores_count_diverged_folds_as_half_and_match_a_direct_evaluation():
     spec = parse_task("2-local", D=12)
