@@ -149,3 +149,23 @@ def data_small():
 def data_medium():
     """300 samples, D = 11, for training runs."""
     return make_data(300, 11, seed=1)
+
+
+# A tiny sweep of networks at a fixed lr and the NTK of the same points (sweep and plot tests): two tasks x two N x
+# two depths, each job well under a second once compiled.
+NETWORKS_AND_NTK = """\
+task = ["1-local", "1-global"]
+D = 10
+N = [40, 80]
+L = [1, 2]
+repeats = 2
+n-test = 200
+
+[[grid]]
+H = 8
+lr = 0.1
+max-epochs = 30
+
+[[grid]]
+command = "ntk"
+"""

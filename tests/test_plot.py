@@ -4,6 +4,7 @@ import textwrap
 
 import pytest
 from click.testing import CliRunner
+from conftest import NETWORKS_AND_NTK
 
 from fastmlp import sweep
 from fastmlp.cli import main
@@ -11,23 +12,7 @@ from fastmlp.plot import plot_store
 from fastmlp.store import Store
 from fastmlp.tasks import UsageError
 
-# Two tasks x two N x two depths of networks at a fixed lr, and the NTK of the same points: tiny and fast.
-FIGURE_N = """\
-task = ["1-local", "1-global"]
-D = 10
-N = [40, 80]
-L = [1, 2]
-repeats = 2
-n-test = 200
-
-[[grid]]
-H = 8
-lr = 0.1
-max-epochs = 30
-
-[[grid]]
-command = "ntk"
-"""
+FIGURE_N = NETWORKS_AND_NTK   # two tasks x two N x two depths of networks and the NTK of the same points
 
 # One task at one N, three learning rates x two depths, and the NTK of both depths.
 FIGURE_LR = """\

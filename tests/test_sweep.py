@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import NETWORKS_AND_NTK
 
 from fastmlp import engine, ntk, sweep
 from fastmlp.cli import main, ntk as ntk_command, run as run_command, sweep_keys
@@ -222,23 +223,7 @@ def test_sweep_stores_every_job_and_a_rerun_trains_nothing(tmp_path, count_engin
 
 def test_a_long_job_reports_its_own_progress_in_the_log(tmp_path, monkeypatch):
     from fastmlp.cli import SweepProgress
-    text = """\
-    task = "1-local"
-    D = 10
-    N = 40
-    L = [1, 2]
-    repeats = 2
-    n-test = 200
-
-    [[grid]]
-    H = 8
-    lr = 0.1
-    max-epochs = 30
-
-    [[grid]]
-    command = "ntk"
-    """
-    path = write(tmp_path / "s.toml", text)
+    path = write(tmp_path / "s.toml", NETWORKS_AND_NTK)
     quiet = cli("sweep", path, "--store", tmp_path / "a")        # jobs of a second: no lines from inside them
     assert quiet.exit_code == 0, quiet.output
     assert "final:" not in quiet.output and "repeat 1/2" not in quiet.output
