@@ -10,8 +10,9 @@ A point pools the test errors of every repeat of every job at that x on that cur
 their mean and its error bar their standard deviation (ddof = 1; none for a single value).  A curve is one depth
 and one value of every other setting that varies among the panel's jobs at one x (H, say), so settings are never
 mixed at a point; its label names them.  A setting that changes only from one x to another (an epoch cap grown
-as the fixed lr shrinks, a search range per N) does not split a curve: the label says it is set per x.  A point where some repeats hit the epoch cap without reaching zero training error has a
-hollow marker.  Failed jobs and null test errors (n_test = 0) are left out and counted.
+as the fixed lr shrinks, a search range per N) does not split a curve: the label says it is set per x.  A point
+where some repeats hit the epoch cap without reaching zero training error has a hollow marker.  Failed jobs and
+null test errors (n_test = 0) are left out and counted.
 """
 import csv
 import math
