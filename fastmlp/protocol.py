@@ -308,7 +308,8 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
     cls = engine_class(backend)
     x, y = generate_on(backend, spec, seed, "train", 0, N)
     trainer = Trainer(cls, x, y, H, L, B, max_epochs, seed_base=(SEEDS_PER_RUN * int(seed)) % 2**32,
-                      per_call=per_call, progress=progress, param=param, dtype=np.dtype(dtype), sigma_w2=sigma_w2, sigma_b2=sigma_b2)
+                      per_call=per_call, progress=progress, param=param, dtype=np.dtype(dtype), sigma_w2=sigma_w2,
+                      sigma_b2=sigma_b2)
     t_data = time.perf_counter()
     say("compiling kernels (cached on disk after the first run)")
     compile_s = trainer.compile()
