@@ -39,6 +39,10 @@ TILE = 1024          # rows and columns of one kernel tile: ~7 float64 work arra
 TEST_CHUNK = 2048    # test samples per chunk: the test kernel is never larger than TEST_CHUNK x N
 _WORK_TILES = 8      # tile-sized float64 arrays alive at once while one tile is computed (with slack)
 _JITTER_STEPS = [10.0 ** k for k in range(-12, -3)]   # diagonal jitter, relative to mean(diag), tried in order
+# OpenBLAS's threaded Cholesky (dpotrf) crashes the process on large matrices: with 2 threads it segfaulted at
+# N = 32,000 (N = 16,000 ran fine), and OpenMathLib/OpenBLAS#2562 reports N = 32,768.  Above this N it runs on
+# one thread (at N = 32,000: 175 s on one core of a 2-core EPYC).
+POTRF_THREADED_MAX_N = 16384
 
 
 # ------------------------------------------------------------------------------------------- array module
@@ -195,6 +199,14 @@ def ntk_kernel(x1, x2, depth, sigma_w2=2.0, sigma_b2=0.0, kind="ntk", tile=TILE)
 
 
 # ------------------------------------------------------------------------------------- kernel regression
+def _factor_threads(n):
+    """A context in which NumPy/SciPy's BLAS factors an n x n matrix: one thread above POTRF_THREADED_MAX_N."""
+    if n <= POTRF_THREADED_MAX_N:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def _cholesky_inplace(K, y):
     """Solve K alpha = y (NumPy) by Cholesky in K's own memory: no second N x N array.
 
@@ -210,7 +222,8 @@ def _cholesky_inplace(K, y):
             _mirror_upper_to_lower(A)
             jitter = rel * float(diag.mean())
             np.fill_diagonal(A, diag + jitter)
-        c, info = lapack.dpotrf(A, lower=1, overwrite_a=1, clean=0)
+        with _factor_threads(A.shape[0]):
+            c, info = lapack.dpotrf(A, lower=1, overwrite_a=1, clean=0)
         if info < 0:
             raise RuntimeError(f"dpotrf: illegal argument {-info}")
         if info == 0:
@@ -252,7 +265,7 @@ def _cholesky_copy(xp, K, y):
             jitter = rel * float(diag.mean())
             xp.fill_diagonal(K, diag + jitter)       # in K itself: no N x N identity or sum
             try:
-                with raising:
+                with raising, (_factor_threads(K.shape[0]) if xp is np else contextlib.nullcontext()):
                     C = xp.linalg.cholesky(K)        # lower
                 break
             except np.linalg.LinAlgError:

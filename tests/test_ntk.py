@@ -186,6 +186,37 @@ def test_jitter_only_when_the_factorization_fails(inplace):
         np.testing.assert_allclose(fit, (K + jitter * np.eye(40)) @ alpha, atol=1e-6)
 
 
+@pytest.mark.parametrize("inplace", [True, False])
+def test_large_factorizations_run_on_one_blas_thread(monkeypatch, inplace):
+    # OpenBLAS's threaded dpotrf segfaults at N = 32,000 on 2 threads: above POTRF_THREADED_MAX_N, one thread.
+    # Checked here on a small matrix with the threshold lowered, by asking threadpoolctl inside the factorization.
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import scipy.linalg.lapack
+    seen = []
+
+    def blas_threads():
+        return {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+
+    real_potrf, real_cholesky = scipy.linalg.lapack.dpotrf, np.linalg.cholesky
+    monkeypatch.setattr(scipy.linalg.lapack, "dpotrf", lambda *a, **k: (seen.append(blas_threads()),
+                                                                        real_potrf(*a, **k))[1])
+    monkeypatch.setattr(np.linalg, "cholesky", lambda *a, **k: (seen.append(blas_threads()),
+                                                                real_cholesky(*a, **k))[1])
+    if max(blas_threads().values(), default=1) == 1:
+        pytest.skip("the BLAS runs on one thread here anyway")
+    K = np.eye(30) * 2.0 + 0.1
+    y = np.ones(30)
+
+    def solve():
+        return ntk._cholesky_inplace(K.copy(), y) if inplace else ntk._cholesky_copy(np, K.copy(), y)
+    solve()
+    monkeypatch.setattr(ntk, "POTRF_THREADED_MAX_N", 29)
+    solve()
+    below, above = seen
+    assert set(above.values()) == {1}
+    assert below == blas_threads()                       # untouched below the threshold, and restored after
+
+
 # ------------------------------------------------------------------------------------------------- tiling
 @pytest.mark.parametrize("kind", ["ntk", "nngp"])
 def test_tiles_give_the_same_kernel_as_one_block(kind):
