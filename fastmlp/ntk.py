@@ -199,9 +199,10 @@ def ntk_kernel(x1, x2, depth, sigma_w2=2.0, sigma_b2=0.0, kind="ntk", tile=TILE)
 
 
 # ------------------------------------------------------------------------------------- kernel regression
-def _factor_threads(n):
-    """A context in which NumPy/SciPy's BLAS factors an n x n matrix: one thread above POTRF_THREADED_MAX_N."""
-    if n <= POTRF_THREADED_MAX_N:
+def _factor_threads(n, xp=np):
+    """A context in which NumPy/SciPy's BLAS factors an n x n matrix: one thread above POTRF_THREADED_MAX_N (CuPy
+    arrays: no change)."""
+    if n <= POTRF_THREADED_MAX_N or xp is not np:
         return contextlib.nullcontext()
     from threadpoolctl import threadpool_limits
     return threadpool_limits(limits=1, user_api="blas")
@@ -265,7 +266,7 @@ def _cholesky_copy(xp, K, y):
             jitter = rel * float(diag.mean())
             xp.fill_diagonal(K, diag + jitter)       # in K itself: no N x N identity or sum
             try:
-                with raising, (_factor_threads(K.shape[0]) if xp is np else contextlib.nullcontext()):
+                with raising, _factor_threads(K.shape[0], xp):
                     C = xp.linalg.cholesky(K)        # lower
                 break
             except np.linalg.LinAlgError:

@@ -197,11 +197,13 @@ def test_large_factorizations_run_on_one_blas_thread(monkeypatch, inplace):
     def blas_threads():
         return {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
 
-    real_potrf, real_cholesky = scipy.linalg.lapack.dpotrf, np.linalg.cholesky
-    monkeypatch.setattr(scipy.linalg.lapack, "dpotrf", lambda *a, **k: (seen.append(blas_threads()),
-                                                                        real_potrf(*a, **k))[1])
-    monkeypatch.setattr(np.linalg, "cholesky", lambda *a, **k: (seen.append(blas_threads()),
-                                                                real_cholesky(*a, **k))[1])
+    def recording(factor):
+        def wrapped(*args, **kwargs):
+            seen.append(blas_threads())
+            return factor(*args, **kwargs)
+        return wrapped
+    monkeypatch.setattr(scipy.linalg.lapack, "dpotrf", recording(scipy.linalg.lapack.dpotrf))
+    monkeypatch.setattr(np.linalg, "cholesky", recording(np.linalg.cholesky))
     if max(blas_threads().values(), default=1) == 1:
         pytest.skip("the BLAS runs on one thread here anyway")
     K = np.eye(30) * 2.0 + 0.1
