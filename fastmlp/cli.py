@@ -9,7 +9,8 @@ import numpy as np
 
 from . import __version__
 from .store import json_safe, test_error_of, write_json_atomic
-from .tasks import UsageError
+from .errors import UsageError
+from .reference import DEFAULT_INIT, INITS
 
 DTYPES = ("float32", "float64")
 
@@ -97,6 +98,14 @@ def _check_backend(backend):
     return engine_class(backend)
 
 
+def _check_init_option(param):
+    """--init names a scheme of the standard parameterization: refuse it when given with --param ntk."""
+    ctx = click.get_current_context()
+    if param == "ntk" and ctx.get_parameter_source("init") == click.core.ParameterSource.COMMANDLINE:
+        raise UsageError("--init applies to --param standard only: with --param ntk every parameter is N(0, 1) "
+                         "(use --init-scale to scale them)")
+
+
 def task_options(f):
     """Options that define the data: every command that draws samples takes the same ones."""
     f = click.option("--beta2", type=float, default=0.2, show_default=True,
@@ -131,7 +140,14 @@ training_options = _options(
     click.option("--max-epochs", type=int, default=2000, show_default=True, help="epoch cap per network"),
     click.option("--n-test", type=int, default=10000, show_default=True, help="fresh test samples"),
     click.option("--param", type=click.Choice(["standard", "ntk"]), default="standard", show_default=True,
-                 help="standard (He) or NTK parameterization"),
+                 help="standard parameterization (initialized by --init) or NTK parameterization (every parameter "
+                      "N(0, 1), each layer scaled by sigma_w / sqrt(fan_in))"),
+    click.option("--init", type=click.Choice(INITS), default=DEFAULT_INIT, show_default=True,
+                 help="initialization of the standard parameterization: he (W ~ N(0, 2/fan_in), output layer "
+                      "N(0, 1/fan_in), biases 0), lecun (W ~ N(0, 1/fan_in), biases 0) or torch (W and b ~ "
+                      "U(+-1/sqrt(fan_in)), PyTorch's nn.Linear default); refused with --param ntk"),
+    click.option("--init-scale", type=float, default=1.0, show_default=True,
+                 help="multiplies every initial weight and bias (with --param ntk too)"),
     click.option("--sigma-w2", type=float, default=2.0, show_default=True, help="NTK parameterization: sigma_w^2"),
     click.option("--sigma-b2", type=float, default=0.0, show_default=True, help="NTK parameterization: sigma_b^2"),
     click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True),
@@ -147,6 +163,8 @@ class FastmlpGroup(click.Group):
             return super().invoke(ctx)
         except UsageError as e:
             _fail(str(e))
+        except click.UsageError as e:   # click's own (an unknown choice, a missing option): one line too
+            _fail(e.format_message())
 
 
 @click.group(cls=FastmlpGroup)
@@ -217,8 +235,8 @@ def data(task, D, seed, indices, beta1, beta2, N, split, start, out):
               help="write every network's final parameters to this .npz (W0, b0, ..., W{L}, b{L}; "
                    "W{l} has shape (networks, fan_in, fan_out), in the order of the records)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (progress stays off)")
-def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epochs, n_test, param, sigma_w2,
-          sigma_b2, dtype, backend, save_params, as_json):
+def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epochs, n_test, param, init, init_scale,
+          sigma_w2, sigma_b2, dtype, backend, save_params, as_json):
     """Train the grid of learning rates x network seeds in one engine call on one training set.
 
     Each network trains until its training error is exactly zero, it diverges, or --max-epochs; then every
@@ -230,6 +248,7 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
     from .tasks import parse_task
 
     spec = parse_task(task, D=D, indices=indices, beta1=beta1, beta2=beta2)
+    _check_init_option(param)
     lrs = _parse_floats(lr, "--lr")
     net_seeds = parse_int_list(seeds, "--seeds")
     for name, value in (("--N", N), ("--H", H), ("--L", L), ("--B", B), ("--max-epochs", max_epochs)):
@@ -244,7 +263,7 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
     grid_lr = np.repeat(lrs, len(net_seeds))                 # (M,) lr-major grid
     grid_seed = np.tile(net_seeds, len(lrs))                 # (M,)
     engine = engine_class(x, y, H, L, B, grid_lr, grid_seed, param=param, dtype=np.dtype(dtype),
-                          sigma_w2=sigma_w2, sigma_b2=sigma_b2)
+                          sigma_w2=sigma_w2, sigma_b2=sigma_b2, init=init, init_scale=init_scale)
     t_data = time.perf_counter()
     bar = Progress(f"train {spec.name} M={engine.M}", enabled=not as_json)
     bar.note("compiling kernels (cached on disk after the first run)...")
@@ -271,7 +290,7 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
         "task": spec.to_dict() | {"name": spec.name},
         "config": {"N": N, "L": L, "H": H, "B": B, "lr": lrs, "seeds": net_seeds, "seed": seed,
                    "max_epochs": max_epochs, "n_test": n_test, "param": param, "sigma_w2": sigma_w2,
-                   "sigma_b2": sigma_b2, "dtype": dtype, "backend": backend, "save_params": save_params},
+                   "sigma_b2": sigma_b2, "init": init, "init_scale": init_scale, "dtype": dtype, "backend": backend, "save_params": save_params},
         "networks": networks,
         "summary": {"n_networks": engine.M, "converged": int(engine.converged.sum()),
                     "diverged": int(engine.diverged.sum()),
@@ -288,7 +307,9 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
     if as_json:
         emit_json(out)
         return
-    click.echo(f"{spec.name}  D={spec.D} N={N} L={L} H={H} B={B}  param={param} dtype={dtype}  "
+    init_text = f"init={init}" if param == "standard" else "init=N(0,1)"
+    click.echo(f"{spec.name}  D={spec.D} N={N} L={L} H={H} B={B}  param={param} {init_text} "
+               f"init_scale={init_scale:g} dtype={dtype}  "
                f"seed={seed}  n_test={n_test}")
     click.echo(f"{'lr':>10} {'seed':>6} {'epochs':>7} {'status':>13} {'train_err':>10} {'test_err':>9}")
     for n in networks:
@@ -324,7 +345,7 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
               help="also write the record to this JSON file (atomically)")
 @click.option("--json", "as_json", is_flag=True, help="print the record as one JSON object (progress stays off)")
 def run(task, D, seed, indices, beta1, beta2, N, L, H, B, folds, bo_calls, bo_batch, lr_min, lr_max, lr, repeats,
-        max_epochs, n_test, param, sigma_w2, sigma_b2, dtype, backend, out, as_json):
+        max_epochs, n_test, param, init, init_scale, sigma_w2, sigma_b2, dtype, backend, out, as_json):
     """The paper's protocol for one (TASK, N, L): the learning rate by K-fold cross-validation and Bayesian
     optimization over log10(lr), then --repeats networks on all N samples at that rate, then their test error.
 
@@ -336,6 +357,7 @@ def run(task, D, seed, indices, beta1, beta2, N, L, H, B, folds, bo_calls, bo_ba
     from .tasks import parse_task
 
     spec = parse_task(task, D=D, indices=indices, beta1=beta1, beta2=beta2)
+    _check_init_option(param)
     t0 = time.perf_counter()
 
     def say(text):
@@ -344,8 +366,8 @@ def run(task, D, seed, indices, beta1, beta2, N, L, H, B, folds, bo_calls, bo_ba
 
     rec = protocol.run(spec, N=N, L=L, H=H, B=B, folds=folds, bo_calls=bo_calls, bo_batch=bo_batch, lr_min=lr_min,
                        lr_max=lr_max, repeats=repeats, n_test=n_test, seed=seed, backend=backend, param=param,
-                       sigma_w2=sigma_w2, sigma_b2=sigma_b2, max_epochs=max_epochs, dtype=dtype, lr=lr,
-                       progress=say)
+                       sigma_w2=sigma_w2, sigma_b2=sigma_b2, init=init, init_scale=init_scale,
+                       max_epochs=max_epochs, dtype=dtype, lr=lr, progress=say)
     if out:
         write_json_atomic(out, rec)
     if as_json:

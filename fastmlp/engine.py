@@ -13,7 +13,8 @@ import numpy as np
 
 from . import cpu, reference
 from .constants import N_CLASSES
-from .tasks import UsageError, generate, iter_chunks
+from .errors import UsageError
+from .tasks import generate, iter_chunks
 
 BACKENDS = ("cpu", "gpu")
 
@@ -45,7 +46,7 @@ def _check_positive(name, value):
 
 
 def check_engine_args(x_shape, y_shape, hidden_width, depth, batch_size, lrs, seeds, subsets, param, dtype,
-                      sigma_w2, sigma_b2):
+                      sigma_w2, sigma_b2, init=reference.DEFAULT_INIT, init_scale=1.0):
     """Validate an engine's arguments, the same for every backend -> (lrs (M,) float64, seeds (M,) int64,
     dtype, subsets: M int64 index arrays)."""
     if len(x_shape) != 2 or tuple(y_shape) != (x_shape[0],):
@@ -67,6 +68,7 @@ def check_engine_args(x_shape, y_shape, hidden_width, depth, batch_size, lrs, se
     if param == "ntk" and not (sigma_w2 > 0 and sigma_b2 >= 0):
         raise UsageError(f"the NTK parameterization needs --sigma-w2 > 0 and --sigma-b2 >= 0 "
                          f"(got {sigma_w2:g}, {sigma_b2:g})")
+    reference.check_init(init, init_scale)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise UsageError(f"--dtype must be float32 or float64 (got {dtype})")
@@ -98,14 +100,17 @@ class Engine:
     """Train M = len(lrs) networks on one dataset x (N, D), y (N,) in {0, 1}.
 
     ``subsets``: None (every network trains on all N samples) or M index arrays into x (CV folds use this).
+    ``init``, ``init_scale``: the initialization scheme and its scale (see reference.init_params).
     """
 
     def __init__(self, x, y, hidden_width, depth, batch_size, lrs, seeds, subsets=None, param="standard",
-                 dtype=np.float32, sigma_w2=2.0, sigma_b2=0.0, threads=None):
+                 dtype=np.float32, sigma_w2=2.0, sigma_b2=0.0, threads=None, init=reference.DEFAULT_INIT,
+                 init_scale=1.0):
         x = np.asarray(x)
         y = np.asarray(y)
         lrs, seeds, self.dtype, subsets = check_engine_args(x.shape, y.shape, hidden_width, depth, batch_size, lrs,
-                                                            seeds, subsets, param, dtype, sigma_w2, sigma_b2)
+                                                            seeds, subsets, param, dtype, sigma_w2, sigma_b2,
+                                                            init, init_scale)
         N, D = x.shape
         H, L, B, M = int(hidden_width), int(depth), int(batch_size), len(lrs)
         self.N, self.D, self.H, self.L, self.B, self.M = N, D, H, L, B, M
@@ -124,7 +129,7 @@ class Engine:
         c, s = reference.layer_scales(D, H, L, param, sigma_w2, sigma_b2)
         self._c, self._s = c.astype(self.dtype), s.astype(self.dtype)
         self._lrs = lrs.astype(self.dtype)
-        self._pack(reference.init_params(D, H, L, seeds, param))
+        self._pack(reference.init_params(D, H, L, seeds, param, init=init, init_scale=init_scale))
 
         T, Hp, Bp = self.threads, self.Hp, self.Bp
         self._act = np.zeros((T, L, Bp, Hp), self.dtype)       # hidden activations of the current minibatch

@@ -37,7 +37,8 @@ from . import reference
 from .engine import Engine, _check_positive, check_engine_args, init_stop_state
 from .constants import (N_CLASSES, PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, PHILOX_W0, PHILOX_W1, STREAM_FOLD,
                         STREAM_INIT, STREAM_ORDER, STREAM_TEST_X, STREAM_TRAIN_X)
-from .tasks import SPLIT_STREAMS, UsageError, _check_sample_range
+from .errors import UsageError
+from .tasks import SPLIT_STREAMS, _check_sample_range
 
 NO_GPU = "--backend gpu needs CuPy and a CUDA device, and none is usable here; use --backend cpu"
 
@@ -525,11 +526,12 @@ class GpuEngine:
     results = Engine.results   # the same NetworkResult records, read from the host copies below
 
     def __init__(self, x, y, hidden_width, depth, batch_size, lrs, seeds, subsets=None, param="standard",
-                 dtype=np.float32, sigma_w2=2.0, sigma_b2=0.0, threads=None, *, graphs=None, tf32=False):
+                 dtype=np.float32, sigma_w2=2.0, sigma_b2=0.0, threads=None, init=reference.DEFAULT_INIT,
+                 init_scale=1.0, *, graphs=None, tf32=False):
         cp = _require()
         lrs, seeds, self.dtype, subsets = check_engine_args(
             tuple(x.shape), tuple(y.shape), hidden_width, depth, batch_size, lrs, seeds, subsets, param, dtype,
-            sigma_w2, sigma_b2)
+            sigma_w2, sigma_b2, init, init_scale)
         N, D = x.shape
         H, L, B, M = int(hidden_width), int(depth), int(batch_size), len(lrs)
         if M > MAX_NETWORKS:
@@ -562,7 +564,7 @@ class GpuEngine:
         sub = np.zeros((M, P), np.int32)
         for m, idx in enumerate(subsets):
             sub[m, :len(idx)] = idx
-        params = reference.init_params(D, H, L, seeds, param)
+        params = reference.init_params(D, H, L, seeds, param, init=init, init_scale=init_scale)
         with _on_device() as dev:
             self._dev = dev
             self._blas = dev.blas(self.tf32)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import reference
-from .tasks import UsageError
+from .errors import UsageError
 
 KINDS = ("ntk", "nngp")
 TILE = 1024          # rows and columns of one kernel tile: ~7 float64 work arrays of TILE^2 (8 MB each)

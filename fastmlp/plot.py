@@ -19,7 +19,7 @@ import math
 from collections import defaultdict
 
 from .store import Store, test_error_of
-from .tasks import UsageError
+from .errors import UsageError
 
 CSV_COLUMNS = ("panel", "curve", "command", "L", "x_name", "x", "mean", "std", "n_values", "n_jobs",
                "not_converged")

@@ -20,8 +20,9 @@ import warnings
 import numpy as np
 
 from .constants import STREAM_FOLD
+from .reference import DEFAULT_INIT, check_init
 from .rng import philox4x32_np
-from .tasks import UsageError
+from .errors import UsageError
 
 FOLD_SEED_OFFSET = 0
 REPEAT_SEED_OFFSET = 2048
@@ -212,8 +213,8 @@ def _status(engine, i):
 RECORD_KEYS = {
     "command": None, "task": None, "selected_lr": None,
     "config": dict.fromkeys(["N", "L", "H", "B", "folds", "bo_calls", "bo_batch", "lr_min", "lr_max", "repeats",
-                             "n_test", "seed", "backend", "param", "sigma_w2", "sigma_b2", "max_epochs", "dtype",
-                             "lr"]),
+                             "n_test", "seed", "backend", "param", "sigma_w2", "sigma_b2", "init", "init_scale",
+                             "max_epochs", "dtype", "lr"]),
     "search": {"n_initial": None,
                "history": [dict.fromkeys(["eval", "batch", "lr", "log10_lr", "fold_errors", "mean_error",
                                           "fold_epochs", "fold_status"])],
@@ -243,8 +244,9 @@ def check_record(rec, keys=RECORD_KEYS, where="record"):
 
 
 def check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr=None, H=1, L=1, B=1,
-                 max_epochs=1, seed=0):
+                 max_epochs=1, seed=0, init=DEFAULT_INIT, init_scale=1.0):
     """UsageError (one line, what to change) for settings the protocol cannot run."""
+    check_init(init, init_scale)
     for name, value in (("--N", N), ("--H", H), ("--L", L), ("--B", B), ("--max-epochs", max_epochs)):
         if value < 1:
             raise UsageError(f"{name} must be at least 1 (got {value})")
@@ -276,8 +278,8 @@ def n_initial_points(bo_calls, bo_batch):
 
 
 def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4, lr_max=10.0, repeats=10,
-        n_test=10000, seed=0, backend="cpu", param="standard", sigma_w2=2.0, sigma_b2=0.0, max_epochs=2000,
-        dtype="float32", lr=None, per_call=None, progress=None):
+        n_test=10000, seed=0, backend="cpu", param="standard", sigma_w2=2.0, sigma_b2=0.0, init=DEFAULT_INIT,
+        init_scale=1.0, max_epochs=2000, dtype="float32", lr=None, per_call=None, progress=None):
     """The whole protocol for one (task, N, L); returns the record (a JSON-ready dict).
 
     ``lr`` given: no search, only the final repeats at that rate.  ``per_call``: networks per engine call (None:
@@ -302,14 +304,15 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
     from .engine import engine_class, generate_on
     from .provenance import record
 
-    check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr, H, L, B, max_epochs, seed)
+    check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr, H, L, B, max_epochs, seed,
+                 init, init_scale)
     say = progress or (lambda text: None)
     t0 = time.perf_counter()
     cls = engine_class(backend)
     x, y = generate_on(backend, spec, seed, "train", 0, N)
     trainer = Trainer(cls, x, y, H, L, B, max_epochs, seed_base=(SEEDS_PER_RUN * int(seed)) % 2**32,
                       per_call=per_call, progress=progress, param=param, dtype=np.dtype(dtype), sigma_w2=sigma_w2,
-                      sigma_b2=sigma_b2)
+                      sigma_b2=sigma_b2, init=init, init_scale=init_scale)
     t_data = time.perf_counter()
     say("compiling kernels (cached on disk after the first run)")
     compile_s = trainer.compile()
@@ -362,8 +365,8 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
         "task": spec.to_dict() | {"name": spec.name},
         "config": {"N": N, "L": L, "H": H, "B": B, "folds": folds, "bo_calls": bo_calls, "bo_batch": bo_batch,
                    "lr_min": lr_min, "lr_max": lr_max, "repeats": repeats, "n_test": n_test, "seed": seed,
-                   "backend": backend, "param": param, "sigma_w2": sigma_w2, "sigma_b2": sigma_b2,
-                   "max_epochs": max_epochs, "dtype": dtype, "lr": None if search else lr},
+                   "backend": backend, "param": param, "sigma_w2": sigma_w2, "sigma_b2": sigma_b2, "init": init,
+                   "init_scale": init_scale, "max_epochs": max_epochs, "dtype": dtype, "lr": None if search else lr},
         "selected_lr": lr,
         "search": search,
         "final": {"lr": lr, "repeats": nets,

@@ -3,15 +3,18 @@
 Shape legend: M networks, B minibatch, N samples, D input dim, H hidden width, L hidden layers, C = 2 classes.
 Parameters are a list of L + 1 layers ``(W (M, fan_in, fan_out), b (M, fan_out))``, the last one the output layer.
 Each layer computes ``z = c * (a @ W) + s * b`` with per-layer scales ``(c, s)``:
-standard (He) parameterization ``c = s = 1``; NTK parameterization ``c = sigma_w / sqrt(fan_in)``, ``s = sigma_b``.
+standard parameterization ``c = s = 1``; NTK parameterization ``c = sigma_w / sqrt(fan_in)``, ``s = sigma_b``.
 Every fast backend is tested against this module.
 """
 import numpy as np
 
 from .constants import N_CLASSES, STREAM_INIT
+from .errors import UsageError
 from . import rng
 
 PARAMS = ("standard", "ntk")
+INITS = ("he", "lecun", "torch")   # initialization schemes of the standard parameterization (see init_params)
+DEFAULT_INIT = "he"
 
 
 def layer_sizes(D, H, L):
@@ -30,10 +33,24 @@ def layer_scales(D, H, L, param="standard", sigma_w2=2.0, sigma_b2=0.0):
     raise ValueError(f"unknown parameterization {param!r}; use one of {PARAMS}")
 
 
-def init_params(D, H, L, seeds, param="standard", dtype=np.float64):
+def check_init(init, init_scale):
+    """UsageError naming the option for an unknown scheme or a scale that is not positive and finite."""
+    if init not in INITS:
+        raise UsageError(f"--init must be one of {', '.join(INITS)} (got {init!r})")
+    if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float, np.integer, np.floating)) \
+            or not (np.isfinite(init_scale) and init_scale > 0):
+        raise UsageError(f"--init-scale must be positive and finite (got {init_scale!r})")
+
+
+def init_params(D, H, L, seeds, param="standard", dtype=np.float64, init=DEFAULT_INIT, init_scale=1.0):
     """Initial weights of len(seeds) networks, a pure function of each seed (stream STREAM_INIT, a = layer).
 
-    W's Gaussian draws use counter b = 0, the NTK biases b = 1; standard biases are zero.
+    Standard parameterization, by ``init`` (every value then multiplied by ``init_scale``):
+      he      W ~ N(0, 2 / fan_in) in the ReLU layers, N(0, 1 / fan_in) in the output layer; biases zero
+      lecun   W ~ N(0, 1 / fan_in) in every layer; biases zero
+      torch   W and b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) in every layer (PyTorch's nn.Linear default)
+    NTK parameterization: W and b ~ N(0, 1) times ``init_scale``; ``init`` is not used.
+    Gaussian draws: counter b = 0 for W, b = 1 for the NTK biases; uniform draws (torch): b = 2 for W, 3 for b.
     """
     seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
     params = []
@@ -41,13 +58,22 @@ def init_params(D, H, L, seeds, param="standard", dtype=np.float64):
         W = np.empty((len(seeds), fan_in, fan_out))   # (M, fan_in, fan_out)
         b = np.zeros((len(seeds), fan_out))           # (M, fan_out)
         for m, seed in enumerate(seeds):
-            g = rng.gaussian_np(fan_in * fan_out, int(seed), STREAM_INIT, l, 0).reshape(fan_in, fan_out)
+            seed = int(seed)
+            if param == "standard" and init == "torch":
+                bound = 1.0 / np.sqrt(fan_in)
+                W[m] = bound * (2.0 * rng.uniform_np(fan_in * fan_out, seed, STREAM_INIT, l, 2) - 1.0).reshape(
+                    fan_in, fan_out)
+                b[m] = bound * (2.0 * rng.uniform_np(fan_out, seed, STREAM_INIT, l, 3) - 1.0)
+                continue
+            g = rng.gaussian_np(fan_in * fan_out, seed, STREAM_INIT, l, 0).reshape(fan_in, fan_out)
             if param == "standard":
-                gain = 2.0 if l < L else 1.0      # He for ReLU layers, 1/fan_in for the linear output
+                gain = 2.0 if init == "he" and l < L else 1.0   # He's ReLU gain; LeCun and every output layer 1
                 W[m] = g * np.sqrt(gain / fan_in)
             else:
                 W[m] = g
-                b[m] = rng.gaussian_np(fan_out, int(seed), STREAM_INIT, l, 1)
+                b[m] = rng.gaussian_np(fan_out, seed, STREAM_INIT, l, 1)
+        W *= init_scale   # exact for a scale of 1: he at scale 1 is bit for bit the first release's
+        b *= init_scale
         params.append((W.astype(dtype), b.astype(dtype)))
     return params
 

@@ -10,6 +10,9 @@ Counter layouts used by the whole project:
 - Gaussian vector addressed by (seed, stream, a, b): element e is Gaussian number e % 4 of
   philox4x32(c0=e // 4, c1=a, c2=b, c3=0, k0=seed, k1=stream). Inputs: stream STREAM_TRAIN_X or
   STREAM_TEST_X, a = sample index, b = 0. Initial weights: stream STREAM_INIT, a = layer index, b = 0.
+- Uniform vector addressed by (seed, stream, a, b): element e is (w + 1/2) 2^-32 in (0, 1) for word
+  w = word e % 4 of philox4x32(c0=e // 4, c1=a, c2=b, c3=0, k0=seed, k1=stream).  Initial weights and biases of
+  the `torch` scheme: stream STREAM_INIT, a = layer index, b = 2 (weights) and 3 (biases).
 - Minibatch order of epoch `epoch`: word i % 4 of philox4x32(c0=i // 4, c1=epoch, c2=0, c3=0,
   k0=seed, k1=STREAM_ORDER) drives Fisher-Yates step i (see `permutation`).
 
@@ -79,6 +82,18 @@ def philox4x32_np(ctr, key):
     return np.stack([x0, x1, x2, x3], axis=1).astype(np.uint32)  # (n, 4)
 
 
+def words_np(n, seed, stream, a, b):
+    """The Philox words of the vector addressed by (seed, stream, a, b): counters (q, a, b, 0) for q < ceil(n / 4)
+    -> (ceil(n / 4), 4) uint32; element e of the vector comes from word e % 4 of row e // 4."""
+    _check_key(seed, stream)
+    n_blocks = (n + 3) // 4
+    ctr = np.zeros((n_blocks, 4), dtype=np.uint32)  # (n/4, 4)
+    ctr[:, 0] = np.arange(n_blocks, dtype=np.uint32)
+    ctr[:, 1] = a
+    ctr[:, 2] = b
+    return philox4x32_np(ctr, np.array([seed, stream], dtype=np.uint32))
+
+
 def _check_key(seed, stream):
     """Raise ValueError unless seed and stream are uint32 values."""
     for name, value in (("seed", seed), ("stream", stream)):
@@ -127,16 +142,16 @@ def gaussian_fill(out, seed, stream, a, b):
 
 def gaussian_np(n, seed, stream, a, b):
     """The Gaussian vector addressed by (seed, stream, a, b), vectorised -> (n,) float64."""
-    _check_key(seed, stream)
-    n_blocks = (n + 3) // 4
-    ctr = np.zeros((n_blocks, 4), dtype=np.uint32)  # (n/4, 4)
-    ctr[:, 0] = np.arange(n_blocks, dtype=np.uint32)
-    ctr[:, 1] = a
-    ctr[:, 2] = b
-    words = philox4x32_np(ctr, np.array([seed, stream], dtype=np.uint32))  # (n/4, 4)
+    words = words_np(n, seed, stream, a, b)  # (n/4, 4)
     g0, g1 = box_muller_np(words[:, 0], words[:, 1])
     g2, g3 = box_muller_np(words[:, 2], words[:, 3])
     return np.stack([g0, g1, g2, g3], axis=1).reshape(-1)[:n]  # (n,)
+
+
+def uniform_np(n, seed, stream, a, b):
+    """The uniform vector addressed by (seed, stream, a, b), vectorised -> (n,) float64 in (0, 1)."""
+    words = words_np(n, seed, stream, a, b).reshape(-1)[:n]  # (n,)
+    return (words.astype(np.float64) + 0.5) * _TWO_POW_M32
 
 
 # ---------------------------------------------------------------------------------------------

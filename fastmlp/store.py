@@ -27,7 +27,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from .tasks import UsageError
+from .errors import UsageError
+from .sweep import with_implicit
 
 STATUSES = ("done", "failed")
 RECORD_FIELDS = ("id", "status", "command", "config", "command_line", "record", "error", "provenance", "worker",
@@ -98,6 +99,8 @@ class Store:
             raise UsageError(f"{file} is not a job record ({e}); move it out of the store") from None
         if not isinstance(rec, dict) or rec.get("id") != file.stem or rec.get("status") not in STATUSES:
             raise UsageError(f"{file} is not a job record of this store; move it out of the store")
+        if isinstance(rec.get("config"), dict):   # settings its id leaves out, back in (init he, init-scale 1)
+            rec["config"] = with_implicit(rec.get("command"), rec["config"])
         return rec
 
 

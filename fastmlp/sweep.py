@@ -19,7 +19,8 @@ Job identity
   A job's configuration is resolved: every option of its command with its value, the task's D and indices made
   explicit (the paper's D when none is given), options the job does not use left out (beta1 and beta2 off the
   temperature task, the search's options with a fixed lr, sigma-w2 and sigma-b2 with the standard
-  parameterization).  Its id is the first 16 hex digits of the SHA-256 of the command and that configuration as
+  parameterization, init with the NTK parameterization), and init and init-scale left out at he and 1, the values
+  every job had before these options existed (see IMPLICIT), so that such jobs keep their ids.  Its id is the first 16 hex digits of the SHA-256 of the command and that configuration as
   canonical JSON.  How a sweep is run (store, workers, scheduler, shard) is not part of it; backend and dtype
   are, since they change results (by rounding at least).  Growing a list re-uses every job already stored.
 
@@ -42,11 +43,15 @@ import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from .tasks import UsageError, parse_task
+from .errors import UsageError
+from .tasks import parse_task
 
 COMMANDS = ("run", "ntk")
 TASK_KEYS = ("task", "D", "indices", "beta1", "beta2")   # what parse_task takes; resolved into the spec
 SEARCH_KEYS = ("folds", "bo-calls", "bo-batch", "lr-min", "lr-max")
+# Settings added after the first release, left out of a `run` job's configuration at the value every job had before
+# them, so that a job that keeps that value keeps its id; a reader of the store puts them back.
+IMPLICIT = {"init": "he", "init-scale": 1.0}
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class Job:
 
     def command_line(self):
         """The `fastmlp` command that computes this job alone."""
-        c = self.config
+        c = with_implicit(self.command, self.config)
         args = [f"--{k} {v}" for k, v in c.items() if k != "task" and v is not None]
         return " ".join(["fastmlp", self.command, c["task"], *args])
 
@@ -167,6 +172,9 @@ def resolve(command, values, schema, where="sweep"):
         else:
             config["indices"] = ",".join(map(str, spec.indices))
         config |= {name: value for name, value in full.items() if name not in TASK_KEYS}
+        if command == "run" and "init" in values and config["param"] == "ntk":
+            raise UsageError("key 'init' applies to param = \"standard\" only: with param = \"ntk\" every "
+                             "parameter is N(0, 1) (init-scale scales them)")
         check_job(command, config)
     except UsageError as e:
         point = ", ".join(f"{k} = {v!r}" for k, v in values.items())
@@ -176,12 +184,22 @@ def resolve(command, values, schema, where="sweep"):
 
 
 def unused_keys(command, config):
-    """Options a `run` job does not use, left out of its configuration (and so of its identity): the search's
-    with a fixed lr, sigma-w2 and sigma-b2 with the standard parameterization."""
+    """Options a `run` job does not use, or holds at their implicit value, left out of its configuration (and so of
+    its identity): the search's with a fixed lr, sigma-w2 and sigma-b2 with the standard parameterization, init
+    with the NTK parameterization, and init or init-scale at the value every job had before they existed."""
     if command != "run":
         return set()
     unused = set(SEARCH_KEYS) if config["lr"] is not None else set()
-    return unused | ({"sigma-w2", "sigma-b2"} if config["param"] == "standard" else set())
+    unused |= {"sigma-w2", "sigma-b2"} if config["param"] == "standard" else {"init"}
+    return unused | {k for k, v in IMPLICIT.items() if config.get(k) == v}
+
+
+def with_implicit(command, config):
+    """A job's configuration with the IMPLICIT settings it leaves out put back: every setting it runs with."""
+    if command != "run":
+        return config
+    return config | {k: v for k, v in IMPLICIT.items()
+                     if k not in config and not (k == "init" and config.get("param") == "ntk")}
 
 
 def _arguments(config):
@@ -196,7 +214,8 @@ def check_job(command, config):
     if command == "run":
         from .protocol import check_config
         check_config(c["N"], c["folds"], c["bo_calls"], c["bo_batch"], c["lr_min"], c["lr_max"], c["repeats"],
-                     c["n_test"], c["lr"], H=c["H"], L=c["L"], B=c["B"], max_epochs=c["max_epochs"], seed=c["seed"])
+                     c["n_test"], c["lr"], H=c["H"], L=c["L"], B=c["B"], max_epochs=c["max_epochs"], seed=c["seed"],
+                     init=c["init"], init_scale=c["init_scale"])
     else:
         from .ntk import check_config
         check_config(c["N"], c["L"], c["sigma_w2"], c["sigma_b2"], c["n_test"], c["repeats"], c["seed"], c["kind"])
@@ -267,7 +286,7 @@ def execute(job, progress=None):
     from .provenance import git_commit, record as provenance
     git_commit()   # on a worker: pinned at its first job, when it imports this code
     started, t0 = _now(), time.perf_counter()
-    c = job.config
+    c = with_implicit(job.command, job.config)
     _use_worker_gpu(c["backend"])
     try:
         spec = parse_task(c["task"], **{k: c[k] for k in TASK_KEYS[1:] if k in c})

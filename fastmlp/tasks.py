@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from fastmlp.constants import STREAM_TEST_X, STREAM_TRAIN_X
+from fastmlp.errors import UsageError
 from fastmlp import jitcache
 from fastmlp.rng import gaussian_fill
 
@@ -36,10 +37,6 @@ DEFAULT_D = {
     ("local", 3): 100, ("global", 3): 40,
 }
 TEMPERATURE_D = 100
-
-
-class UsageError(ValueError):
-    """Bad user input; the one-line message says what to change (the CLI prints it and exits 2)."""
 
 
 @dataclass(frozen=True)

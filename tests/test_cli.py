@@ -55,6 +55,20 @@ def test_train_json_has_one_record_per_network():
     assert out["provenance"]["threads"] >= 1
 
 
+def test_train_records_the_initialization_and_uses_it():
+    common = ("train", "1-local", "--D", 10, "--N", 100, "--L", 2, "--H", 12, "--lr", "0.1", "--seeds", "0,1",
+              "--n-test", 500, "--max-epochs", 5, "--json")
+    outs = {args: json.loads(run(*common, *args).stdout) for args in
+            ((), ("--init", "he"), ("--init", "torch"), ("--init", "torch", "--init-scale", "0.5"))}
+    for args, out in outs.items():
+        init = args[1] if args else reference.DEFAULT_INIT
+        scale = float(args[3]) if len(args) > 2 else 1.0
+        assert (out["config"]["init"], out["config"]["init_scale"]) == (init, scale)
+    losses = {args: [n["train_loss"] for n in out["networks"]] for args, out in outs.items()}
+    assert len({tuple(v) for v in losses.values()}) == 3                      # the schemes train differently
+    assert losses[()] == losses[("--init", reference.DEFAULT_INIT)]           # the default is the named scheme
+
+
 def test_train_saves_parameters_that_reproduce_the_test_error(tmp_path):
     path = tmp_path / "p.npz"
     r = run("train", "1-local", "--D", 10, "--N", 100, "--L", 2, "--H", 12, "--lr", "0.1,0.3", "--n-test", 1000,
@@ -89,6 +103,12 @@ def test_train_diverged_network_is_reported_not_crashed():
     (["train", "5-lokal", "--lr", 0.1], "TASK"),
     (["data", "2-local", "--N", 0, "--out", "x.npz"], "--N"),
     (["train", "2-local", "--lr", 0.1, "--param", "ntk", "--sigma-b2", -1], "--sigma-b2"),
+    (["train", "2-local", "--lr", 0.1, "--init", "xavier"], "--init"),
+    (["run", "2-local", "--lr", 0.1, "--init-scale", 0], "--init-scale"),
+    (["train", "2-local", "--lr", 0.1, "--init-scale", "inf"], "--init-scale"),
+    (["run", "2-local", "--lr", 0.1, "--init-scale", "-2"], "--init-scale"),
+    (["train", "2-local", "--lr", 0.1, "--param", "ntk", "--init", "torch"], "--init"),
+    (["run", "2-local", "--lr", 0.1, "--param", "ntk", "--init", "he"], "--init"),
 ])
 def test_bad_input_exits_2_with_one_line(args, option):
     r = run(*args)

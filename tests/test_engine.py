@@ -6,7 +6,7 @@ import pytest
 
 from fastmlp import codegen, reference, tasks
 from fastmlp.engine import Engine
-from fastmlp.tasks import UsageError
+from fastmlp.errors import UsageError
 from conftest import (DTYPES, check_fit_stop_rule, SIGMA_B2, assert_close, assert_params_equal as _assert_params_equal, make_data,
                       network as _network, scales as _scales, subsets as _subsets, tol)
 
@@ -29,12 +29,12 @@ def test_networks_trained_together_equal_each_trained_alone(data_medium):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("param", ["standard", "ntk"])
-def test_first_20_steps_follow_the_reference(param, dtype):
+@pytest.mark.parametrize("param, init", [("standard", "he"), ("standard", "torch"), ("ntk", "he")])
+def test_first_20_steps_follow_the_reference(param, init, dtype):
     N, D, H, L, B = 75, 11, 21, 3, 17                # 5 minibatches per epoch (the last one of 7): 4 epochs
     x, y = make_data(N, D, seed=3)
     lrs, seeds = [0.05, 0.3], [11, 12]
-    e = Engine(x, y, H, L, B, lrs, seeds, param=param, dtype=dtype, sigma_b2=SIGMA_B2[param])
+    e = Engine(x, y, H, L, B, lrs, seeds, param=param, dtype=dtype, sigma_b2=SIGMA_B2[param], init=init)
     init = e.params()
     e.train_epochs(4)
     for m in range(2):
@@ -118,6 +118,26 @@ def test_bad_input_raises_usage_error(data_small, change, value):
         args.update(x=x[:0], y=y[:0])
     with pytest.raises(UsageError):
         Engine(args["x"], args["y"], args["H"], args["L"], args["B"], args["lrs"], args["seeds"])
+
+
+@pytest.mark.parametrize("param, init, scale", [("standard", "he", 1.0), ("standard", "lecun", 0.5),
+                                                ("standard", "torch", 1.0), ("standard", "torch", 0.1),
+                                                ("ntk", "he", 0.3)])
+def test_initial_weights_are_the_references(data_small, param, init, scale):
+    x, y = data_small
+    seeds = [4, 9, 4]
+    e = Engine(x, y, 13, 2, 5, [0.1] * 3, seeds, param=param, init=init, init_scale=scale)
+    ref = reference.init_params(x.shape[1], 13, 2, seeds, param, dtype=np.float32, init=init, init_scale=scale)
+    _assert_params_equal(e.params(), ref)
+    alone = Engine(x, y, 13, 2, 5, [0.1], [9], param=param, init=init, init_scale=scale)
+    _assert_params_equal(_network(e.params(), 1), alone.params())    # a network alone = the same among others
+
+
+@pytest.mark.parametrize("init, scale", [("xavier", 1.0), ("torch", 0.0), ("torch", float("nan"))])
+def test_bad_init_raises_usage_error(data_small, init, scale):
+    x, y = data_small
+    with pytest.raises(UsageError, match="--init"):
+        Engine(x, y, 5, 1, 5, [0.1], [1], init=init, init_scale=scale)
 
 
 def test_generated_microkernels_are_up_to_date():

@@ -25,7 +25,7 @@ from fastmlp.constants import (N_CLASSES, PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, P
                                STREAM_INIT, STREAM_ORDER, STREAM_TEST_X, STREAM_TRAIN_X)
 from fastmlp.engine import Engine, engine_class, generate_on
 from fastmlp.provenance import gpu_info
-from fastmlp.tasks import UsageError
+from fastmlp.errors import UsageError
 from conftest import (DTYPES, check_fit_stop_rule, SIGMA_B2, assert_close, assert_params_equal as _assert_params_equal, make_data,
                       network as _network, scales as _scales, subsets as _subsets, tol)
 
@@ -344,6 +344,18 @@ def test_first_20_steps_follow_the_reference(param, dtype):
             moved = max(moved, np.abs(W_ref - W0).max())
         assert moved > 100 * tol("step", dtype)[0]
         assert_close(e.train_loss[m], losses[15:].mean(), "loss", dtype)   # the last epoch's mean minibatch loss
+
+
+@gpu_test
+@pytest.mark.parametrize("param, init, scale", [("standard", "he", 1.0), ("standard", "lecun", 0.5),
+                                                ("standard", "torch", 1.0), ("standard", "torch", 0.1),
+                                                ("ntk", "he", 0.3)])
+def test_initial_weights_equal_the_cpus_bit_for_bit(data_medium, param, init, scale):
+    x, y = data_medium
+    seeds = [3, 2**32 - 1, 3, 0]
+    kw = dict(param=param, init=init, init_scale=scale)
+    g = gpu.GpuEngine(x, y, 21, 3, 17, [0.1] * 4, seeds, **kw)
+    _assert_params_equal(g.params(), Engine(x, y, 21, 3, 17, [0.1] * 4, seeds, **kw).params())
 
 
 @gpu_test

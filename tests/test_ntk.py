@@ -11,7 +11,8 @@ from conftest import assert_close
 from fastmlp import ntk, reference
 from fastmlp.cli import main
 from fastmlp.engine import Engine
-from fastmlp.tasks import UsageError, generate, iter_chunks, parse_task
+from fastmlp.errors import UsageError
+from fastmlp.tasks import generate, iter_chunks, parse_task
 
 SQ = math.sqrt(2.0) / 2.0
 

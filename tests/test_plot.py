@@ -10,7 +10,7 @@ from fastmlp import sweep
 from fastmlp.cli import main
 from fastmlp.plot import plot_store
 from fastmlp.store import Store
-from fastmlp.tasks import UsageError
+from fastmlp.errors import UsageError
 
 FIGURE_N = NETWORKS_AND_NTK   # two tasks x two N x two depths of networks and the NTK of the same points
 
@@ -119,6 +119,13 @@ def test_a_varying_setting_splits_curves_and_seeds_pool(tmp_path):
                           "NTK L = 2"]
     assert [c.get_label() for c in errorbars(ax)][:2] == ["L = 1, H = 8", "L = 1, H = 16"]   # numeric order
     assert {(p["n_values"], p["n_jobs"]) for p in points} == {(4, 2)}   # two seeds x two repeats per point
+
+
+def test_an_old_he_store_and_new_torch_jobs_are_two_curves(tmp_path):
+    store = make_store(tmp_path, FIGURE_N, "store", "task=1-local", "L=1", "init=he")   # stored as before init
+    make_store(tmp_path, FIGURE_N, "store", "task=1-local", "L=1", "init=torch")
+    fig, points = plot_store(store, tmp_path / "fig.png")
+    assert labels(fig.axes[0]) == ["L = 1, init = he", "L = 1, init = torch", "NTK L = 1"]
 
 
 def test_a_setting_that_changes_only_with_x_does_not_split_curves(tmp_path):

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from fastmlp import protocol
 from fastmlp.cli import main
 from fastmlp.engine import Engine
-from fastmlp.tasks import UsageError, generate, parse_task
+from fastmlp.errors import UsageError
+from fastmlp.tasks import generate, parse_task
 
 
 # --------------------------------------------------------------------------------------------------- folds

@@ -1,8 +1,11 @@
-"""The float64 reference against first principles: central differences, the SGD rule, He initialization."""
+"""The float64 reference against first principles: central differences, the SGD rule, the initializations."""
+import hashlib
+
 import numpy as np
 import pytest
 
 from fastmlp import reference
+from fastmlp.errors import UsageError
 from conftest import assert_close, make_data
 
 H_FD = 1e-6   # central-difference step
@@ -84,18 +87,6 @@ def test_sgd_step_uses_each_networks_learning_rate():
     assert params[0][0] is not new[0][0] and not np.array_equal(params[0][0], new[0][0])   # a new list, inputs kept
 
 
-def test_init_standard_is_he():
-    D, H, L = 400, 500, 2
-    params = reference.init_params(D, H, L, [7])
-    expected_std = [np.sqrt(2 / D), np.sqrt(2 / H), np.sqrt(1 / H)]   # He for ReLU layers, 1/fan_in for the output
-    for (W, b), std, (fan_in, fan_out) in zip(params, expected_std, reference.layer_sizes(D, H, L)):
-        assert W.shape == (1, fan_in, fan_out) and b.shape == (1, fan_out)
-        # 1000 draws (output layer) give the std to ~2.2%; He vs LeCun differ by 41%
-        assert abs(W.std() / std - 1) < 0.08
-        assert abs(W.mean()) < 4 * std / np.sqrt(W.size)
-        assert np.all(b == 0)
-
-
 def test_init_ntk_is_unit_gaussian_with_biases():
     params = reference.init_params(300, 400, 2, [7], param="ntk")
     for l, (W, b) in enumerate(params):
@@ -106,14 +97,80 @@ def test_init_ntk_is_unit_gaussian_with_biases():
     assert not np.allclose(params[0][1], params[1][1][:, :400])   # biases of different layers differ
 
 
+# Per layer (ReLU layers, output layer): the distribution of W and b each scheme promises.
+INIT_LAWS = {
+    "he": {"hidden": ("normal", 2.0), "output": ("normal", 1.0), "bias": None},
+    "lecun": {"hidden": ("normal", 1.0), "output": ("normal", 1.0), "bias": None},
+    "torch": {"hidden": ("uniform", 1.0), "output": ("uniform", 1.0), "bias": ("uniform", 1.0)},
+}
+
+
+def _check_law(values, law, fan_in, scale):
+    """values follow law = (kind, gain): N(0, gain / fan_in), or U(-1, 1) sqrt(gain / fan_in), times scale.
+    Mean within 4 standard errors, std within 8%, and a uniform law's bound never crossed."""
+    kind, gain = law
+    width = scale * np.sqrt(gain / fan_in)
+    std = width if kind == "normal" else width / np.sqrt(3.0)
+    assert abs(values.mean()) < 4 * std / np.sqrt(values.size)
+    assert abs(values.std() / std - 1) < 0.08    # >= 1000 draws: ~2.2% noise; he vs lecun differ by 41%
+    if kind == "uniform":
+        assert np.abs(values).max() < width and np.abs(values).max() > 0.95 * width   # fills (-bound, bound)
+    else:
+        assert np.abs(values).max() > 3 * std    # a Gaussian's tail, not a uniform's edge at 1.73 std
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.1])
+@pytest.mark.parametrize("init", reference.INITS)
+def test_init_follows_its_law_layer_by_layer(init, scale):
+    D, H, L = 400, 500, 2
+    params = reference.init_params(D, H, L, [7, 8], init=init, init_scale=scale)
+    laws = INIT_LAWS[init]
+    for l, ((W, b), (fan_in, fan_out)) in enumerate(zip(params, reference.layer_sizes(D, H, L))):
+        assert W.shape == (2, fan_in, fan_out) and b.shape == (2, fan_out)
+        _check_law(W, laws["hidden" if l < L else "output"], fan_in, scale)
+        if laws["bias"] is None:
+            assert np.all(b == 0)
+        elif b.size >= 1000:
+            _check_law(b, laws["bias"], fan_in, scale)
+        else:   # the output layer's 4 biases: only the bound can be checked
+            assert 0 < np.abs(b).max() < scale / np.sqrt(fan_in)
+
+
+def test_init_he_at_scale_1_is_the_first_releases_bit_for_bit():
+    params = reference.init_params(7, 9, 2, [3, 4], init="he", init_scale=1.0)
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for W, b in params for a in (W, b)))
+    assert digest.hexdigest() == "6e5ca1f2d7ba49a245b3e345a2af4d2b8e04d00eecefc53074ac958d57810009"   # 0.1.0's
+
+
+def test_init_scale_multiplies_every_parameter():
+    for init, param in (("torch", "standard"), ("lecun", "standard"), ("he", "ntk")):
+        one = reference.init_params(6, 8, 2, [5], param, init=init)
+        half = reference.init_params(6, 8, 2, [5], param, init=init, init_scale=0.5)
+        for (W1, b1), (W2, b2) in zip(one, half):
+            np.testing.assert_array_equal(W2, 0.5 * W1)
+            np.testing.assert_array_equal(b2, 0.5 * b1)
+
+
+def test_schemes_differ_and_ntk_ignores_the_scheme():
+    Ws = {init: reference.init_params(6, 8, 1, [5], init=init)[0][0] for init in reference.INITS}
+    np.testing.assert_allclose(Ws["he"], np.sqrt(2) * Ws["lecun"])     # the same Gaussian draws, gain 2 vs 1
+    assert not np.allclose(np.abs(Ws["torch"]), np.abs(Ws["lecun"]))
+    for init in ("lecun", "torch"):
+        for (W, b), (W_he, b_he) in zip(reference.init_params(6, 8, 2, [5], "ntk", init=init),
+                                        reference.init_params(6, 8, 2, [5], "ntk", init="he")):
+            np.testing.assert_array_equal(W, W_he)
+            np.testing.assert_array_equal(b, b_he)
+
+
+@pytest.mark.parametrize("init", reference.INITS)
 @pytest.mark.parametrize("param", ["standard", "ntk"])
-def test_init_is_a_function_of_the_seed(param):
+def test_init_is_a_function_of_the_seed(param, init):
     D, H, L = 9, 13, 3
     seeds = [0, 5, 2**32 - 1]
-    batched = reference.init_params(D, H, L, seeds, param)
-    again = reference.init_params(D, H, L, seeds, param)
+    batched = reference.init_params(D, H, L, seeds, param, init=init)
+    again = reference.init_params(D, H, L, seeds, param, init=init)
     for m, seed in enumerate(seeds):
-        alone = reference.init_params(D, H, L, [seed], param)
+        alone = reference.init_params(D, H, L, [seed], param, init=init)
         for l in range(L + 1):
             for t in range(2):
                 np.testing.assert_array_equal(batched[l][t], again[l][t])            # deterministic
@@ -121,6 +178,13 @@ def test_init_is_a_function_of_the_seed(param):
     for l in range(L + 1):
         W = batched[l][0]
         assert not np.array_equal(W[0], W[1]) and not np.array_equal(W[1], W[2])    # seeds differ
+
+
+@pytest.mark.parametrize("init, scale", [("kaiming", 1.0), ("torch", 0.0), ("torch", -1.0), ("he", float("nan")),
+                                         ("he", float("inf")), ("lecun", "2")])
+def test_bad_init_is_refused_with_the_option_named(init, scale):
+    with pytest.raises(UsageError, match="--init-scale" if init in reference.INITS else "--init "):
+        reference.check_init(init, scale)
 
 
 def test_forward_batched_equals_each_network_alone():

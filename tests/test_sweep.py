@@ -22,7 +22,7 @@ from fastmlp import engine, ntk, sweep
 from fastmlp.cli import main, ntk as ntk_command, run as run_command, sweep_keys
 from fastmlp import store as store_mod
 from fastmlp.store import Store
-from fastmlp.tasks import UsageError
+from fastmlp.errors import UsageError
 
 SCHEMAS = {"run": sweep_keys(run_command), "ntk": sweep_keys(ntk_command)}
 
@@ -129,6 +129,43 @@ def test_job_identity_is_the_resolved_configuration(tmp_path):
         assert not {j.id for j in changed} & base, new
     # how the sweep runs is not part of it
     assert {j.id for j in jobs_of("workers = 3\n" + TINY, tmp_path)} == base
+
+
+def test_initialization_is_part_of_identity_and_he_at_scale_1_keeps_the_first_releases_ids(tmp_path):
+    base = {j.id for j in jobs_of(TINY, tmp_path)}
+    he = jobs_of('init = "he"\ninit-scale = 1.0\n' + TINY, tmp_path)
+    assert {j.id for j in he} == base and "init" not in he[0].config
+    assert "--init he --init-scale 1.0" in he[0].command_line()   # the command line says what ran
+    ids = [base]
+    for text in ('init = "torch"', 'init = "lecun"', "init-scale = 0.5", 'init = "torch"\ninit-scale = 0.5'):
+        ids.append({j.id for j in jobs_of(text + "\n" + TINY, tmp_path)})
+    assert all(not a & b for i, a in enumerate(ids) for b in ids[:i])   # every setting its own jobs
+    # a real store of the first release: every job of examples/repro-k2.toml keeps its id
+    root = Path(__file__).parent.parent
+    jobs, _ = sweep.read_sweep(root / "examples" / "repro-k2.toml", SCHEMAS)
+    with open(root / "docs" / "results" / "repro-k2-jobs.csv") as f:
+        stored = {row["id"] for row in csv.DictReader(f)}
+    assert {j.id for j in jobs} == stored and len(stored) == 60
+
+
+def test_init_with_the_ntk_parameterization_is_refused_and_scale_kept(tmp_path):
+    with pytest.raises(UsageError, match="'init' applies to param"):
+        jobs_of('init = "torch"\nparam = "ntk"\n' + TINY, tmp_path)
+    (job,) = jobs_of('param = "ntk"\ninit-scale = 0.5\ntask = "1-local"\nlr = 0.1', tmp_path)
+    assert job.config["init-scale"] == 0.5 and "init" not in job.config
+    assert "--init " not in job.command_line()
+
+
+def test_a_record_written_before_init_existed_reads_as_he_at_scale_1(tmp_path):
+    result = CliRunner().invoke(main, ["sweep", str(write(tmp_path / "t.toml", 'init = "he"\n' + TINY)), "--store",
+                                       str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    for rec in Store(tmp_path / "s").records():
+        assert rec["config"]["init"] == "he" and rec["config"]["init-scale"] == 1.0
+        on_disk = json.loads((tmp_path / "s" / f"{rec['id']}.json").read_text())
+        assert "init" not in on_disk["config"]            # the file is as the first release wrote it
+    columns, rows = store_mod.table(Store(tmp_path / "s").records())
+    assert {"init", "init-scale"} <= set(columns) and {r["init"] for r in rows} == {"he"}
 
 
 def test_grid_tables_are_a_union_and_overrides_apply_everywhere(tmp_path):

@@ -5,7 +5,8 @@ import pytest
 
 from fastmlp import rng, tasks
 from fastmlp.constants import STREAM_TEST_X, STREAM_TRAIN_X
-from fastmlp.tasks import TaskSpec, UsageError, generate, iter_chunks, parse_task
+from fastmlp.errors import UsageError
+from fastmlp.tasks import TaskSpec, generate, iter_chunks, parse_task
 
 
 def _label_loop(spec, row):
