@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from fastmlp import Engine, generate, parse_task
-from fastmlp.bench import useful_flops_per_sample
+from fastmlp.reference import useful_flops_per_sample
 from fastmlp.provenance import cpu_info
 
 

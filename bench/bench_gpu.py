@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fastmlp import gpu
+from fastmlp.backend import engine_class
 from fastmlp.bench import DEFAULT_EPOCHS, GPU_IMPLS, IMPLS, bench_impl
+from fastmlp.errors import UsageError
 
 # Epochs per timed call on the GPU: each call long enough (tens of ms or more) that timer noise does not matter.
 GPU_EPOCHS = {"W1": 20, "W2": 10, "W3": 10, "W4": 2}
@@ -29,12 +30,11 @@ TARGET_TFLOPS = 10.0
 
 def check_correctness():
     """Three epochs of 4 networks on the GPU and the CPU engine: parameters within float32 tolerance."""
-    from fastmlp.engine import Engine
     g = np.random.default_rng(0)
     x = g.standard_normal((300, 37)).astype(np.float32)
     y = (x[:, 0] * x[:, 1] > 0).astype(np.int8)
     args = (x, y, 45, 3, 17, [0.02, 0.05, 0.1, 0.2], [0, 1, 2, 3])
-    ge, ce = gpu.GpuEngine(*args), Engine(*args)
+    ge, ce = engine_class("gpu")(*args), engine_class("cpu")(*args)
     ge.train_epochs(3)
     ce.train_epochs(3)
     worst = 0.0
@@ -84,8 +84,8 @@ def main():
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU engine (no GPU/CPU ratio)")
     args = ap.parse_args()
     try:
-        gpu.engine_class()
-    except gpu.UsageError as e:
+        engine_class("gpu")
+    except UsageError as e:
         print(f"bench_gpu: {e}", file=sys.stderr)
         return 2
     out = Path(args.out_dir) if args.out_dir else None

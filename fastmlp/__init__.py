@@ -4,8 +4,8 @@
 """
 __version__ = "0.1.0"
 
-_LAZY = {"Engine": "engine", "NetworkResult": "engine", "parse_task": "tasks", "generate": "tasks",
-         "iter_chunks": "tasks", "UsageError": "tasks",
+_LAZY = {"Engine": "cpu_engine", "NetworkResult": "engine", "parse_task": "tasks", "generate": "tasks",
+         "iter_chunks": "tasks", "UsageError": "errors",
          "ntk_kernel": "ntk", "empirical_ntk": "ntk"}
 __all__ = sorted(_LAZY)
 

@@ -1,4 +1,4 @@
-"""Throughput on the standard workloads (DESIGN.md): fastmlp's engine next to NumPy and PyTorch baselines.
+"""Throughput on the standard workloads (docs/design.md): fastmlp's engine next to NumPy and PyTorch baselines.
 
 Every implementation has one signature, `prepare(x, y, M, H, L, B, lr, seed) -> run(epochs)`: prepare builds M
 independent ReLU MLPs (D -> H x L -> 2, softmax cross-entropy, plain SGD) and compiles what it needs; run trains
@@ -14,12 +14,13 @@ import importlib.util
 import json
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 
+from .backend import gpu_available
 from .provenance import cpu_name
+from .reference import useful_flops_per_sample
 
 # name: (M, D, H, L, B, N)
 WORKLOADS = {
@@ -34,11 +35,6 @@ DEFAULT_EPOCHS = {"W1": 15, "W2": 8, "W3": 7, "W4": 1}
 
 BENCH_LR = 0.01  # small enough that no network diverges: non-finite values would time a different code path
 C = 2            # output classes
-
-
-def useful_flops_per_sample(D, H, L):
-    """Useful FLOP per network-sample: forward, weight gradients, input gradients of all layers but the first."""
-    return 4 * D * H + 6 * (L - 1) * H * H + 12 * H
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -196,9 +192,10 @@ def train_torch(x, y, M, H, L, B, lr, epochs, seed, return_params=False, threads
 
 def prepare_fastmlp_cpu(x, y, M, H, L, B, lr, seed):
     """fastmlp's batched engine on the CPU backend; run(epochs) trains with no stop rule (fixed work)."""
-    from fastmlp.engine import Engine
+    from .backend import engine_class
 
-    eng = Engine(x, y, hidden_width=H, depth=L, batch_size=B, lrs=np.full(M, lr), seeds=np.arange(M) + seed)
+    eng = engine_class("cpu")(x, y, hidden_width=H, depth=L, batch_size=B, lrs=np.full(M, lr),
+                              seeds=np.arange(M) + seed)
     eng.compile()
 
     def run(epochs):
@@ -214,8 +211,8 @@ def _prepare_fastmlp_gpu(graphs=True, tf32=False):
     """prepare() of fastmlp's engine on the GPU backend: CUDA graphs on or off, TF32 GEMMs or strict float32."""
 
     def prepare(x, y, M, H, L, B, lr, seed):
-        from fastmlp import gpu
-        from fastmlp.engine import engine_class
+        from .backend import engine_class
+        from .provenance import gpu_info
 
         eng = engine_class("gpu")(x, y, hidden_width=H, depth=L, batch_size=B, lrs=np.full(M, lr),
                                   seeds=np.arange(M) + seed, graphs=graphs, tf32=tf32)
@@ -228,7 +225,7 @@ def _prepare_fastmlp_gpu(graphs=True, tf32=False):
                 raise RuntimeError(f"bench: {int(eng.diverged.sum())} networks diverged at lr {lr}")
             return eng
 
-        run.info = lambda: {"device": gpu.device_name(), "graphs": eng.graphs, "graph_error": eng.graph_error,
+        run.info = lambda: {"device": gpu_info()["device"], "graphs": eng.graphs, "graph_error": eng.graph_error,
                             "graph_launches": eng.graph_launches, "tf32": eng.tf32,
                             "launches_per_step": eng.launches_per_step()}
         return run
@@ -240,13 +237,6 @@ def _torch_available():
     try:
         return importlib.util.find_spec("torch") is not None
     except (ImportError, ValueError):
-        return False
-
-
-def _engine_available():
-    try:
-        return importlib.util.find_spec("fastmlp.engine") is not None
-    except ImportError:
         return False
 
 
@@ -331,16 +321,13 @@ def run_bench(workloads=("W1", "W2", "W3", "W4"), impls=None, epochs=None, repea
     """Every impl on every workload, side by side in this process; one JSON line per pair through `emit`.
 
     impls: names from IMPLS or GPU_IMPLS, or a dict name -> trainer (default: all of IMPLS, and fastmlp-gpu when
-    a GPU is usable; fastmlp-cpu is skipped with a note on stderr while fastmlp.engine does not exist). epochs: an
+    a GPU is usable). epochs: an
     int for every workload, or None for DEFAULT_EPOCHS. networks: M for every workload instead of its own.
     """
     known = {**IMPLS, **GPU_IMPLS}
     if impls is None:
         impls = dict(IMPLS)
-        if not _engine_available():
-            del impls["fastmlp-cpu"]
-            print("bench: fastmlp.engine not found, skipping fastmlp-cpu", file=sys.stderr)
-        elif _gpu_available():
+        if gpu_available():
             impls["fastmlp-gpu"] = GPU_IMPLS["fastmlp-gpu"]
     elif not isinstance(impls, dict):
         unknown = [n for n in impls if n not in known]
@@ -356,8 +343,3 @@ def run_bench(workloads=("W1", "W2", "W3", "W4"), impls=None, epochs=None, repea
         n_epochs = DEFAULT_EPOCHS[workload] if epochs is None else epochs
         for name, fn in impls.items():
             emit(json.dumps(bench_impl(name, fn, workload, n_epochs, repeats, threads, networks=networks)))
-
-
-def _gpu_available():
-    from .provenance import gpu_info
-    return gpu_info() is not None

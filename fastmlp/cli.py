@@ -8,7 +8,8 @@ import click
 import numpy as np
 
 from . import __version__
-from .store import json_safe, test_error_of, write_json_atomic
+from .progress import Progress, SweepProgress, duration
+from .store import json_safe, write_json_atomic
 from .errors import UsageError
 from .reference import DEFAULT_INIT, INITS
 
@@ -60,41 +61,9 @@ def emit_json(obj):
     click.echo(json.dumps(json_safe(obj), allow_nan=False))
 
 
-def _bar(done, total, width=30):
-    """[####......] for done out of total."""
-    fill = int(width * done / max(total, 1))
-    return f"[{'#' * fill}{'.' * (width - fill)}]"
-
-
-class Progress:
-    """A one-line progress bar on stderr, drawn only in a terminal (never with --json)."""
-
-    def __init__(self, label, enabled=True):
-        self.label = label
-        self.enabled = enabled and sys.stderr.isatty()
-        self.t0 = time.perf_counter()
-
-    def __call__(self, epoch, n_active, n_total):
-        if not self.enabled:
-            return
-        done = n_total - n_active
-        elapsed = time.perf_counter() - self.t0
-        click.echo(f"\r{self.label} {_bar(done, n_total)} {done}/{n_total} stopped, "
-                   f"epoch {epoch}, {elapsed:.0f}s ", err=True, nl=False)
-
-    def note(self, text):
-        """A transient message, overwritten by the bar."""
-        if self.enabled:
-            click.echo(f"\r{self.label}: {text}", err=True, nl=False)
-
-    def close(self):
-        if self.enabled:
-            click.echo("", err=True)
-
-
 def _check_backend(backend):
     """The engine class of a backend; one line (UsageError) when the GPU is asked for and none is usable."""
-    from .engine import engine_class
+    from .backend import engine_class
     return engine_class(backend)
 
 
@@ -242,68 +211,18 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
     Each network trains until its training error is exactly zero, it diverges, or --max-epochs; then every
     network's test error is measured on --n-test fresh samples.
     """
-    from .bench import useful_flops_per_sample
-    from .engine import generate_on
-    from .provenance import record
+    from . import train as train_mod
     from .tasks import parse_task
 
     spec = parse_task(task, D=D, indices=indices, beta1=beta1, beta2=beta2)
     _check_init_option(param)
     lrs = _parse_floats(lr, "--lr")
     net_seeds = parse_int_list(seeds, "--seeds")
-    for name, value in (("--N", N), ("--H", H), ("--L", L), ("--B", B), ("--max-epochs", max_epochs)):
-        if value < 1:
-            raise UsageError(f"{name} must be at least 1 (got {value})")
-    if n_test < 0:
-        raise UsageError(f"--n-test must be 0 or more (got {n_test})")
-    engine_class = _check_backend(backend)
-
-    t0 = time.perf_counter()
-    x, y = generate_on(backend, spec, seed, "train", 0, N)   # on the device that trains
-    grid_lr = np.repeat(lrs, len(net_seeds))                 # (M,) lr-major grid
-    grid_seed = np.tile(net_seeds, len(lrs))                 # (M,)
-    engine = engine_class(x, y, H, L, B, grid_lr, grid_seed, param=param, dtype=np.dtype(dtype),
-                          sigma_w2=sigma_w2, sigma_b2=sigma_b2, init=init, init_scale=init_scale)
-    t_data = time.perf_counter()
-    bar = Progress(f"train {spec.name} M={engine.M}", enabled=not as_json)
-    bar.note("compiling kernels (cached on disk after the first run)...")
-    compile_s = engine.compile()
-    t_ready = time.perf_counter()
-    results = engine.fit(max_epochs, progress=bar)
+    bar = Progress(f"train {spec.name} M={len(lrs) * len(net_seeds)}", enabled=not as_json)
+    out = train_mod.run(spec, lrs, net_seeds, N=N, L=L, H=H, B=B, seed=seed, max_epochs=max_epochs, n_test=n_test,
+                        param=param, sigma_w2=sigma_w2, sigma_b2=sigma_b2, init=init, init_scale=init_scale,
+                        dtype=dtype, backend=backend, save_params=save_params, progress=bar, note=bar.note)
     bar.close()
-    t_train = time.perf_counter()
-    test_err, test_loss = engine.task_metrics(spec, seed, "test", n_test) \
-        if n_test > 0 else (np.full(engine.M, np.nan),) * 2
-    t_test = time.perf_counter()
-
-    if save_params:
-        arrays = {}
-        for l, (W, b) in enumerate(engine.params()):
-            arrays[f"W{l}"], arrays[f"b{l}"] = W.astype(engine.dtype), b.astype(engine.dtype)
-        np.savez(save_params, lr=grid_lr, seed=grid_seed, **arrays)
-    samples = int(np.sum(engine.epochs * engine.n_train))   # network-samples through forward + backward
-    train_s = t_train - t_ready
-    networks = [{**r.to_dict(), "test_error": float(e), "test_loss": float(tl)}
-                for r, e, tl in zip(results, test_err, test_loss)]
-    out = {
-        "command": "train",
-        "task": spec.to_dict() | {"name": spec.name},
-        "config": {"N": N, "L": L, "H": H, "B": B, "lr": lrs, "seeds": net_seeds, "seed": seed,
-                   "max_epochs": max_epochs, "n_test": n_test, "param": param, "sigma_w2": sigma_w2,
-                   "sigma_b2": sigma_b2, "init": init, "init_scale": init_scale, "dtype": dtype, "backend": backend, "save_params": save_params},
-        "networks": networks,
-        "summary": {"n_networks": engine.M, "converged": int(engine.converged.sum()),
-                    "diverged": int(engine.diverged.sum()),
-                    "not_converged": int((~engine.converged & ~engine.diverged).sum())},
-        "timing": {"data_s": t_data - t0, "compile_s": compile_s, "train_s": train_s,
-                   "test_s": t_test - t_train, "wall_s": t_test - t0},
-        "throughput": {"train_network_samples": samples,
-                       "network_samples_per_s": samples / train_s if train_s > 0 else None,
-                       "gflops": samples * useful_flops_per_sample(spec.D, H, L) / train_s / 1e9
-                       if train_s > 0 else None,
-                       "note": "training steps only; the per-epoch stop check is extra forward work"},
-        "provenance": record(backend),
-    }
     if as_json:
         emit_json(out)
         return
@@ -312,17 +231,16 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
                f"init_scale={init_scale:g} dtype={dtype}  "
                f"seed={seed}  n_test={n_test}")
     click.echo(f"{'lr':>10} {'seed':>6} {'epochs':>7} {'status':>13} {'train_err':>10} {'test_err':>9}")
-    for n in networks:
+    for n in out["networks"]:
         status = "converged" if n["converged"] else "DIVERGED" if n["diverged"] else "not converged"
         train_err = "-" if n["train_error"] is None else f"{n['train_error']:.4f}"
         test = "-" if n["test_error"] is None or n["diverged"] else f"{n['test_error']:.4f}"
         click.echo(f"{n['lr']:>10g} {n['seed']:>6} {n['epochs']:>7} {status:>13} {train_err:>10} {test:>9}")
-    s = out["summary"]
-    tp = out["throughput"]
+    s, tp, t = out["summary"], out["throughput"], out["timing"]
     click.echo(f"{s['converged']}/{s['n_networks']} converged, {s['diverged']} diverged; "
-               f"train {train_s:.1f}s ({tp['network_samples_per_s'] or 0:.3g} network-samples/s, "
-               f"{tp['gflops'] or 0:.1f} GFLOP/s), test {t_test - t_train:.1f}s, wall {t_test - t0:.1f}s "
-               f"(compile {compile_s:.1f}s)")
+               f"train {t['train_s']:.1f}s ({tp['network_samples_per_s'] or 0:.3g} network-samples/s, "
+               f"{tp['gflops'] or 0:.1f} GFLOP/s), test {t['test_s']:.1f}s, wall {t['wall_s']:.1f}s "
+               f"(compile {t['compile_s']:.1f}s)")
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -460,79 +378,6 @@ def sweep_keys(command):
     return keys
 
 
-def _duration(seconds):
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def _outcome(rec):
-    """A job record's result in a few words."""
-    if rec["status"] == "failed":
-        return f"FAILED {rec['error']['type']}: {rec['error']['message']}"
-    te = test_error_of(rec)["mean"]
-    text = "test error -" if te is None else f"test error {te:.4f}"
-    return text + (f" at lr {rec['record']['selected_lr']:.3g}" if rec["command"] == "run" else "")
-
-
-class SweepProgress:
-    """Jobs finished out of the sweep's total, failures, elapsed and remaining time, on stderr: a bar in a
-    terminal, otherwise one line per finished job (batch-system logs stay readable).  From inside a running job
-    (in process only): its latest phase beside the bar, or in a log a line at most every HEARTBEAT_S seconds, so
-    a long job is never silent for long and short ones add nothing."""
-    HEARTBEAT_S = 60.0
-
-    def __init__(self, total, done, failed, enabled=True):
-        self.total, self.done, self.failed = total, done, failed
-        self.finished = 0                       # by this process
-        self.enabled = enabled
-        self.bar = enabled and sys.stderr.isatty()
-        self.t0 = self.last_line = time.perf_counter()
-
-    def job(self, job, text):
-        """A progress line from inside a running job."""
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self.bar:
-            status = f"{_bar(self.done + self.failed, self.total)} {self.done + self.failed}/{self.total}"
-            click.echo(f"\r\x1b[Ksweep {status} {job.label}: {text}"[:200], err=True, nl=False)
-        elif now - self.last_line >= self.HEARTBEAT_S:
-            click.echo(f"sweep:   {job.label} {job.id}: {text}", err=True)
-            self.last_line = now
-
-    def __call__(self, rec):
-        from .sweep import Job
-        self.finished += 1
-        if rec["status"] == "done":
-            self.done += 1
-        else:
-            self.failed += 1
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.t0
-        left = self.total - self.done - self.failed
-        eta = f"about {_duration(elapsed / self.finished * left)} left" if left else "finished"
-        status = f"{self.done + self.failed}/{self.total} jobs, {self.failed} failed, " \
-                 f"{_duration(elapsed)} elapsed, {eta}"
-        label = Job(rec["id"], rec["command"], rec["config"]).label
-        if self.bar:
-            if rec["status"] == "failed":
-                click.echo(f"\r\x1b[K{label}: {_outcome(rec)}", err=True)
-            click.echo(f"\r\x1b[Ksweep {_bar(self.done + self.failed, self.total)} {status} ", err=True, nl=False)
-        else:
-            took = "" if rec["elapsed_s"] is None else f" in {rec['elapsed_s']:.1f}s"
-            click.echo(f"sweep: {label} {rec['id']}: {_outcome(rec)}{took}; {status}", err=True)
-        self.last_line = time.perf_counter()
-
-    def close(self):
-        if self.bar:
-            click.echo("", err=True)
-
-
 @main.command()
 @click.argument("sweep_file", type=click.Path(dir_okay=False))
 @click.option("--store", "store_dir", type=click.Path(file_okay=False), default=None,
@@ -616,7 +461,7 @@ def sweep(sweep_file, store_dir, overrides, workers, scheduler, shard, retry_fai
         emit_json(summary)
     else:
         say(f"{summary['done']}/{len(jobs)} jobs done, {n_failed} failed; ran {len(written)} in "
-            f"{_duration(summary['wall_s'])}"
+            f"{duration(summary['wall_s'])}"
             + ("; see the errors with `fastmlp collect`, rerun with --retry-failed" if n_failed else ""))
     if n_failed:
         sys.exit(1)
@@ -685,7 +530,7 @@ def plot(store_dir, out, x):
 @click.option("--threads", type=int, default=None, help="threads for every implementation [default: all cores]")
 @click.option("--networks", type=int, default=None, help="networks M trained at once [default: the workload's]")
 def bench(workloads, impls, repeats, epochs, threads, networks):
-    """Throughput on the standard workloads W1-W4 (DESIGN.md), one JSON line per (workload, impl).
+    """Throughput on the standard workloads W1-W4 (docs/design.md), one JSON line per (workload, impl).
 
     Every implementation trains the same networks for a fixed number of epochs (no early stop), side by side
     in one process; rates are network-samples/s and useful GFLOP/s (4DH + 6(L-1)H^2 + 12H per network-sample).

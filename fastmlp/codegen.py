@@ -8,7 +8,8 @@ would keep the tile in memory (store-bound at ~50% of FMA peak), hence generated
 Shape letters as in reference.py; every kernel reads rows of its A operand through an index array (``rows``), so
 the first layer reads the minibatch straight out of the dataset without a gather copy.
 
-``python -m fastmlp.codegen`` rewrites fastmlp/_microkernels.py; a test checks that the file is up to date.
+``python -m fastmlp.codegen`` rewrites fastmlp/_microkernels.py; ``python -m fastmlp.codegen --check`` (run by CI)
+exits 1 when the committed file differs from what it would write.
 """
 import pathlib
 
@@ -113,5 +114,11 @@ def source():
 TARGET = pathlib.Path(__file__).with_name("_microkernels.py")
 
 if __name__ == "__main__":
-    TARGET.write_text(source())
-    print(f"wrote {TARGET}")
+    import sys
+    if "--check" in sys.argv:   # CI: the committed file is what this generator writes
+        if TARGET.read_text() != source():
+            sys.exit(f"{TARGET} is out of date: run python -m fastmlp.codegen")
+        print(f"{TARGET.name} is up to date")
+    else:
+        TARGET.write_text(source())
+        print(f"wrote {TARGET}")

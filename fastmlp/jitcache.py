@@ -4,13 +4,21 @@ Numba revalidates a cached function only against the timestamp of the file that 
 machine code of a driver also contains every jitted function it calls: train_epoch holds the micro-kernels and
 the Philox shuffle, the data kernels hold Philox and Box-Muller.  An edit to a callee would otherwise keep running
 the old code.  A hash of all the sources, stored beside the cache, drops the cache when any of them changes.
+
+The first run compiles for about a minute before anything else happens; `first_compile` says so on stderr, once,
+and leaves a stamp beside the cache so that later runs stay quiet.
 """
+import contextlib
 import hashlib
+import sys
 from pathlib import Path
 
 SOURCES = ("constants.py", "rng.py", "tasks.py", "_microkernels.py", "cpu.py")   # everything cached code runs
 CACHED_MODULES = ("tasks", "_microkernels", "cpu")                              # modules with cache=True
 _checked = set()
+_cache_dirs = []     # the cache directories drop_stale has seen (where the stamps of first_compile live)
+_done = set()        # what this process has compiled or found warm
+COMPILING = "fastmlp: compiling kernels, first run only (cached on disk after it; a minute or so)"
 
 
 def drop_stale(dispatcher):
@@ -21,6 +29,7 @@ def drop_stale(dispatcher):
         if cache_dir in _checked:
             return
         _checked.add(cache_dir)
+        _cache_dirs.append(cache_dir)
         digest = hashlib.sha256(b"".join((here / name).read_bytes() for name in SOURCES)).hexdigest()
         stamp = cache_dir / "fastmlp-kernels.sha256"
         if stamp.exists() and stamp.read_text() == digest:
@@ -28,7 +37,29 @@ def drop_stale(dispatcher):
         for module in CACHED_MODULES:
             for f in cache_dir.glob(f"{module}.*.nb[ci]"):
                 f.unlink()
+        for f in cache_dir.glob("fastmlp-warm-*"):
+            f.unlink()
         cache_dir.mkdir(parents=True, exist_ok=True)
         stamp.write_text(digest)
     except (OSError, AttributeError):   # read-only install or another Numba layout: Numba's own checks remain
         pass
+
+
+@contextlib.contextmanager
+def first_compile(name):
+    """Around a first call that compiles (or loads) the cached kernels `name` (e.g. 'engine-float32'): when no
+    stamp says they were compiled before, print COMPILING on stderr (once per process), and stamp on success."""
+    if name in _done:
+        yield
+        return
+    stamps = [d / f"fastmlp-warm-{name}" for d in _cache_dirs]
+    cold = not any(p.exists() for p in stamps)
+    if cold and not _done & {"announced"}:
+        print(COMPILING, file=sys.stderr, flush=True)
+        _done.add("announced")
+    yield
+    _done.add(name)
+    if cold:
+        for p in stamps:
+            with contextlib.suppress(OSError):   # a read-only cache: the notice shows again next time
+                p.touch()

@@ -13,17 +13,17 @@ last dense layer gives the logits. For one logit f, as H -> infinity (Jacot et a
         K     <- sigma_w2 sqrt(K(x, x) K(x', x')) (sin theta + (pi - theta) cos theta) / (2 pi) + sigma_b2
         Theta <- K + sigma_w2 Theta (pi - theta) / (2 pi)                         (K the updated one)
 
-K is the NNGP kernel E[f(x) f(x')], Theta the NTK sum_w df/dw(x) df/dw(x'). This is PAPER.md's recursion and it
-matches the reference network term by term: the weights of layer l contribute c_l^2 a.a' + s_l^2 = sigma_w2 / H
-sum_j relu(z_j) relu(z'_j) + sigma_b2 -> K (E[relu(u) relu(v)] is the arc-cosine term), the layers below arrive
-through c_l W^T diag(relu'), giving sigma_w2 E[relu'(u) relu'(v)] Theta = sigma_w2 (pi - theta) / (2 pi) Theta.
+K is the NNGP kernel E[f(x) f(x')], Theta the NTK sum_w df/dw(x) df/dw(x'). This is the recursion of
+docs/science.md, and it matches the reference network term by term: the weights of layer l contribute
+c_l^2 a.a' + s_l^2 = sigma_w2 / H sum_j relu(z_j) relu(z'_j) + sigma_b2 -> K (E[relu(u) relu(v)] is the
+arc-cosine term), the layers below arrive through c_l W^T diag(relu'), giving
+sigma_w2 E[relu'(u) relu'(v)] Theta = sigma_w2 (pi - theta) / (2 pi) Theta.
 Both logits have the same kernel. tests/test_ntk.py checks it against Monte-Carlo networks and `empirical_ntk`.
 
 Kernels are computed in float64, in tiles, written against an array module ``xp`` (NumPy, or CuPy when given CuPy
 arrays), so the same code runs on a GPU; only the Cholesky solve has a branch per library.
 """
 import contextlib
-import importlib.util
 import math
 import os
 import time
@@ -404,22 +404,6 @@ def empirical_ntk(params, x1, x2=None, sigma_w2=2.0, sigma_b2=0.0, logit=0, para
 
 
 # ---------------------------------------------------------------------------------------- the experiment
-def _array_module_for(backend):
-    """numpy for 'cpu'; cupy for 'gpu' when CuPy reaches a device, else UsageError."""
-    if backend == "cpu":
-        return np
-    if backend == "gpu":
-        from .provenance import gpu_info
-        if gpu_info() is None:
-            raise UsageError("--backend gpu needs CuPy and a CUDA device, and none is usable here; "
-                             "use --backend cpu")
-        if importlib.util.find_spec("fastmlp.gpu") is None:
-            raise UsageError("this version of fastmlp has no GPU backend yet; use --backend cpu")
-        import cupy
-        return cupy
-    raise UsageError(f"--backend must be cpu or gpu (got {backend!r})")
-
-
 def check_config(N, depth, sigma_w2, sigma_b2, n_test, repeats, seed, kind="ntk"):
     """UsageError (one line, what to change) for settings `run` cannot run."""
     if N < 1:
@@ -456,12 +440,12 @@ def run(spec, N, L, n_test=10000, repeats=10, seed=0, sigma_w2=2.0, sigma_b2=0.0
       timing       {data_s, kernel_s, solve_s, test_s, wall_s} summed over repeats
       provenance   versions, git commit, backend, device, argv
     """
-    from .engine import generate_on
+    from .backend import array_module, generate_on
     from .provenance import record
     from .tasks import iter_chunks
 
     check_config(N, L, sigma_w2, sigma_b2, n_test, repeats, seed, kind)
-    xp = _array_module_for(backend)
+    xp = array_module(backend)
     check_memory(regression_bytes(N, spec.D, tile, copy=xp is not np),
                  f"--N {N} (a {N} x {N} float64 Gram matrix and workspace)", xp)
     say = progress or (lambda text: None)

@@ -27,7 +27,7 @@ from .errors import UsageError
 FOLD_SEED_OFFSET = 0
 REPEAT_SEED_OFFSET = 2048
 SEEDS_PER_RUN = 4096
-DIVERGED_ERROR = 0.5   # PAPER.md: a diverging run counts as validation error 0.5
+DIVERGED_ERROR = 0.5   # the paper: a diverging run counts as validation error 0.5
 EPOCH_PROGRESS_S = 30.0   # inside one engine call, a progress line at most this often
 
 
@@ -300,8 +300,8 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
       throughput                    {engine_calls, train_network_samples, network_samples_per_s, gflops}
       provenance                    versions, git commit, backend, device, threads, argv
     """
-    from .bench import useful_flops_per_sample
-    from .engine import engine_class, generate_on
+    from .backend import engine_class, generate_on
+    from .reference import useful_flops_per_sample
     from .provenance import record
 
     check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr, H, L, B, max_epochs, seed,

@@ -22,6 +22,13 @@ def layer_sizes(D, H, L):
     return [(D if l == 0 else H, H) for l in range(L)] + [(H, N_CLASSES)]
 
 
+def useful_flops_per_sample(D, H, L):
+    """Useful FLOP per network-sample of the layers above: the forward pass 2DH + 2(L-1)H^2 + 2HC, the weight
+    gradients as much again, and the input gradients of every layer but the first 2(L-1)H^2 + 2HC (C = 2):
+    4DH + 6(L-1)H^2 + 12H.  Biases, ReLU and the loss are not counted."""
+    return 4 * D * H + 6 * (L - 1) * H * H + 12 * H
+
+
 def layer_scales(D, H, L, param="standard", sigma_w2=2.0, sigma_b2=0.0):
     """Per-layer (c, s) multipliers of ``a @ W`` and ``b``: arrays of shape (L + 1,)."""
     sizes = layer_sizes(D, H, L)

@@ -20,9 +20,10 @@ Job identity
   explicit (the paper's D when none is given), options the job does not use left out (beta1 and beta2 off the
   temperature task, the search's options with a fixed lr, sigma-w2 and sigma-b2 with the standard
   parameterization, init with the NTK parameterization), and init and init-scale left out at he and 1, the values
-  every job had before these options existed (see IMPLICIT), so that such jobs keep their ids.  Its id is the first 16 hex digits of the SHA-256 of the command and that configuration as
-  canonical JSON.  How a sweep is run (store, workers, scheduler, shard) is not part of it; backend and dtype
-  are, since they change results (by rounding at least).  Growing a list re-uses every job already stored.
+  every job had before these options existed (see IMPLICIT), so that such jobs keep their ids.  Its id is the
+  first 16 hex digits of the SHA-256 of the command and that configuration as canonical JSON.  How a sweep is
+  run (store, workers, scheduler, shard) is not part of it; backend and dtype are, since they change results (by
+  rounding at least).  Growing a list re-uses every job already stored.
 
 Executors
   In process, one job after another (the default); a local Dask cluster of worker processes (--workers); an

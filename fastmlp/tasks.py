@@ -211,14 +211,16 @@ def generate(spec, seed, split, start, n):
     if spec.rule == "temperature":
         y = (np.arange(start, start + n) % 2).astype(np.int8)  # (n,) exactly balanced classes
         z = np.empty((n, spec.D), dtype=np.float64)
-        _gaussian_rows(z, seed, stream, start)
+        with jitcache.first_compile("data-temperature"):
+            _gaussian_rows(z, seed, stream, start)
         x = _temperature_rows(z, np.where(y == 0, spec.beta1, spec.beta2)).astype(np.float32)
         return x, y
     x = np.empty((n, spec.D), dtype=np.float32)
     y = np.empty(n, dtype=np.int8)
     offsets = np.asarray(spec.indices, dtype=np.int64)  # (k,)
     n_shifts = spec.D if spec.rule == "global" else 1
-    _labeled_rows(x, y, seed, stream, start, offsets, n_shifts)
+    with jitcache.first_compile("data"):
+        _labeled_rows(x, y, seed, stream, start, offsets, n_shifts)
     return x, y
 
 

@@ -1,8 +1,22 @@
-"""Shared tolerances and small data sets for the reference, CPU-kernel and engine tests."""
+"""Shared tolerances, small data sets and engine helpers for the tests, and the one rule for GPU tests: a test
+marked `gpu` is skipped where the GPU backend cannot run (fastmlp.backend.gpu_available)."""
 import numpy as np
 import pytest
 
 from fastmlp import reference
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip every test marked gpu, with one reason, where no GPU is usable (asked once, only if one is marked)."""
+    marked = [item for item in items if item.get_closest_marker("gpu")]
+    if not marked:
+        return
+    from fastmlp.backend import gpu_available
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason="needs CuPy and a CUDA device (fastmlp.backend.gpu_available() is False)")
+    for item in marked:
+        item.add_marker(skip)
 
 # (atol, rtol) per operation and dtype; a check passes when |actual - expected| <= atol + rtol * |expected|.
 # float32 values have been through a reduction over D or H (and, for "step", 20 SGD steps of them); float64 ones

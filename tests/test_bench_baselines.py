@@ -7,7 +7,8 @@ import pytest
 
 from conftest import assert_close
 from fastmlp import bench
-from fastmlp.bench import WORKLOADS, bench_impl, run_bench, train_numpy, train_torch, useful_flops_per_sample
+from fastmlp.bench import WORKLOADS, bench_impl, run_bench, train_numpy, train_torch
+from fastmlp.reference import useful_flops_per_sample
 
 
 def _trainer(name):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fastmlp import reference
-from fastmlp.engine import Engine
+from fastmlp.cpu_engine import Engine
 from conftest import DTYPES, SIGMA_B2, assert_close, make_data, network as _network, scales as _scales, tol
 
 SHAPES = [(13, 1, 7), (21, 2, 17), (40, 3, 7)]   # (H, L, B)

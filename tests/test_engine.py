@@ -1,15 +1,24 @@
-"""Engine: batching is invisible, training follows the reference, the stop rule, subsets, bad input, learning."""
+"""The engines: batching is invisible, training follows the reference, the stop rule, subsets, bad input,
+learning.  Tests taking `engine_cls` run on every backend (the GPU's marked gpu, skipped without one)."""
 import json
 
 import numpy as np
 import pytest
 
-from fastmlp import codegen, reference, tasks
-from fastmlp.engine import Engine
+from fastmlp import backend, codegen, reference, tasks
+from fastmlp.cpu_engine import Engine
 from fastmlp.errors import UsageError
-from conftest import (DTYPES, check_fit_stop_rule, SIGMA_B2, assert_close, assert_params_equal as _assert_params_equal, make_data,
-                      network as _network, scales as _scales, subsets as _subsets, tol)
+from conftest import (DTYPES, SIGMA_B2, assert_close, assert_params_equal as _assert_params_equal, check_fit_stop_rule,
+                      make_data, network as _network, scales as _scales, subsets as _subsets, tol)
 
+
+ENGINES = [pytest.param("cpu", id="cpu"), pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(params=ENGINES)
+def engine_cls(request):
+    """The engine class of each backend."""
+    return backend.engine_class(request.param)
 
 
 def test_networks_trained_together_equal_each_trained_alone(data_medium):
@@ -30,60 +39,76 @@ def test_networks_trained_together_equal_each_trained_alone(data_medium):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("param, init", [("standard", "he"), ("standard", "torch"), ("ntk", "he")])
-def test_first_20_steps_follow_the_reference(param, init, dtype):
+def test_first_20_steps_follow_the_reference(engine_cls, param, init, dtype):
     N, D, H, L, B = 75, 11, 21, 3, 17                # 5 minibatches per epoch (the last one of 7): 4 epochs
     x, y = make_data(N, D, seed=3)
     lrs, seeds = [0.05, 0.3], [11, 12]
-    e = Engine(x, y, H, L, B, lrs, seeds, param=param, dtype=dtype, sigma_b2=SIGMA_B2[param], init=init)
-    init = e.params()
+    e = engine_cls(x, y, H, L, B, lrs, seeds, param=param, dtype=dtype, sigma_b2=SIGMA_B2[param], init=init)
+    start = e.params()
+    _assert_params_equal(start, reference.init_params(D, H, L, seeds, param, dtype=dtype, init=init))
     e.train_epochs(4)
     for m in range(2):
-        ref, _ = reference.train_steps(_network(init, m), _scales(e), x, y, lrs[m], seeds[m], np.arange(N), B, 20)
+        ref, losses = reference.train_steps(_network(start, m), _scales(e), x, y, lrs[m], seeds[m], np.arange(N),
+                                            B, 20)
         moved = 0.0
-        for (W, b), (W_ref, b_ref), (W0, _) in zip(_network(e.params(), m), ref, _network(init, m)):
+        for (W, b), (W_ref, b_ref), (W0, _) in zip(_network(e.params(), m), ref, _network(start, m)):
             assert_close(W, W_ref, "step", dtype)        # float64: atol 1e-12, well inside 1e-9
             assert_close(b, b_ref, "step", dtype)
             moved = max(moved, np.abs(W_ref - W0).max())
         assert moved > 100 * tol("step", dtype)[0]
+        assert_close(e.train_loss[m], losses[15:].mean(), "loss", dtype)   # the last epoch's mean minibatch loss
 
 
-def test_subset_network_never_sees_other_samples(data_medium):
-    """Samples outside a network's subset are poisoned (NaN inputs, flipped labels) and change nothing."""
+def test_subset_network_never_sees_other_samples(engine_cls, data_medium):
+    """Samples outside a network's subset are poisoned (NaN inputs, flipped labels) and change nothing.
+
+    One network per engine, so that both engines make the same batched calls and results are bit-identical."""
     x, y = data_medium
-    H, L, B = 13, 2, 7
-    subsets = _subsets(len(x), [120, 97], seed=8)
-    lrs, seeds = [0.1, 0.05], [3, 4]
-    for m, S in enumerate(subsets):
+    for lr, seed, S in zip([0.1, 0.05], [3, 4], _subsets(len(x), [120, 97], seed=8)):
         outside = np.setdiff1d(np.arange(len(x)), S)
         x_bad, y_bad = x.copy(), y.copy()
         x_bad[outside] = np.nan
         y_bad[outside] = 1 - y_bad[outside]
-        e = Engine(x_bad, y_bad, H, L, B, lrs, seeds, subsets=[S, S])
+        clean = engine_cls(x, y, 13, 2, 7, [lr], [seed], subsets=[S])
+        bad = engine_cls(x_bad, y_bad, 13, 2, 7, [lr], [seed], subsets=[S])
+        for e in (clean, bad):
+            e.fit(max_epochs=15)
+        _assert_params_equal(bad.params(), clean.params())
+        assert bad.epochs[0] == clean.epochs[0] and bad.train_loss[0] == clean.train_loss[0]
+        np.testing.assert_array_equal(bad.train_error, clean.train_error)
+        assert np.isfinite(bad.train_loss[0]) and bad.n_train[0] == len(S)
+
+
+def test_a_subset_network_equals_one_trained_on_the_subset_alone(data_medium):
+    x, y = data_medium
+    subsets = _subsets(len(x), [120, 97], seed=8)
+    for S in subsets:
+        e = Engine(x, y, 13, 2, 7, [0.1, 0.05], [3, 4], subsets=[S, S])
         e.fit(max_epochs=4)
-        clean = Engine(x[S], y[S], H, L, B, lrs, seeds)             # subset i of x is row i of x[S]
-        clean.fit(max_epochs=4)
-        _assert_params_equal(e.params(), clean.params())
-        assert not e.diverged.any() and np.array_equal(e.epochs, clean.epochs)
-        np.testing.assert_array_equal(e.train_error, clean.train_error)
-        assert np.all(e.n_train == len(S))
+        alone = Engine(x[S], y[S], 13, 2, 7, [0.1, 0.05], [3, 4])         # subset row i is row i of x[S]
+        alone.fit(max_epochs=4)
+        _assert_params_equal(e.params(), alone.params())
+        assert np.array_equal(e.epochs, alone.epochs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fit_stop_rule(data_medium, dtype):
-    check_fit_stop_rule(Engine, data_medium, dtype)
+def test_fit_stop_rule(engine_cls, data_medium, dtype):
+    check_fit_stop_rule(engine_cls, data_medium, dtype)
 
 
-def test_huge_learning_rate_diverges_cleanly(data_medium):
+def test_huge_learning_rate_diverges_cleanly(engine_cls, data_medium):
     x, y = data_medium
-    e = Engine(x, y, 21, 1, 17, [0.05, 1000.0, 0.1], [1, 2, 3])
+    e = engine_cls(x, y, 21, 1, 17, [0.05, 1000.0, 0.1], [1, 2, 3])
     results = e.fit(max_epochs=20)
     assert [r.diverged for r in results] == [False, True, False]
-    assert not results[1].converged and results[1].epochs < 20
+    assert not results[1].converged and results[1].epochs < 20 and np.isnan(results[1].train_error)
     assert e.epochs[0] > results[1].epochs                        # the others went on training
     for r in results:
-        d = r.to_dict()
-        json.dumps(d, allow_nan=False)
+        json.dumps(r.to_dict(), allow_nan=False)
     assert results[1].to_dict()["train_loss"] is None and np.isfinite(results[0].to_dict()["train_loss"])
+    cpu_e = Engine(x, y, 21, 1, 17, [0.05, 1000.0, 0.1], [1, 2, 3])
+    cpu_e.fit(max_epochs=20)
+    assert cpu_e.epochs[1] == e.epochs[1]                        # diverges in the same epoch on every backend
 
 
 def test_learns_1_local():

@@ -8,6 +8,7 @@ kernel follows the reference, and the engine follows the reference for 20 steps,
 Shapes cross block and warp edges on purpose (D = 11, H = 21, B = 17, N = 37 / 75, P > 6144 for the order kernel).
 """
 import json
+import io
 import re
 import shutil
 import subprocess
@@ -19,26 +20,21 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fastmlp import gpu, reference, rng, tasks
+from fastmlp import backend, gpu, reference, rng, tasks
 from fastmlp.cli import main
 from fastmlp.constants import (N_CLASSES, PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, PHILOX_W0, PHILOX_W1, STREAM_FOLD,
                                STREAM_INIT, STREAM_ORDER, STREAM_TEST_X, STREAM_TRAIN_X)
-from fastmlp.engine import Engine, engine_class, generate_on
-from fastmlp.provenance import gpu_info
+from fastmlp.backend import engine_class, generate_on
+from fastmlp.cpu_engine import Engine
 from fastmlp.errors import UsageError
-from conftest import (DTYPES, check_fit_stop_rule, SIGMA_B2, assert_close, assert_params_equal as _assert_params_equal, make_data,
-                      network as _network, scales as _scales, subsets as _subsets, tol)
+from conftest import (DTYPES, assert_close, assert_params_equal as _assert_params_equal, check_fit_stop_rule,
+                      scales as _scales, subsets as _subsets)
 
 ROOT = Path(__file__).resolve().parent.parent
-HAS_GPU = gpu_info() is not None           # CuPy importable and a device reachable; never raises
+HAS_GPU = backend.gpu_available()          # CuPy importable and a device reachable; never raises
 NVCC = shutil.which("nvcc")
 # (stem, dtype): stems that use REAL compile for both dtypes
 BUILDS = [(stem, dt) for stem in sorted(gpu.KERNELS) for dt in (DTYPES if stem not in gpu.DTYPE_FREE else [np.float32])]
-
-
-def gpu_test(f):
-    """Marked gpu, and skipped without CuPy and a CUDA device."""
-    return pytest.mark.gpu(pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA device")(f))
 
 
 def _id(build):
@@ -93,12 +89,20 @@ def test_kernel_compiles_with_nvcc(build, tmp_path):
         assert name.encode() in code, name                              # extern "C": unmangled entry points
 
 
+def _nvrtc_binary(compiler, src, options, log):
+    """NVRTC through CuPy for sm_90 (no device needed when the arch is given) -> the compiled bytes; NVRTC's log
+    goes to log."""
+    out = compiler.compile_using_nvrtc(src, options, arch="90", log_stream=log)
+    out = out[0] if isinstance(out, tuple) else out      # (binary, name mapping) in newer CuPy
+    return out.encode() if isinstance(out, str) else bytes(out)
+
+
 @pytest.fixture(scope="module")
 def nvrtc():
-    """cupy.cuda.compiler when NVRTC works here (no device needed: arch given, LTO-IR out), else skip."""
+    """cupy.cuda.compiler when NVRTC works here, else skip."""
     compiler = pytest.importorskip("cupy.cuda.compiler")
     try:
-        compiler.compile_using_nvrtc('extern "C" __global__ void k() {}', ("-dlto",), arch="90", method="lto")
+        _nvrtc_binary(compiler, 'extern "C" __global__ void k() {}', (), io.StringIO())
     except Exception as e:          # libnvrtc missing, or a CuPy without this entry point
         pytest.skip(f"NVRTC not usable here: {type(e).__name__}: {e}")
     return compiler
@@ -106,20 +110,25 @@ def nvrtc():
 
 @pytest.mark.parametrize("build", BUILDS, ids=_id)
 def test_kernel_compiles_with_nvrtc(build, nvrtc):
+    """NVRTC with the options CuPy gets (-ftz=true: CuPy adds it to every RawModule): every kernel in the
+    binary, and not one warning in NVRTC's log."""
     stem, dtype = build
-    options = gpu.compile_options(dtype) + ("-ftz=true", "-dlto")    # -ftz=true: CuPy adds it to every RawModule
-    nvrtc.compile_using_nvrtc(gpu.source(stem), options, arch="90", method="lto")
+    log = io.StringIO()
+    binary = _nvrtc_binary(nvrtc, gpu.source(stem), gpu.compile_options(dtype) + ("-ftz=true",), log)
+    assert len(binary) > 100
+    for name in gpu.KERNELS[stem]:
+        assert name.encode() in binary, name                            # extern "C": unmangled entry points
+    assert "warning" not in log.getvalue().lower(), log.getvalue()
 
 
 def test_wheel_ships_the_kernels(tmp_path):
-    """A wheel built from the project holds fastmlp/kernels/*.cu*, and an install of it finds them there."""
+    """A wheel built from the project holds fastmlp/gpu/kernels/*.cu*, and an install of it finds them there."""
     pytest.importorskip("setuptools")
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for name in ("fastmlp", "kernels"):
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+    shutil.copytree(ROOT / "fastmlp", src / "fastmlp", ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
     r = subprocess.run([sys.executable, "-c", "import setuptools.build_meta as b; print(b.build_wheel('../out'))"],
                        cwd=src, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -130,24 +139,24 @@ def test_wheel_ships_the_kernels(tmp_path):
         z.extractall(site)
     for p in gpu.kernel_dir().iterdir():
         if p.suffix in (".cu", ".cuh"):
-            assert f"fastmlp/kernels/{p.name}" in names, p.name
+            assert f"fastmlp/gpu/kernels/{p.name}" in names, p.name
     r = subprocess.run([sys.executable, "-c", "import fastmlp.gpu as g; print(g.kernel_dir())"], cwd=tmp_path,
                        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert Path(r.stdout.strip()) == site / "fastmlp" / "kernels"
+    assert Path(r.stdout.strip()) == site / "fastmlp" / "gpu" / "kernels"
 
 
 # --------------------------------------------------------------------------------- everywhere: no device
 def test_without_cupy_the_gpu_backend_says_so_in_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)           # import cupy now raises ImportError
-    assert not gpu.available()
+    assert not gpu.available() and not backend.gpu_available()
     spec = tasks.parse_task("2-local", D=10)
-    for call in (gpu.engine_class, lambda: engine_class("gpu"), lambda: generate_on("gpu", spec, 0, "train", 0, 5),
-                 lambda: gpu.generate(spec, 0, "train", 0, 5)):
+    for call in (lambda: engine_class("gpu"), lambda: generate_on("gpu", spec, 0, "train", 0, 5),
+                 lambda: backend.array_module("gpu"), lambda: backend.check("gpu")):
         with pytest.raises(UsageError) as e:
             call()
-        assert str(e.value) == gpu.NO_GPU and "\n" not in str(e.value)
+        assert str(e.value) == backend.NO_GPU and "\n" not in str(e.value)
         assert str(e.value).startswith("--backend gpu needs CuPy and a CUDA device")
         assert str(e.value).endswith("use --backend cpu")
 
@@ -157,13 +166,13 @@ def test_train_backend_gpu_without_a_gpu_exits_2_with_one_line():
     r = CliRunner().invoke(main, ["train", "2-local", "--D", "10", "--N", "20", "--lr", "0.1", "--backend", "gpu"])
     assert r.exit_code == 2
     lines = r.stderr.strip().splitlines()
-    assert lines == [f"fastmlp: error: {gpu.NO_GPU}"]
+    assert lines == [f"fastmlp: error: {backend.NO_GPU}"]
     r = CliRunner().invoke(main, ["bench", "--impl", "fastmlp-gpu", "--workload", "W1"])
-    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [f"fastmlp: error: {gpu.NO_GPU}"]
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [f"fastmlp: error: {backend.NO_GPU}"]
 
 
 # ------------------------------------------------------------------------------------------ GPU: randomness
-@gpu_test
+@pytest.mark.gpu
 def test_philox_words_equal_the_cpus():
     g = np.random.default_rng(0)
     ctr = g.integers(0, 2**32, size=(1001, 4), dtype=np.uint64).astype(np.uint32)   # 1001: crosses blocks of 256
@@ -173,7 +182,7 @@ def test_philox_words_equal_the_cpus():
         np.testing.assert_array_equal(got, rng.philox4x32_np(ctr, np.array(key, dtype=np.uint32)))
 
 
-@gpu_test
+@pytest.mark.gpu
 @pytest.mark.parametrize("task, D", [("1-local", 37), ("2-local", 500), ("3-global", 40), ("2-global", 101),
                                      ("temperature", 100), ("temperature", 37)])
 def test_datasets_equal_the_cpus(task, D):
@@ -195,7 +204,7 @@ def test_datasets_equal_the_cpus(task, D):
     np.testing.assert_array_equal(y.get(), tasks.generate(spec, 7, "train", 0, 10)[1])
 
 
-@gpu_test
+@pytest.mark.gpu
 @pytest.mark.parametrize("lengths", [[1, 2, 5, 37, 1000, 6144 // 2], [3, 7000, 64]],
                          ids=["shared", "global"])            # 2 * 7000 words do not fit shared memory
 def test_minibatch_order_equals_the_cpus(lengths):
@@ -222,7 +231,7 @@ def test_minibatch_order_equals_the_cpus(lengths):
 
 
 # -------------------------------------------------------------------------------------- GPU: single kernels
-@gpu_test
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bias_relu_and_gather_rows(dtype):
     import cupy as cp
@@ -253,7 +262,7 @@ def test_bias_relu_and_gather_rows(dtype):
     np.testing.assert_array_equal(out[2], 0)
 
 
-@gpu_test
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_xent_step(dtype):
     """Loss, dlogits, the scaled gradient and the output-bias update against reference.softmax_xent; a short
@@ -298,7 +307,7 @@ def test_softmax_xent_step(dtype):
     assert (act[:, 3].get() == 0).all() and not np.isfinite(loss_sum.get()[3])
 
 
-@gpu_test
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_relu_backward(dtype):
     import cupy as cp
@@ -317,36 +326,7 @@ def test_relu_backward(dtype):
 
 
 # ---------------------------------------------------------------------------------------------- GPU: engine
-@gpu_test
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("param", ["standard", "ntk"])
-def test_first_20_steps_follow_the_reference(param, dtype):
-    N, D, H, L, B = 75, 11, 21, 3, 17                # 5 minibatches per epoch (the last one of 7): 4 epochs
-    x, y = make_data(N, D, seed=3)
-    lrs, seeds = [0.05, 0.3], [11, 12]
-    e = gpu.GpuEngine(x, y, H, L, B, lrs, seeds, param=param, dtype=dtype, sigma_b2=SIGMA_B2[param])
-    init = e.params()
-    _assert_params_equal(init, reference.init_params(D, H, L, seeds, param, dtype=dtype))
-    e.train_epochs(4)
-    assert e.graphs and e.graph_launches == 3        # epoch 1 eager, epoch 2 captured and replayed, then 3, 4
-    cpu_e = Engine(x, y, H, L, B, lrs, seeds, param=param, dtype=dtype, sigma_b2=SIGMA_B2[param])
-    cpu_e.train_epochs(4)                            # the CPU engine on the same seeds: the same 20 steps
-    for (W, b), (W_c, b_c) in zip(e.params(), cpu_e.params()):
-        assert_close(W, W_c, "step", dtype)
-        assert_close(b, b_c, "step", dtype)
-    for m in range(2):
-        ref, losses = reference.train_steps(_network(init, m), _scales(e), x, y, lrs[m], seeds[m], np.arange(N),
-                                            B, 20)
-        moved = 0.0
-        for (W, b), (W_ref, b_ref), (W0, _) in zip(_network(e.params(), m), ref, _network(init, m)):
-            assert_close(W, W_ref, "step", dtype)
-            assert_close(b, b_ref, "step", dtype)
-            moved = max(moved, np.abs(W_ref - W0).max())
-        assert moved > 100 * tol("step", dtype)[0]
-        assert_close(e.train_loss[m], losses[15:].mean(), "loss", dtype)   # the last epoch's mean minibatch loss
-
-
-@gpu_test
+@pytest.mark.gpu
 @pytest.mark.parametrize("param, init, scale", [("standard", "he", 1.0), ("standard", "lecun", 0.5),
                                                 ("standard", "torch", 1.0), ("standard", "torch", 0.1),
                                                 ("ntk", "he", 0.3)])
@@ -358,7 +338,7 @@ def test_initial_weights_equal_the_cpus_bit_for_bit(data_medium, param, init, sc
     _assert_params_equal(g.params(), Engine(x, y, 21, 3, 17, [0.1] * 4, seeds, **kw).params())
 
 
-@gpu_test
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gpu_engine_follows_the_cpu_engine(data_medium, dtype):
     """Same seeds, subsets and minibatches: the parameters after 3 epochs and the epoch losses agree."""
@@ -381,7 +361,7 @@ def test_gpu_engine_follows_the_cpu_engine(data_medium, dtype):
     assert_close(loss, loss_c, "evaluate", dtype)
 
 
-@gpu_test
+@pytest.mark.gpu
 def test_graphs_change_nothing(data_medium):
     """An epoch replayed as a CUDA graph runs exactly the launches of the eager epoch: bit-identical results."""
     x, y = data_medium
@@ -398,51 +378,15 @@ def test_graphs_change_nothing(data_medium):
         np.testing.assert_array_equal(getattr(eager, name), getattr(graphed, name), err_msg=name)
 
 
-@gpu_test
-def test_subset_network_never_sees_other_samples(data_medium):
-    """Samples outside a network's subset are poisoned (NaN inputs, flipped labels) and change nothing.
-
-    One network per engine, so that both engines make the same batched calls and results are bit-identical."""
-    x, y = data_medium
-    for lr, seed, S in zip([0.1, 0.05], [3, 4], _subsets(len(x), [120, 97], seed=8)):
-        outside = np.setdiff1d(np.arange(len(x)), S)
-        x_bad, y_bad = x.copy(), y.copy()
-        x_bad[outside] = np.nan
-        y_bad[outside] = 1 - y_bad[outside]
-        clean = gpu.GpuEngine(x, y, 13, 2, 7, [lr], [seed], subsets=[S])
-        bad = gpu.GpuEngine(x_bad, y_bad, 13, 2, 7, [lr], [seed], subsets=[S])
-        for e in (clean, bad):
-            e.fit(max_epochs=15)
-        _assert_params_equal(bad.params(), clean.params())
-        assert bad.epochs[0] == clean.epochs[0] and bad.train_loss[0] == clean.train_loss[0]
-        assert np.isfinite(bad.train_loss[0])
-
-
-@gpu_test
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_fit_stop_rule(data_medium, dtype):
-    """The CPU engine's stop-rule test on the GPU; stopped networks stay frozen also after they are compacted
-    out of the batched calls."""
-    e = check_fit_stop_rule(gpu.GpuEngine, data_medium, dtype)
+@pytest.mark.gpu
+def test_stopped_networks_are_compacted_out_and_stay_frozen(data_medium):
+    """The engines' stop-rule test (test_engine.py) on the GPU again, with compaction asserted: stopped networks
+    stay frozen also after they are moved out of the batched calls."""
+    e = check_fit_stop_rule(gpu.GpuEngine, data_medium, np.float32)
     assert e._S < e.M                                 # converged networks were compacted out of the batch
 
 
-@gpu_test
-def test_huge_learning_rate_diverges_cleanly(data_medium):
-    x, y = data_medium
-    e = gpu.GpuEngine(x, y, 21, 1, 17, [0.05, 1000.0, 0.1], [1, 2, 3])
-    results = e.fit(max_epochs=20)
-    assert [r.diverged for r in results] == [False, True, False]
-    assert not results[1].converged and results[1].epochs < 20 and np.isnan(results[1].train_error)
-    assert e.epochs[0] > results[1].epochs
-    for r in results:
-        json.dumps(r.to_dict(), allow_nan=False)
-    cpu_e = Engine(x, y, 21, 1, 17, [0.05, 1000.0, 0.1], [1, 2, 3])
-    cpu_e.fit(max_epochs=20)
-    assert cpu_e.epochs[1] == e.epochs[1]                        # diverges in the same epoch as on the CPU
-
-
-@gpu_test
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_evaluate_and_logits_follow_the_reference(data_medium, dtype):
     x, y = data_medium
@@ -466,7 +410,7 @@ def test_evaluate_and_logits_follow_the_reference(data_medium, dtype):
     assert np.abs(in_halves - e.evaluate(x, y)[0]).max() <= 1          # other GEMM shapes: a near-tie may flip
 
 
-@gpu_test
+@pytest.mark.gpu
 def test_learns_1_local_and_task_metrics_match_the_cpu():
     """1-local, D = 50, N = 500, L = 1, H = 50 reaches test error below 0.1 on the GPU; the test set generated on
     the device scores the networks as the CPU's test set does."""
@@ -484,7 +428,7 @@ def test_learns_1_local_and_task_metrics_match_the_cpu():
     assert_close(loss, loss_c, "loss", np.float32)
 
 
-@gpu_test
+@pytest.mark.gpu
 def test_cli_train_and_protocol_run_on_the_gpu():
     r = CliRunner().invoke(main, ["train", "2-local", "--D", "20", "--N", "200", "--L", "2", "--H", "16", "--lr",
                                   "0.05,0.2", "--seeds", "0-2", "--n-test", "500", "--max-epochs", "30", "--json",

@@ -1,5 +1,12 @@
-"""The stale-cache guard drops this package's Numba cache files when a kernel source changes, and only then."""
+"""The stale-cache guard drops this package's Numba cache files when a kernel source changes, and only then; the
+first run says on stderr that it compiles."""
+import json
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
+
+import pytest
 
 from fastmlp import jitcache
 
@@ -23,3 +30,34 @@ def test_cache_files_are_dropped_once_when_sources_change(tmp_path, monkeypatch)
     monkeypatch.setattr(jitcache, "_checked", set())
     jitcache.drop_stale(_fake_dispatcher(tmp_path))
     assert all(f.exists() for f in ours)
+
+
+def test_first_compile_says_so_once_then_stamps(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(jitcache, "_cache_dirs", [tmp_path])
+    monkeypatch.setattr(jitcache, "_done", set())
+    with jitcache.first_compile("engine-float32"):
+        pass
+    with jitcache.first_compile("data"):         # also cold, but one notice per process
+        pass
+    assert capsys.readouterr().err.splitlines() == [jitcache.COMPILING]
+    assert (tmp_path / "fastmlp-warm-engine-float32").exists() and (tmp_path / "fastmlp-warm-data").exists()
+    monkeypatch.setattr(jitcache, "_done", set())  # a later process: warm, silent
+    with jitcache.first_compile("engine-float32"):
+        pass
+    assert capsys.readouterr().err == ""
+    (tmp_path / "fastmlp-kernels.sha256").write_text("digest of older sources")   # sources changed: cold again
+    monkeypatch.setattr(jitcache, "_checked", set())
+    jitcache.drop_stale(_fake_dispatcher(tmp_path))
+    assert not (tmp_path / "fastmlp-warm-engine-float32").exists()
+
+
+@pytest.mark.slow
+def test_the_first_run_says_it_compiles_on_stderr_and_json_stays_one_object(tmp_path):
+    cmd = [sys.executable, "-m", "fastmlp.cli", "train", "1-local", "--D", "8", "--N", "40", "--H", "8",
+           "--lr", "0.1", "--n-test", "50", "--max-epochs", "3", "--json"]
+    env = os.environ | {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert jitcache.COMPILING in first.stderr.splitlines() and json.loads(first.stdout)["command"] == "train"
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and jitcache.COMPILING not in again.stderr

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import assert_close
 from fastmlp import ntk, reference
 from fastmlp.cli import main
-from fastmlp.engine import Engine
+from fastmlp.cpu_engine import Engine
 from fastmlp.errors import UsageError
 from fastmlp.tasks import generate, iter_chunks, parse_task
 
@@ -76,6 +76,7 @@ def test_bias_and_zero_input():
     (1, 64, 20000, 2.0, 0.0, 0.0),      # one hidden layer: E[f f'] = K exactly at any width
     (3, 128, 8000, 1.5, 0.5, 0.01),     # deeper: O(1/H) finite-width bias, allowed 1% of the diagonal
 ])
+@pytest.mark.slow
 def test_nngp_against_monte_carlo_networks(L, H, M, sigma_w2, sigma_b2, allowance):
     """E[f(x) f(x')] over M random reference networks (param="ntk", W, b ~ N(0, 1)) against the NNGP kernel."""
     D = 10
@@ -299,9 +300,6 @@ def test_cli_ntk_bad_input_exits_2_with_one_line(args, option):
 # ------------------------------------------------------------------------------------------------ the GPU
 @pytest.mark.gpu
 def test_cupy_kernel_and_regression_match_numpy():
-    from fastmlp.provenance import gpu_info
-    if gpu_info() is None:
-        pytest.skip("needs CuPy and a CUDA device")
     import cupy
     x, y = generate(parse_task("1-local", D=20), 0, "train", 0, 600)
     k = ntk.ntk_kernel(cupy.asarray(x), None, 3, tile=256)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from fastmlp import protocol
 from fastmlp.cli import main
-from fastmlp.engine import Engine
+from fastmlp.cpu_engine import Engine
 from fastmlp.errors import UsageError
 from fastmlp.tasks import generate, parse_task
 
@@ -41,6 +41,7 @@ def test_fold_count_outside_1_to_n_is_a_usage_error():
 
 
 # ----------------------------------------------------------------------------------------------- optimizer
+@pytest.mark.slow
 def test_gaussian_process_search_finds_the_minimum_of_a_noisy_objective():
     """A bowl with its minimum at log10 lr = -1.3, observed with noise of 0.02 (about the scatter of a mean
     validation error over folds); 20 evaluations in batches of 4, as the protocol asks for them."""
@@ -70,6 +71,7 @@ def test_initial_points_cover_the_range_in_strata():
     assert search.ask(5) == pytest.approx([-3.5, -2.5, -1.5, -0.5, 0.5])
 
 
+@pytest.mark.slow
 def test_a_proposal_at_an_evaluated_point_is_replaced_without_a_warning_in_the_log():
     # the best point sits on the upper bound, so scikit-optimize proposes it again and again; it replaces each
     # repeat by a random point and would warn about it every time
@@ -119,6 +121,7 @@ def test_validation_scores_count_diverged_folds_as_half_and_match_a_direct_evalu
     assert status_ok[1] == ("converged" if alone.converged[0] else "not_converged")
 
 
+@pytest.mark.slow
 def test_network_by_network_gives_the_batched_record():
     """per_call=1 (the benchmark's baseline) trains the same networks one engine call each: same numbers."""
     spec = parse_task("1-local", D=20)
@@ -160,6 +163,7 @@ def small_runs(tmp_path_factory):
     return json.loads(first.output), json.loads(second.output), json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_small_run_selects_a_finite_lr_and_generalizes(small_runs):
     rec, _, _ = small_runs
     assert math.isfinite(rec["selected_lr"]) and 0.01 <= rec["selected_lr"] <= 3

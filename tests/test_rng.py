@@ -45,7 +45,8 @@ def test_philox_known_answers(ctr, key, expected):
     assert tuple(int(w) for w in rng.philox4x32(*ctr, *key)) == expected  # numba, called from Python
     got = _philox_many(np.array([ctr], dtype=np.uint32), np.array([key], dtype=np.uint32))  # numba, compiled caller
     assert tuple(int(w) for w in got[0]) == expected
-    assert tuple(int(w) for w in rng.philox4x32_np(np.array([ctr], dtype=np.uint32), np.array(key, dtype=np.uint32))[0]) == expected
+    words = rng.philox4x32_np(np.array([ctr], dtype=np.uint32), np.array(key, dtype=np.uint32))[0]
+    assert tuple(int(w) for w in words) == expected
 
 
 def test_philox_numba_equals_numpy():
@@ -56,7 +57,8 @@ def test_philox_numba_equals_numpy():
     key[:2] = 0
     np.testing.assert_array_equal(_philox_many(ctr, key), rng.philox4x32_np(ctr, key))
     # one key broadcast over all counters equals the per-row key
-    np.testing.assert_array_equal(rng.philox4x32_np(ctr, key[7]), rng.philox4x32_np(ctr, np.tile(key[7], (len(ctr), 1))))
+    np.testing.assert_array_equal(rng.philox4x32_np(ctr, key[7]),
+                                  rng.philox4x32_np(ctr, np.tile(key[7], (len(ctr), 1))))
 
 
 def test_box_muller_twins_and_edges():
@@ -73,7 +75,8 @@ def test_box_muller_twins_and_edges():
 def test_gaussian_layout():
     """Element e is Gaussian e % 4 of Philox call (c0 = e // 4, c1 = a, c2 = b, c3 = 0)."""
     seed, a, b = 12345, 7, 3
-    words = rng.philox4x32_np(np.array([[2, a, b, 0]], dtype=np.uint32), np.array([seed, STREAM_INIT], dtype=np.uint32))[0]
+    words = rng.philox4x32_np(np.array([[2, a, b, 0]], dtype=np.uint32),
+                              np.array([seed, STREAM_INIT], dtype=np.uint32))[0]
     g0, g1 = rng.box_muller_np(words[[0]], words[[1]])
     g2, _ = rng.box_muller_np(words[[2]], words[[3]])
     g = rng.gaussian_np(11, seed, STREAM_INIT, a, b)
@@ -106,7 +109,8 @@ def test_gaussian_moments():
 
 def test_gaussian_streams_differ():
     base = rng.gaussian_np(64, 1, STREAM_TRAIN_X, 0, 0)
-    for other in [(2, STREAM_TRAIN_X, 0, 0), (1, STREAM_INIT, 0, 0), (1, STREAM_TRAIN_X, 1, 0), (1, STREAM_TRAIN_X, 0, 1)]:
+    others = [(2, STREAM_TRAIN_X, 0, 0), (1, STREAM_INIT, 0, 0), (1, STREAM_TRAIN_X, 1, 0), (1, STREAM_TRAIN_X, 0, 1)]
+    for other in others:
         assert not np.any(base == rng.gaussian_np(64, *other))
 
 

@@ -1,7 +1,6 @@
 """Sweeps: sweep files and job identity, the result store (resume, extend, retry, SIGKILL), shards, collect, and
 the Dask executors on real clusters (a LocalCluster; `dask scheduler` + `dask worker` processes, one killed)."""
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -18,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import NETWORKS_AND_NTK
 
-from fastmlp import engine, ntk, sweep
+from fastmlp import backend, cpu_engine, ntk, sweep
 from fastmlp.cli import main, ntk as ntk_command, run as run_command, sweep_keys
 from fastmlp import store as store_mod
 from fastmlp.store import Store
@@ -92,12 +91,12 @@ def results_of(store_dir):
 def count_engine_calls(monkeypatch):
     """Counts Engine.fit calls made in this process."""
     calls = []
-    fit = engine.Engine.fit
+    fit = cpu_engine.Engine.fit
 
     def counted(self, *args, **kwargs):
         calls.append(self.M)
         return fit(self, *args, **kwargs)
-    monkeypatch.setattr(engine.Engine, "fit", counted)
+    monkeypatch.setattr(cpu_engine.Engine, "fit", counted)
     return calls
 
 
@@ -371,18 +370,19 @@ def test_collect_refuses_what_is_not_a_store(tmp_path):
 # --------------------------------------------------------------------------------------- SIGKILL mid-sweep
 COUNTING_FASTMLP = """
 import os, sys
-import fastmlp.engine as engine
-fit = engine.Engine.fit
+import fastmlp.cpu_engine as cpu_engine
+fit = cpu_engine.Engine.fit
 def counted(self, *args, **kwargs):
     with open(os.environ["CALL_LOG"], "a") as f:
         f.write(f"{os.getpid()}\\n")
     return fit(self, *args, **kwargs)
-engine.Engine.fit = counted
+cpu_engine.Engine.fit = counted
 from fastmlp.cli import main
 main()
 """
 
 
+@pytest.mark.slow
 def test_a_sweep_killed_with_sigkill_resumes_without_rerunning_or_losing_anything(tmp_path):
     """SIGKILL after two jobs are stored (the third is running), then the same command again: every job ends with
     exactly one done record, the two stored ones untouched, and the restarted process trains only the jobs it
@@ -424,6 +424,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_sweep_on_a_local_cluster_of_two_worker_processes(tmp_path):
     path = write(tmp_path / "s.toml", TINY)
     result = subprocess.run(fastmlp_command("sweep", path, "--store", tmp_path / "dask", "--workers", 2),
@@ -467,6 +468,7 @@ def dask_cluster(tmp_path):
         logs.close()
 
 
+@pytest.mark.slow
 def test_sweep_connects_to_a_dask_scheduler_by_address(tmp_path, dask_cluster):
     address, workers = dask_cluster
     path = write(tmp_path / "s.toml", TINY)
@@ -479,6 +481,7 @@ def test_sweep_connects_to_a_dask_scheduler_by_address(tmp_path, dask_cluster):
     assert {r["worker"]["pid"] for r in records} <= {p.pid for p in workers.values()}
 
 
+@pytest.mark.slow
 def test_a_dask_worker_killed_mid_job_does_not_stop_the_sweep(tmp_path, dask_cluster):
     from distributed import Client
     address, workers = dask_cluster
@@ -506,27 +509,27 @@ def test_a_dask_worker_killed_mid_job_does_not_stop_the_sweep(tmp_path, dask_clu
     assert lost and all(records[job_id]["worker"]["pid"] != killed.pid for job_id in lost)
 
 
+@pytest.mark.skipif(backend.gpu_available(), reason="a GPU is usable here")
 def test_gpu_jobs_are_refused_up_front_where_no_gpu_is_usable(tmp_path):
-    from fastmlp import gpu
-    if gpu.available():
-        pytest.skip("a GPU is usable here")
     result = cli("sweep", write(tmp_path / "s.toml", TINY), "--store", tmp_path / "store", "--set", "backend=gpu")
     assert result.exit_code == 2 and "--backend gpu needs CuPy and a CUDA device" in result.output
     assert not list((tmp_path / "store").glob("*.json"))
 
 
 @pytest.mark.gpu
-def test_a_sweep_runs_on_the_gpu_in_process_and_on_a_local_cluster(tmp_path):
-    from fastmlp import gpu
-    if not gpu.available():
-        pytest.skip("needs CuPy and a CUDA device")
+def test_a_sweep_runs_on_the_gpu_in_process(tmp_path):
     path = write(tmp_path / "s.toml", TINY)
     assert cli("sweep", path, "--store", tmp_path / "here", "--set", "backend=gpu").exit_code == 0
     records = Store(tmp_path / "here", create=False).records()
     assert len(records) == 6 and all(r["status"] == "done" for r in records)
     assert all(r["provenance"]["backend"] == "gpu" and r["record"]["config"]["backend"] == "gpu" for r in records)
-    if importlib.util.find_spec("distributed") is None:   # not on every GPU machine
-        return
+
+
+@pytest.mark.gpu
+def test_a_sweep_on_the_gpu_gives_the_same_records_on_a_local_cluster(tmp_path):
+    pytest.importorskip("distributed")   # not on every GPU machine
+    path = write(tmp_path / "s.toml", TINY)
+    assert cli("sweep", path, "--store", tmp_path / "here", "--set", "backend=gpu").exit_code == 0
     result = subprocess.run(fastmlp_command("sweep", path, "--store", tmp_path / "dask", "--set", "backend=gpu",
                                             "--workers", 1), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -10,7 +10,7 @@ from fastmlp.tasks import TaskSpec, generate, iter_chunks, parse_task
 
 
 def _label_loop(spec, row):
-    """PAPER.md's rule for one sample, in plain Python floats, j then t ascending."""
+    """The paper's rule for one sample, in plain Python floats, j then t ascending."""
     xs = [float(v) for v in row]
     D = spec.D
     if spec.rule == "local":

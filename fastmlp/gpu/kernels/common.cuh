@@ -1,6 +1,6 @@
 // common.cuh: what every fastmlp kernel shares.
 //
-// Shape legend (STYLE.md): M networks (S of them in the leading "slots" a call works on), B minibatch,
+// Shape legend: M networks (S of them in the leading "slots" a call works on), B minibatch,
 // R rows of a chunk, N samples, D input dim, H hidden width, L hidden layers, C = N_CLASSES = 2, K / F the fan-in /
 // fan-out of a layer. Every array is dense row-major; a per-network array (S, R, F) holds network m's rows at
 // m * R * F.

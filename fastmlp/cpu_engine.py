@@ -1,0 +1,195 @@
+"""The CPU engine: M networks trained at once by the Numba kernels of `fastmlp.cpu`, one thread per network,
+under the contract of `fastmlp.engine` (its stop rule, records and checks)."""
+import time
+
+import numba
+import numpy as np
+
+from . import cpu, jitcache, reference
+from .constants import N_CLASSES
+from .engine import EngineBase, check_engine_args, check_positive
+from .tasks import iter_chunks
+
+
+class Engine(EngineBase):
+    """Train M = len(lrs) networks on one dataset x (N, D), y (N,) in {0, 1}.
+
+    ``subsets``: None (every network trains on all N samples) or M index arrays into x (CV folds use this).
+    ``init``, ``init_scale``: the initialization scheme and its scale (see reference.init_params).
+    """
+
+    def __init__(self, x, y, hidden_width, depth, batch_size, lrs, seeds, subsets=None, param="standard",
+                 dtype=np.float32, sigma_w2=2.0, sigma_b2=0.0, threads=None, init=reference.DEFAULT_INIT,
+                 init_scale=1.0):
+        x = np.asarray(x)
+        y = np.asarray(y)
+        lrs, seeds, self.dtype, subsets = check_engine_args(x.shape, y.shape, hidden_width, depth, batch_size, lrs,
+                                                            seeds, subsets, param, dtype, sigma_w2, sigma_b2,
+                                                            init, init_scale)
+        N, D = x.shape
+        H, L, B, M = int(hidden_width), int(depth), int(batch_size), len(lrs)
+        self.N, self.D, self.H, self.L, self.B, self.M = N, D, H, L, B, M
+        self.param, self.lrs, self.seeds = param, lrs, seeds
+        self.threads = int(threads or numba.get_num_threads())
+
+        self.n_train = np.array([len(s) for s in subsets])
+        self._sub_off = np.concatenate([[0], np.cumsum(self.n_train)]).astype(np.int64)
+        self._subsets = np.concatenate(subsets)
+
+        self.Dp, self.Hp = cpu.round_up(D, cpu.PAD), cpu.round_up(H, cpu.PAD)
+        self.Bp = cpu.round_up(B, cpu.MR_ROWS)
+        self._X = np.zeros((N, self.Dp), self.dtype)
+        self._X[:, :D] = x
+        self._Y = np.ascontiguousarray(y, dtype=np.int8)
+        c, s = reference.layer_scales(D, H, L, param, sigma_w2, sigma_b2)
+        self._c, self._s = c.astype(self.dtype), s.astype(self.dtype)
+        self._lrs = lrs.astype(self.dtype)
+        self._pack(reference.init_params(D, H, L, seeds, param, init=init, init_scale=init_scale))
+
+        T, Hp, Bp = self.threads, self.Hp, self.Bp
+        self._act = np.zeros((T, L, Bp, Hp), self.dtype)       # hidden activations of the current minibatch
+        self._dz = np.zeros((T, 2, Bp, Hp), self.dtype)        # gradients w.r.t. pre-activations (ping-pong)
+        self._z = np.zeros((T, Bp, N_CLASSES), self.dtype)     # logits, then their gradients
+        self._rows = np.zeros((T, Bp), np.int64)               # dataset rows of the current minibatch
+        self._perm = np.zeros((T, int(self.n_train.max())), np.int64)
+        self._ident = np.arange(Bp, dtype=np.int64)            # rows of an activation buffer, in order
+
+        self._init_stop_state()
+
+    # ------------------------------------------------------------------------------------------ parameters
+    def _pack(self, params):
+        M, D, H, L, Dp, Hp, dt = self.M, self.D, self.H, self.L, self.Dp, self.Hp, self.dtype
+        self._W0 = np.zeros((M, Dp, Hp), dt)
+        self._b0 = np.zeros((M, Hp), dt)
+        self._Wh = np.zeros((M, L - 1, Hp, Hp), dt)
+        self._bh = np.zeros((M, L - 1, Hp), dt)
+        self._Wo = np.zeros((M, N_CLASSES, Hp), dt)
+        self._bo = np.zeros((M, N_CLASSES), dt)
+        self._W0[:, :D, :H], self._b0[:, :H] = params[0]
+        for l in range(1, L):
+            self._Wh[:, l - 1, :H, :H], self._bh[:, l - 1, :H] = params[l]
+        self._WhT = np.ascontiguousarray(self._Wh.transpose(0, 1, 3, 2))
+        self._Wo[:, :, :H] = params[L][0].transpose(0, 2, 1)
+        self._bo[:] = params[L][1]
+
+    def set_params(self, params):
+        """Replace every network's parameters (reference layout: [(W (M, fan_in, fan_out), b (M, fan_out))])."""
+        self._pack(params)
+
+    def params(self):
+        """Every network's parameters in the reference layout, as float64 copies."""
+        D, H, L = self.D, self.H, self.L
+        out = [(self._W0[:, :D, :H], self._b0[:, :H])]
+        out += [(self._Wh[:, l - 1, :H, :H], self._bh[:, l - 1, :H]) for l in range(1, L)]
+        out.append((self._Wo[:, :, :H].transpose(0, 2, 1), self._bo))
+        return [(W.astype(np.float64), b.astype(np.float64)) for W, b in out]
+
+    def _weights(self):
+        return (self._W0, self._b0, self._Wh, self._WhT, self._bh, self._Wo, self._bo, self._c, self._s)
+
+    # ------------------------------------------------------------------------------------------- training
+    def compile(self):
+        """Compile (or load from Numba's on-disk cache) the kernels for this dtype without training anything;
+        returns the seconds it took, so that timings of training never include compilation."""
+        t0 = time.perf_counter()
+        with jitcache.first_compile(f"engine-{self.dtype.name}"):
+            self._epoch(np.empty(0, np.int64), check=True, full=np.zeros(self.M, bool))
+            self.evaluate(np.zeros((0, self.D), self.dtype), np.zeros(0, np.int8))
+        return time.perf_counter() - t0
+
+    def _epoch(self, active, check, full=None):
+        loss = np.full(self.M, np.nan)
+        err = np.zeros(self.M, np.int64)
+        seen = np.zeros(self.M, np.int64)
+        div = np.zeros(self.M, bool)
+        full = np.ones(self.M, bool) if full is None else full
+        with cpu.slp_vectorize():
+            cpu.train_epoch(self._X, self._Y, self._subsets, self._sub_off, active, *self._weights(), self._lrs,
+                            self.seeds, self.epochs, self.B, check, full, self._act, self._dz, self._z,
+                            self._rows, self._perm, self._ident, loss, err, seen, div)
+        self.epochs[active] += 1
+        return loss, err, seen, div
+
+    def train_epochs(self, n_epochs):
+        """Train every non-diverged network for n_epochs more epochs, ignoring the stop rule (benchmarks)."""
+        for _ in range(n_epochs):
+            active = np.flatnonzero(~self.diverged)
+            if active.size == 0:
+                return
+            loss, _, _, div = self._epoch(active, check=False)
+            self.train_loss[active] = loss[active]
+            self.diverged[active] |= div[active]
+
+    def fit(self, max_epochs=2000, progress=None):
+        """Train until every network has stopped (converged, diverged or hit max_epochs); returns the results.
+
+        ``progress(epoch, n_active, n_networks)`` is called after every epoch.  While a network trains, its
+        check stops at the first misclassified sample (nothing more is needed to know it goes on), so
+        ``train_error`` is NaN and ``train_loss`` the epoch's mean minibatch loss; once it has stopped, both are
+        exact values over its whole training subset.
+        """
+        check_positive("--max-epochs", max_epochs)
+        for epoch in range(int(max_epochs)):
+            active = np.flatnonzero(~self.stopped)
+            if active.size == 0:
+                break
+            last = self.epochs + 1 >= max_epochs                 # (M,) exact error and loss wanted
+            loss, err, seen, div = self._epoch(active, check=True, full=last)
+            whole = seen[active] == self.n_train[active]
+            self.train_loss[active] = loss[active]
+            self.train_error[active] = np.where(whole, err[active] / self.n_train[active], np.nan)
+            self.diverged[active] = div[active]
+            self.train_error[active[div[active]]] = np.nan
+            self.converged[active] = ~div[active] & (err[active] == 0)
+            self.stopped[active] = self.converged[active] | self.diverged[active]
+            self.stopped |= self.epochs >= max_epochs
+            if progress is not None:
+                progress(epoch + 1, int((~self.stopped).sum()), self.M)
+        return self.results()
+
+    # ----------------------------------------------------------------------------------------- evaluation
+    def _padded(self, x):
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.D:
+            raise ValueError(f"need inputs of shape (n, {self.D}); got {x.shape}")
+        X = np.zeros((x.shape[0], self.Dp), self.dtype)
+        X[:, :self.D] = x
+        return X
+
+    def evaluate(self, x, y):
+        """Error counts (M,) and summed losses (M,) of every network on x (n, D), y (n,)."""
+        X = self._padded(x)
+        err = np.zeros(self.M, np.int64)
+        loss = np.zeros(self.M)
+        idx = np.arange(len(X), dtype=np.int64)
+        with cpu.slp_vectorize():
+            cpu.evaluate(X, np.ascontiguousarray(y, dtype=np.int8), idx, *self._weights(), self._act, self._z,
+                         self._rows, self._ident, err, loss)
+        return err, loss
+
+    def logits(self, x):
+        """Logits (M, n, C) of every network on x (n, D)."""
+        X = self._padded(x)
+        out = np.zeros((self.M, len(X), N_CLASSES), self.dtype)
+        with cpu.slp_vectorize():
+            cpu.forward(X, np.arange(len(X), dtype=np.int64), *self._weights(), self._act, self._z, self._rows,
+                        self._ident, out)
+        return out
+
+    def test_metrics(self, chunks):
+        """Error rate (M,) and mean loss (M,) over an iterable of (x, y) chunks: test sets of any size are
+        streamed, never stored."""
+        errors = np.zeros(self.M, np.int64)
+        loss = np.zeros(self.M)
+        n = 0
+        for x, y in chunks:
+            err, lsum = self.evaluate(x, y)
+            errors += err
+            loss += lsum
+            n += len(y)
+        return errors / max(n, 1), loss / max(n, 1)
+
+    def task_metrics(self, spec, seed, split, n):
+        """Error rate (M,) and mean loss (M,) on n samples of a task's split, generated in chunks on this
+        engine's device: the fresh test set of the protocol."""
+        return self.test_metrics((x, y) for _, x, y in iter_chunks(spec, seed, split, n))
