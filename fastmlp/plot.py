@@ -1,10 +1,11 @@
 """The paper's figures from a result store (see fastmlp.store), drawn with matplotlib off screen.
 
-Two figures, chosen by what the store holds:
+Three figures, chosen by what the store holds (N or lr) or asked for (init-scale):
   against N    test error against the training-set size: a panel per task, a curve per depth L of the `run` jobs,
                and, where the store has `ntk` jobs of that task, a dashed curve per depth of the NTK
   against lr   test error against a fixed learning rate (`run` jobs with lr set, no search): a panel per (task, N),
                a curve per depth, and the NTK of each depth as a dashed horizontal line (the lr -> 0 limit)
+  against init-scale   test error against the initial scale: a panel per (task, N), a curve per depth
 
 A point pools the test errors of every repeat of every job at that x on that curve (seeds included): its value is
 their mean and its error bar their standard deviation (ddof = 1; none for a single value).  A curve is one depth
@@ -23,7 +24,7 @@ from .errors import UsageError
 
 CSV_COLUMNS = ("panel", "curve", "command", "L", "x_name", "x", "mean", "std", "n_values", "n_jobs",
                "not_converged")
-X_CHOICES = ("auto", "N", "lr")
+X_CHOICES = ("auto", "N", "lr", "init-scale")
 # Keys that never split a curve: the seeds (pooled), and what the panel title already says.  A task's indices or
 # temperatures are not in the title, so where they vary on a panel they split its curves; so does a fixed lr
 # against a searched one (lr null) in the figure against N.
@@ -197,9 +198,29 @@ def figure_against_lr(fig, records):
     return points
 
 
+def figure_against_init_scale(fig, records):
+    """Test error against the initial scale of the run jobs (searched or fixed lr), a panel per (task, N) ->
+    points.  The NTK does not depend on the initialization and is not drawn."""
+    runs = [r for r in records if r["command"] == "run"]
+    panels = defaultdict(list)
+    for rec in runs:
+        panels[(rec["config"]["task"], rec["config"]["D"], rec["config"]["N"])].append(rec)
+    points = []
+    for ax, (_, recs) in zip(_axes(fig, len(panels)), sorted(panels.items())):
+        title = panel_title(recs[0]["config"], with_n=True)
+        _draw_curves(ax, title, recs, "init-scale", points, depth_colours(recs))
+        _log_x(ax, [r["config"]["init-scale"] for r in recs], "initial scale (init-scale)")
+        ax.set(ylabel="test error", title=title)
+    return points
+
+
+FIGURES = {"N": figure_against_n, "lr": figure_against_lr, "init-scale": figure_against_init_scale}
+
+
 def plot_store(store_dir, out, x="auto"):
     """Draw the figure of a store to ``out`` (any format matplotlib writes, by its suffix) and its points to
-    ``out`` with suffix .csv -> (figure, points).  ``x``: "N", "lr" or "auto" (lr when the runs vary a fixed lr)."""
+    ``out`` with suffix .csv -> (figure, points).  ``x``: "N", "lr", "init-scale" or "auto" (lr when the runs vary a
+    fixed lr, else N)."""
     from pathlib import Path
 
     from matplotlib.figure import Figure   # no pyplot: no global state, no interactive backend
@@ -217,7 +238,7 @@ def plot_store(store_dir, out, x="auto"):
     if x == "lr" and not any(r["config"]["lr"] is not None for r in runs):
         raise UsageError(f"--x lr needs run jobs with a fixed lr (a sweep over lr); {store_dir} has none")
     fig = Figure(layout="constrained")
-    points = (figure_against_lr if x == "lr" else figure_against_n)(fig, done)
+    points = FIGURES[x](fig, done)
     for ax in fig.axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")

@@ -182,3 +182,13 @@ def test_plot_command_writes_the_picture_and_the_numbers(tmp_path):
     assert "2 panels, 8 curves, 16 points" in result.output
     assert_png(tmp_path / "fig.png")
     assert len(read_csv(tmp_path / "fig.csv")) == 16
+
+
+def test_against_init_scale_a_panel_per_task_and_n_a_curve_per_depth(tmp_path):
+    store = make_store(tmp_path, FIGURE_N, "store", "task=1-local", "N=40", "init=torch", "init-scale=0.5,1,2")
+    fig, points = plot_store(store, tmp_path / "scale.png", x="init-scale")
+    (ax,) = fig.axes
+    assert labels(ax) == ["L = 1", "L = 2"]                      # the NTK does not depend on the initialization
+    assert all(list(c.lines[0].get_xdata()) == [0.5, 1.0, 2.0] for c in errorbars(ax))
+    assert {p["x_name"] for p in points} == {"init-scale"} and len(points) == 6
+    assert ax.get_xlabel().startswith("initial scale")
