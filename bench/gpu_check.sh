@@ -1,78 +1,258 @@
 #!/usr/bin/env bash
-# The GPU check: install fastmlp without dependencies, run the GPU tests, then the GPU benchmarks; JSON to $OUT.
+# The GPU check: install fastmlp without dependencies, prove that the GPU engine builds and trains, run the GPU
+# tests, the GPU benchmarks, the quick protocol on the GPU and the CPU engine for the ratios; JSON to $OUT.
 #
-# For a machine with an NVIDIA GPU, CuPy for CUDA 13 (cupy-cuda13x) preinstalled and no network, such as this
-# workplace's device tool (whose image also has numpy, numba, click, scipy and pytest):
+# For a machine with an NVIDIA GPU, CuPy for CUDA 13 with NVIDIA's cuBLAS and NVRTC wheels preinstalled (what
+# cupy-cuda13x[ctk], fastmlp's `gpu` extra, installs) and no network, such as this workplace's device tool (whose
+# image also has numpy, numba, scipy, click and matplotlib):
 #
 #     bash bench/gpu_check.sh                  # from the repository root; $OUT, if set, receives the results
 #
-# Python packages that machine lacks travel as wheels in .whl/ (or $WHEELS) and are installed from there, offline.
-# The check itself needs none; the protocol's search needs scikit-optimize (and its pyaml), which you would fetch
-# on a machine with a network, from the repository root:
+# Python packages that machine lacks travel as wheels in .whl/ (or $WHEELS) and are installed from there, offline,
+# into /tmp/fastmlp-site. The quick protocol needs scikit-optimize and what it imports that the image lacks, and
+# the tests pytest where the image lacks it; fetch them on a machine with a network, from the repository root
+# (.whl/ is ignored by git: never commit the wheels):
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#         --platform manylinux2014_x86_64 -d .whl scikit-optimize==0.10.2 pyaml
-# (.whl/ is ignored by git: never commit the wheels.) With the device tool, name .whl in `carry`.
+#         --platform manylinux2014_x86_64 -d .whl scikit-optimize==0.10.2 scikit-learn joblib threadpoolctl \
+#         cloudpickle pyaml PyYAML pytest iniconfig pluggy
+# With the device tool, name .whl in `carry`.
 #
-# Steps and time budget (must finish in under 8 minutes; each step has its own timeout):
-#   environment  nvidia-smi, versions                                     seconds
-#   install      pip install --no-deps --no-build-isolation -e .          ~10 s   (falls back to PYTHONPATH)
-#   tests        pytest tests/test_gpu.py: nvcc and NVRTC compile checks,  < 240 s (Numba compiles the CPU
-#                then every GPU test against the reference / CPU engine            engine for the comparisons)
-#                pytest -m gpu on the other test files (the NTK on CuPy,  < 60 s
-#                a sweep on the GPU)
-#   benchmarks   bench/bench_gpu.py: W1-W4 with and without CUDA graphs,  < 150 s
-#                W2 TF32, W2 M=400, W4 M=100, the CPU engine on W1-W4
-# Output: $OUT/gpu_check.log, gpu_tests.xml (JUnit), bench_gpu.jsonl, summary.json.
-# Exit status: 0 all passed and W2 M=400 reached 10 TFLOP/s; 1 a test or the benchmark failed; 3 below the target.
+# Steps, each with its own time cap, all within one budget of GPU_CHECK_BUDGET seconds (460: under 8 minutes):
+#   environment  nvidia-smi, Python                                                         seconds
+#   install      wheels from .whl, pip install --no-deps -e . (else PYTHONPATH), fastmlp info
+#   preflight    what the later steps import besides CuPy (scikit-optimize for the protocol)
+#   smoke        build a GpuEngine and train one epoch (the kernels compile here)   < 150 s
+#   gpu-tests    pytest tests/test_gpu.py; no test may be skipped for want of a GPU  < 200 s
+#   other-tests  pytest -m gpu on the other test files (NTK on CuPy, a sweep)        <  60 s
+#   bench-gpu    bench/bench_gpu.py --parts gpu: W1-W4 with and without graphs,      < 120 s
+#                W2 and W4 at M = 400 / 100, W4 at the paper's M = 40, W2 TF32
+#   protocol     fastmlp run, the quick protocol (2-local, D = 500, N = 1000, L = 3,  <  90 s
+#                H = 100, 10 folds, 20 learning rates in batches of 4, 10 repeats) --backend gpu
+#   bench-cpu    bench/bench_gpu.py --parts cpu --append: the CPU engine on W1-W4    <  90 s
+# Output in $OUT: gpu_check.log, gpu_check.json (every step: status, exit code, seconds), info.json, smoke.json,
+# gpu_tests.xml (JUnit) and gpu_tests.json, bench_gpu.jsonl and summary.json, protocol_gpu.json.
+# A step the later ones need (environment, install, preflight, smoke) stops the check at once, loudly, before any
+# more device time is spent: then the GPU tests would only skip. A failing test or measurement step is reported
+# as loudly, the remaining measurements still run (each benchmark checks its own correctness first), and the exit
+# status says what happened: 0 all passed and W2 at M = 400 reached 10 TFLOP/s; 1 a step failed; 2 stopped at a
+# step the others need; 3 all passed, below the 10 TFLOP/s target.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT_DIR=${OUT:-$PWD/gpu_check_out}
+BUDGET=${GPU_CHECK_BUDGET:-460}   # seconds; a step killed at the end may take 10 s more: under 8 minutes
 mkdir -p "$OUT_DIR"
 exec > >(tee "$OUT_DIR/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1
 T0=$(date +%s)
-step() { echo "== [$(( $(date +%s) - T0 ))s] $*"; }
+STEP=start
+STEP_T0=$T0
+STEPS=""          # the JSON objects of the steps so far, comma-separated
+FAILED=""         # the steps that failed
+BELOW_TARGET=0
 
-step "environment"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || echo "no nvidia-smi"
-$PY -c "import sys, numpy, cupy; print('python', sys.version.split()[0], 'numpy', numpy.__version__,
-'cupy', cupy.__version__)"
+now() { echo $(( $(date +%s) - T0 )); }
+step() { STEP=$1; STEP_T0=$(date +%s); echo "== [$(now)s] $1: $2"; }
+write_json() {    # gpu_check.json: status ok | failed | stopped, and every step so far
+    printf '{"status": "%s", "stopped_at": %s, "failed": [%s], "wall_s": %d, "budget_s": %d, "steps": [%s]}\n' \
+        "$1" "$2" "$(echo "$FAILED" | sed -E 's/([a-z-]+)/"\1"/g; s/ /, /g; s/^, //')" "$(now)" "$BUDGET" \
+        "$STEPS" > "$OUT_DIR/gpu_check.json"
+}
+record() {        # record STATUS RC: the current step's outcome
+    local entry
+    entry=$(printf '{"step": "%s", "status": "%s", "rc": %d, "seconds": %d}' "$STEP" "$1" "$2" \
+            $(( $(date +%s) - STEP_T0 )))
+    STEPS=${STEPS:+$STEPS, }$entry
+    write_json running null
+}
+stop() {          # stop RC MESSAGE: a step the others need cannot work; nothing after it is run
+    record stopped "$1"
+    echo "!! gpu_check: STOPPED at step '$STEP' (exit $1): $2"
+    write_json stopped "\"$STEP\""
+    exit 2
+}
+failed() {        # failed RC MESSAGE: this step failed; the measurements after it still run
+    record failed "$1"
+    FAILED="$FAILED $STEP"
+    local why=""
+    { [ "$1" -eq 124 ] || [ "$1" -eq 137 ]; } && why=": out of time"
+    echo "!! gpu_check: FAILED step '$STEP' (exit $1$why): $2"
+}
+passed() { record passed 0; echo "== [$(now)s] $STEP: passed"; }
+limit() {         # limit CAP: seconds this step may take, the cap or what is left of the budget
+    local left=$(( BUDGET - $(now) ))
+    if [ "$left" -lt 10 ]; then
+        echo 0
+    elif [ "$left" -lt "$1" ]; then
+        echo "$left"
+    else
+        echo "$1"
+    fi
+}
+run_capped() {    # run_capped CAP CMD...: the command under `timeout`; 124 or 137 when it ran out of time
+    local t
+    t=$(limit "$1")
+    shift
+    if [ "$t" -eq 0 ]; then
+        echo "!! gpu_check: no time left in the ${BUDGET} s budget for step '$STEP'" >&2
+        return 124
+    fi
+    timeout -k 10 "$t" "$@"       # SIGTERM at the limit, SIGKILL 10 s later (137)
+}
 
-step "install (offline, no dependencies)"
+# ---------------------------------------------------------------------------------------------- environment
+step environment "nvidia-smi, Python"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader \
+    || echo "gpu_check: nvidia-smi not found or failed (the GPU steps will say whether CUDA sees a device)"
+$PY -c "import sys; print('python', sys.version.split()[0])" || stop 1 "no Python at '$PY' (set PYTHON)"
+passed
+
+# ---------------------------------------------------------------------------------------------- install
+step install "wheels from .whl, fastmlp without dependencies"
 WHEELS=${WHEELS:-.whl}
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/fastmlp-site "$WHEELS"/*.whl \
-        && export PYTHONPATH=/tmp/fastmlp-site${PYTHONPATH:+:$PYTHONPATH}
+        || stop 1 "the wheels in $WHEELS do not install"
+    export PYTHONPATH=/tmp/fastmlp-site${PYTHONPATH:+:$PYTHONPATH}
 fi
-if ! $PY -m pip install -q --no-index --no-deps --no-build-isolation -e .; then
-    echo "pip install failed: using the checkout through PYTHONPATH"
+if ! $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . ; then
+    echo "gpu_check: pip install failed: using the checkout through PYTHONPATH"
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
-$PY -m fastmlp.cli info || { echo "fastmlp does not import"; exit 1; }
+$PY -m fastmlp.cli info || stop 1 "fastmlp does not import"
+$PY -m fastmlp.cli info --json > "$OUT_DIR/info.json" || stop 1 "fastmlp info --json failed"
+passed
 
-step "GPU tests"
-timeout 240 $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py --junitxml="$OUT_DIR/gpu_tests.xml"
-tests=$?
-step "the other modules' GPU tests (pytest -m gpu)"
-timeout 60 $PY -m pytest -q -rs -p no:cacheprovider -m gpu tests --ignore=tests/test_gpu.py
-other=$?
-[ "$other" -eq 5 ] && other=0          # 5: no test selected
-[ "$tests" -eq 0 ] && tests=$other
-$PY - "$OUT_DIR/gpu_tests.xml" <<'EOF' || true
-import sys, xml.etree.ElementTree as ET
+# ---------------------------------------------------------------------------------------------- preflight
+step preflight "what the later steps import besides CuPy"
+$PY - <<'EOF' || stop 1 "a module the check needs is missing (above): put its wheel in .whl (see the header)"
+import importlib, sys
+missing = []
+for name in ("numpy", "numba", "click", "scipy", "matplotlib", "pytest", "skopt", "sklearn"):
+    try:
+        module = importlib.import_module(name)
+        print(name, getattr(module, "__version__", ""))
+    except Exception as e:
+        missing.append(f"{name} ({type(e).__name__}: {e})")
+if missing:
+    sys.exit("gpu_check: missing: " + "; ".join(missing) + " (skopt and sklearn: the quick protocol's optimizer)")
+EOF
+passed
+
+# ---------------------------------------------------------------------------------------------- smoke
+step smoke "build a GpuEngine and train one epoch (the kernels compile now)"
+run_capped 150 $PY - "$OUT_DIR/smoke.json" <<'EOF'
+import json
+import sys
+import time
+
+import numpy as np
+
+from fastmlp.provenance import gpu_report
+
+report = gpu_report()
+if report["problem"]:
+    sys.exit(f"gpu_check: the GPU backend cannot run here: {report['problem']}")
+from fastmlp.backend import engine_class
+
+g = np.random.default_rng(0)
+x = g.standard_normal((300, 37)).astype(np.float32)
+y = (x[:, 0] * x[:, 1] > 0).astype(np.int8)
+t0 = time.perf_counter()
+e = engine_class("gpu")(x, y, 21, 2, 17, [0.05, 0.1, 0.3], [0, 1, 2])
+built = time.perf_counter() - t0
+e.train_epochs(1)
+trained = time.perf_counter() - t0 - built
+if not (np.all(e.epochs == 1) and np.all(np.isfinite(e.train_loss))):
+    sys.exit(f"gpu_check: one epoch on the GPU gave epochs {e.epochs} and losses {e.train_loss}")
+out = {**report, "build_s": built, "first_epoch_s": trained, "train_loss": [float(v) for v in e.train_loss]}
+json.dump(out, open(sys.argv[1], "w"), indent=1)
+print(f"gpu_check: GpuEngine built in {built:.1f} s and trained one epoch in {trained:.1f} s on {report['device']} "
+      f"({report['cupy']}, CUDA {report['cuda_runtime']}, driver {report['cuda_driver']}, cuBLAS {report['cublas']})")
+EOF
+rc=$?
+[ "$rc" -eq 0 ] || stop "$rc" "the GPU engine cannot be built or train one epoch (above); the GPU tests would only skip"
+passed
+
+# ---------------------------------------------------------------------------------------------- tests
+step gpu-tests "pytest tests/test_gpu.py"
+run_capped 200 $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py --junitxml="$OUT_DIR/gpu_tests.xml"
+rc=$?
+$PY - "$OUT_DIR/gpu_tests.xml" "$OUT_DIR/gpu_tests.json" <<'EOF'
+import json, os, sys, xml.etree.ElementTree as ET
+if not os.path.exists(sys.argv[1]):
+    print("tests: no JUnit report (pytest did not finish)")
+    sys.exit(0)
 s = ET.parse(sys.argv[1]).getroot()
 s = s if s.tag == "testsuite" else s[0]
-print("tests:", {k: s.get(k) for k in ("tests", "failures", "errors", "skipped", "time")})
+counts = {k: s.get(k) for k in ("tests", "failures", "errors", "skipped", "time")}
+no_gpu = [c.get("name") for c in s.iter("testcase")
+          if any("CUDA device" in (k.get("message") or "") for k in c.findall("skipped"))]
+json.dump({**counts, "skipped_for_want_of_a_gpu": no_gpu}, open(sys.argv[2], "w"), indent=1)
+print("tests:", counts)
+if no_gpu:
+    sys.exit(f"gpu_check: {len(no_gpu)} GPU tests were skipped for want of a GPU, {no_gpu[0]} among them")
 EOF
+skipped=$?
+if [ "$rc" -ne 0 ]; then
+    failed "$rc" "the GPU tests failed"
+elif [ "$skipped" -ne 0 ]; then
+    failed "$skipped" "GPU tests were skipped although the smoke step trained on the GPU"
+else
+    passed
+fi
 
-step "benchmarks"
-timeout 150 $PY bench/bench_gpu.py --out-dir "$OUT_DIR"
-bench=$?
+step other-tests "pytest -m gpu on the other test files"
+run_capped 60 $PY -m pytest -q -rs -p no:cacheprovider -m gpu tests --ignore=tests/test_gpu.py
+rc=$?
+if [ "$rc" -eq 0 ] || [ "$rc" -eq 5 ]; then     # 5: no test selected
+    passed
+else
+    failed "$rc" "the other modules' GPU tests failed"
+fi
 
-step "done: tests exit $tests, benchmarks exit $bench (3: below the 10 TFLOP/s target)"
-if [ "$tests" -ne 0 ] || { [ "$bench" -ne 0 ] && [ "$bench" -ne 3 ]; }; then
+# ---------------------------------------------------------------------------------------------- benchmarks
+step bench-gpu "bench/bench_gpu.py --parts gpu"
+run_capped 120 $PY bench/bench_gpu.py --parts gpu --out-dir "$OUT_DIR"
+rc=$?
+if [ "$rc" -eq 0 ]; then
+    passed
+elif [ "$rc" -eq 3 ]; then
+    BELOW_TARGET=1
+    passed
+    echo "== gpu_check: W2 at M = 400 stayed below 10 TFLOP/s (summary.json)"
+else
+    failed "$rc" "the GPU benchmarks failed"
+fi
+
+step protocol "the quick protocol, fastmlp run --backend gpu"
+run_capped 90 $PY -m fastmlp.cli run 2-local --D 500 --N 1000 --L 3 --H 100 --B 50 --folds 10 --bo-calls 20 \
+    --bo-batch 4 --repeats 10 --n-test 10000 --backend gpu --json > "$OUT_DIR/protocol_gpu.json"
+rc=$?
+if [ "$rc" -eq 0 ]; then
+    $PY - "$OUT_DIR/protocol_gpu.json" <<'EOF' || true
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("protocol:", {"selected_lr": r["selected_lr"], "test_error": r["final"]["test_error"]["mean"], **r["timing"],
+                    **r["throughput"]})
+EOF
+    passed
+else
+    failed "$rc" "the quick protocol on the GPU failed"
+fi
+
+step bench-cpu "bench/bench_gpu.py --parts cpu --append (the CPU engine for the ratios)"
+run_capped 90 $PY bench/bench_gpu.py --parts cpu --append --out-dir "$OUT_DIR"
+rc=$?
+if [ "$rc" -eq 0 ]; then passed; else failed "$rc" "the CPU benchmarks failed"; fi
+
+# ---------------------------------------------------------------------------------------------- done
+if [ -n "$FAILED" ]; then
+    write_json failed null
+    echo "!! gpu_check: FAILED steps:$FAILED ($(now) s)"
     exit 1
 fi
-[ "$bench" -eq 3 ] && exit 3
+write_json ok null
+echo "== gpu_check: all steps passed in $(now) s"
+[ "$BELOW_TARGET" -eq 1 ] && exit 3
 exit 0

@@ -1,12 +1,10 @@
 """cuBLAS through ctypes: one handle per (device, TF32 mode) on fastmlp's stream, and strided-batched GEMMs."""
-import contextlib
 import ctypes
-import importlib
 
 import numpy as np
 
 from ..errors import UsageError
-from .device import cupy_module
+from .device import cupy_module, install_hint, load_library
 from .launch import need
 
 CUBLAS_WORKSPACE_BYTES = 32 << 20  # NVIDIA's recommendation for Hopper; set explicitly so graph capture never allocates
@@ -20,24 +18,13 @@ def handle(dev, tf32):
 
 
 def _load_cublas():
-    """libcublas through ctypes: the library CuPy uses (found by cuda.pathfinder, as CuPy 14 finds it), else by
-    its soname once CuPy has loaded it."""
-    names = []
+    """libcublas through ctypes, the very library CuPy uses (fastmlp.gpu.device.load_library: found by
+    cuda.pathfinder as CuPy 14 finds it, else by the soname of CuPy's CUDA major version once CuPy's own cuBLAS
+    module has linked it), with the prototypes of the calls made here. UsageError (one line) if it is missing."""
     try:
-        from cuda import pathfinder
-        names.append(pathfinder.load_nvidia_dynamic_lib("cublas").abs_path)   # loads libcublasLt with it
-    except Exception:       # no pathfinder (older CuPy): CuPy's own cuBLAS module links the library
-        with contextlib.suppress(Exception):
-            getattr(importlib.import_module("cupy_backends.cuda.libs"), "cublas")
-    names += ["libcublas.so.13", "libcublas.so.12", "libcublas.so"]
-    for name in filter(None, names):
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    else:
-        raise UsageError("--backend gpu needs cuBLAS (libcublas.so), which was not found; reinstall cupy-cuda13x")
+        lib, _ = load_library("cublas")
+    except OSError as e:
+        raise UsageError(f"--backend gpu needs cuBLAS, which was not found ({e}); {install_hint()}") from None
     vp, i, ll = ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong
     gemm = [vp, i, i, i, i, i, vp, vp, i, ll, vp, i, ll, vp, vp, i, ll, i]
     for fn, args in (("cublasCreate_v2", [ctypes.POINTER(vp)]), ("cublasSetStream_v2", [vp, vp]),
@@ -53,8 +40,9 @@ class Cublas:
 
     Not CuPy's wrappers: they refuse to run while a stream is captured into a CUDA graph (cupy_backends'
     cublas.setStream raises NotImplementedError), and a captured epoch is where launch overhead goes away. The
-    handle gets its own workspace, so that a captured GEMM never allocates. TF32 tensor-core math only when asked
-    (``tf32``; float32 only)."""
+    handle gets its own workspace, so that a captured GEMM never allocates, set after the stream: cublasSetStream
+    resets the workspace to cuBLAS's default pool (cuBLAS documentation of cublasSetStream; PyTorch sets the stream
+    first for the same reason). TF32 tensor-core math only when asked (``tf32``; float32 only)."""
 
     OP_N, OP_T = 0, 1
     DEFAULT_MATH, TF32_TENSOR_OP_MATH = 0, 3
@@ -64,10 +52,10 @@ class Cublas:
         self.lib = _load_cublas()
         self.handle = ctypes.c_void_p()
         self._ok(self.lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate_v2")
+        self._ok(self.lib.cublasSetStream_v2(self.handle, stream.ptr), "cublasSetStream_v2")   # first: see above
         self.workspace = cp.empty(CUBLAS_WORKSPACE_BYTES, dtype=cp.uint8)
         self._ok(self.lib.cublasSetWorkspace_v2(self.handle, self.workspace.data.ptr, CUBLAS_WORKSPACE_BYTES),
                  "cublasSetWorkspace_v2")
-        self._ok(self.lib.cublasSetStream_v2(self.handle, stream.ptr), "cublasSetStream_v2")
         self.tf32 = bool(tf32)
         self._ok(self.lib.cublasSetMathMode(self.handle, self.TF32_TENSOR_OP_MATH if tf32 else self.DEFAULT_MATH),
                  "cublasSetMathMode")

@@ -1,5 +1,10 @@
-"""The GPU's kernel sources and device: the CUDA files and the macros they are compiled with, the stream all of
-fastmlp's GPU work runs on, and the compiled kernels (NVRTC through CuPy, cached on disk by CuPy)."""
+"""The GPU's kernel sources and device: the CUDA files and the macros they are compiled with, whether the GPU
+backend can run here, the stream all of fastmlp's GPU work runs on, and the compiled kernels (NVRTC through CuPy,
+cached on disk by CuPy).
+
+What the backend needs beyond CuPy itself, NVRTC and cuBLAS, comes with CuPy's [ctk] extra (cupy-cuda13x[ctk],
+fastmlp's `gpu` extra; cupy-cuda12x[ctk] for a CUDA 12 driver, `gpu-cuda12`). fastmlp.provenance.gpu_report finds
+and checks all of it, and says why the backend cannot run where it cannot (`fastmlp info`)."""
 import contextlib
 import re
 from pathlib import Path
@@ -8,6 +13,7 @@ import numpy as np
 
 from ..constants import (N_CLASSES, PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, PHILOX_W0, PHILOX_W1, STREAM_FOLD,
                          STREAM_INIT, STREAM_ORDER, STREAM_TEST_X, STREAM_TRAIN_X)
+from ..provenance import cuda_library, gpu_info, gpu_install_hint
 
 # stem -> the kernels of kernels/<stem>.cu; DTYPE_FREE stems do not use REAL and are compiled once
 KERNELS = {
@@ -79,9 +85,21 @@ def cupy_module():
 
 
 def available():
-    """True when CuPy is importable and reaches a CUDA device."""
-    from ..provenance import gpu_info
+    """True when the GPU engine can be built and run here: CuPy imports, its CUDA version is one the driver serves,
+    a device is reachable, NVRTC compiles a kernel that then runs, and cuBLAS loads (fastmlp.provenance.gpu_report,
+    probed once per process, says which of these fails)."""
     return gpu_info() is not None
+
+
+def load_library(name):
+    """The CUDA library `name` ('cublas') that CuPy uses, through ctypes -> (ctypes.CDLL, where from); OSError with
+    one line if it is not found (fastmlp.provenance.cuda_library)."""
+    return cuda_library(name, cupy_module())
+
+
+def install_hint():
+    """What to install for the CUDA libraries of this CuPy's CUDA version, as words for an error message."""
+    return gpu_install_hint(cupy_module().cuda.runtime.runtimeGetVersion() // 1000)
 
 
 def device_name():
