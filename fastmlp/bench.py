@@ -10,6 +10,7 @@ Shape legend: M networks, B minibatch (b for the last, smaller one), N samples, 
 L hidden layers, C = 2 classes, K fan-in of a layer.
 """
 
+import functools
 import importlib.util
 import json
 import os
@@ -190,12 +191,12 @@ def train_torch(x, y, M, H, L, B, lr, epochs, seed, return_params=False, threads
     return [(W.numpy().copy(), bias.numpy().copy()) for W, bias in params] if return_params else None
 
 
-def prepare_fastmlp_cpu(x, y, M, H, L, B, lr, seed):
+def prepare_fastmlp_cpu(x, y, M, H, L, B, lr, seed, loss="xent"):
     """fastmlp's batched engine on the CPU backend; run(epochs) trains with no stop rule (fixed work)."""
     from .backend import engine_class
 
     eng = engine_class("cpu")(x, y, hidden_width=H, depth=L, batch_size=B, lrs=np.full(M, lr),
-                              seeds=np.arange(M) + seed)
+                              seeds=np.arange(M) + seed, loss=loss, init="he")   # the baselines' init: comparable
     eng.compile()
 
     def run(epochs):
@@ -244,6 +245,8 @@ def _torch_available():
 IMPLS = {"fastmlp-cpu": prepare_fastmlp_cpu, "numpy": prepare_numpy}
 if _torch_available():
     IMPLS["torch"] = prepare_torch
+# The CPU engine with the squared losses (asked for by name): their cost against cross-entropy's, side by side.
+LOSS_IMPLS = {f"fastmlp-cpu-{loss}": functools.partial(prepare_fastmlp_cpu, loss=loss) for loss in ("mse", "hinge2")}
 
 # The GPU engine, as used (graphs, float32), with one launch per kernel (no graphs: the launch overhead measured),
 # and with TF32 tensor-core GEMMs (asked for explicitly; recorded in the JSON line).
@@ -324,7 +327,7 @@ def run_bench(workloads=("W1", "W2", "W3", "W4"), impls=None, epochs=None, repea
     a GPU is usable). epochs: an
     int for every workload, or None for DEFAULT_EPOCHS. networks: M for every workload instead of its own.
     """
-    known = {**IMPLS, **GPU_IMPLS}
+    known = {**IMPLS, **LOSS_IMPLS, **GPU_IMPLS}
     if impls is None:
         impls = dict(IMPLS)
         if gpu_available():

@@ -11,6 +11,9 @@ from . import __version__
 from .progress import Progress, SweepProgress, duration
 from .store import json_safe, write_json_atomic
 from .errors import UsageError
+from .preflight import check_outputs
+from .constants import LOSSES
+from .engine import STOPS
 from .reference import DEFAULT_INIT, INITS
 
 DTYPES = ("float32", "float64")
@@ -36,8 +39,9 @@ def _parse_floats(text, option):
     return values
 
 
-def parse_int_list(text, option):
-    """'0-9', '0,3,5' or '0-4,10' -> list of ints."""
+def int_ranges(text, option):
+    """'0-9', '0,3,5' or '0-4,10' -> [(lo, hi)] inclusive ranges, not yet expanded (so that their size can be
+    checked before a list of that size is made)."""
     out = []
     try:
         for part in text.split(","):
@@ -47,14 +51,19 @@ def parse_int_list(text, option):
                 lo, hi = int(lo), int(hi)
                 if hi < lo:
                     raise ValueError
-                out.extend(range(lo, hi + 1))
+                out.append((lo, hi))
             elif part:
-                out.append(int(part))
+                out.append((int(part), int(part)))
     except (ValueError, TypeError):
         raise UsageError(f"{option} takes integers and ranges like 0-9 or 0,3,5 (got {text!r})") from None
     if not out:
         raise UsageError(f"{option} needs at least one value")
     return out
+
+
+def parse_int_list(text, option):
+    """'0-9', '0,3,5' or '0-4,10' -> list of ints."""
+    return [v for lo, hi in int_ranges(text, option) for v in range(lo, hi + 1)]
 
 
 def emit_json(obj):
@@ -117,6 +126,15 @@ training_options = _options(
                       "U(+-1/sqrt(fan_in)), PyTorch's nn.Linear default); refused with --param ntk"),
     click.option("--init-scale", type=float, default=1.0, show_default=True,
                  help="multiplies every initial weight and bias (with --param ntk too)"),
+    click.option("--loss", type=click.Choice(LOSSES), default="xent", show_default=True,
+                 help="xent: softmax cross-entropy of the two logits; mse: (f - y)^2 / 2 and hinge2: "
+                      "max(0, 1 - y f)^2 / 2 on the scalar output f = z1 - z0 with y = +-1; every loss predicts "
+                      "class 1 where f > 0"),
+    click.option("--stop", type=click.Choice(STOPS), default="zero-error", show_default=True,
+                 help="zero-error: a network stops at the first epoch with zero training error (the paper's "
+                      "rule); loss: at the first epoch whose mean training loss over its whole training set is at "
+                      "most --target-loss"),
+    click.option("--target-loss", type=float, default=None, help="the target of --stop loss"),
     click.option("--sigma-w2", type=float, default=2.0, show_default=True, help="NTK parameterization: sigma_w^2"),
     click.option("--sigma-b2", type=float, default=0.0, show_default=True, help="NTK parameterization: sigma_b^2"),
     click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True),
@@ -151,19 +169,27 @@ def main():
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def info(as_json):
-    """Backends available, devices, versions and thread count."""
-    from .provenance import cpu_info, git_commit, gpu_info, versions
-    gpu = gpu_info()
-    out = {"fastmlp": __version__, "backends": {"cpu": cpu_info(), "gpu": gpu}, "versions": versions(),
-           "git_commit": git_commit()}
+    """Backends available, devices, versions and thread count; for the GPU, the CuPy, CUDA runtime and driver
+    found, and why the GPU backend cannot run where it cannot."""
+    from .provenance import cpu_info, cuda_version, git_commit, gpu_info, gpu_report, versions
+    report = gpu_report()
+    out = {"fastmlp": __version__, "backends": {"cpu": cpu_info(), "gpu": gpu_info()}, "gpu_stack": report,
+           "versions": versions(), "git_commit": git_commit()}
     if as_json:
         emit_json(out)
         return
     cpu = out["backends"]["cpu"]
     click.echo(f"fastmlp {__version__}")
     click.echo(f"cpu backend: {cpu['device']}, {cpu['threads']} threads (NUMBA_NUM_THREADS to change)")
-    click.echo("gpu backend: " + (f"{gpu['device']} ({gpu['devices']} device(s))" if gpu
-                                  else "none (needs CuPy and a CUDA device; pip install 'fastmlp[gpu]')"))
+    found = [f"{label} {value}" for label, value in (
+        ("CuPy", report["cupy"]), ("CUDA runtime", cuda_version(report["cuda_runtime"])),
+        ("driver for CUDA", cuda_version(report["cuda_driver"])), ("NVRTC", report["nvrtc"]),
+        ("cuBLAS", report["cublas"])) if value is not None]
+    if report["problem"] is None:
+        click.echo(f"gpu backend: {report['device']} ({report['devices']} device(s)); " + ", ".join(found))
+    else:
+        click.echo(f"gpu backend: none: {report['problem']}")
+        click.echo("  found: " + (", ".join(found) if found else "nothing"))
     click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in out["versions"].items()))
     if out["git_commit"]:
         click.echo(f"git commit: {out['git_commit']}")
@@ -186,6 +212,7 @@ def data(task, D, seed, indices, beta1, beta2, N, split, start, out):
     spec = parse_task(task, D=D, indices=indices, beta1=beta1, beta2=beta2)
     if N < 1:
         raise UsageError(f"--N must be at least 1 (got {N})")
+    check_outputs(("--out", out, "npz"))
     x, y = generate(spec, seed, split, start, N)
     np.savez(out, x=x, y=y)
     click.echo(f"wrote {N} {split} samples of {spec.name} (D = {spec.D}, seed {seed}) to {out}", err=True)
@@ -203,9 +230,12 @@ def data(task, D, seed, indices, beta1, beta2, N, split, start, out):
 @click.option("--save-params", type=click.Path(dir_okay=False), default=None,
               help="write every network's final parameters to this .npz (W0, b0, ..., W{L}, b{L}; "
                    "W{l} has shape (networks, fan_in, fan_out), in the order of the records)")
+@click.option("--save-outputs", type=click.Path(dir_okay=False), default=None,
+              help="write every network's output f = z1 - z0 on the --n-test test points to this .npz (f: "
+                   "(networks, n_test); y: the labels as +-1), the points of `ntk --save-outputs`")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (progress stays off)")
 def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epochs, n_test, param, init, init_scale,
-          sigma_w2, sigma_b2, dtype, backend, save_params, as_json):
+          loss, stop, target_loss, sigma_w2, sigma_b2, dtype, backend, save_params, save_outputs, as_json):
     """Train the grid of learning rates x network seeds in one engine call on one training set.
 
     Each network trains until its training error is exactly zero, it diverges, or --max-epochs; then every
@@ -217,24 +247,32 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
     spec = parse_task(task, D=D, indices=indices, beta1=beta1, beta2=beta2)
     _check_init_option(param)
     lrs = _parse_floats(lr, "--lr")
-    net_seeds = parse_int_list(seeds, "--seeds")
+    ranges = int_ranges(seeds, "--seeds")
+    train_mod.check_seeds(ranges)
+    train_mod.check_config(N, L, H, B, max_epochs, n_test)
+    check_outputs(("--save-params", save_params, "npz"), ("--save-outputs", save_outputs, "npz"))
+    n_networks = len(lrs) * sum(hi - lo + 1 for lo, hi in ranges)
+    train_mod.check_size(spec.D, n_networks, N, H, L, dtype, backend)   # before a list of that many seeds is made
+    net_seeds = [v for lo, hi in ranges for v in range(lo, hi + 1)]
     bar = Progress(f"train {spec.name} M={len(lrs) * len(net_seeds)}", enabled=not as_json)
     out = train_mod.run(spec, lrs, net_seeds, N=N, L=L, H=H, B=B, seed=seed, max_epochs=max_epochs, n_test=n_test,
                         param=param, sigma_w2=sigma_w2, sigma_b2=sigma_b2, init=init, init_scale=init_scale,
-                        dtype=dtype, backend=backend, save_params=save_params, progress=bar, note=bar.note)
+                        loss=loss, stop=stop, target_loss=target_loss, dtype=dtype, backend=backend,
+                        save_params=save_params, save_outputs=save_outputs, progress=bar, note=bar.note)
     bar.close()
     if as_json:
         emit_json(out)
         return
     init_text = f"init={init}" if param == "standard" else "init=N(0,1)"
+    stop_text = "stop=zero-error" if stop == "zero-error" else f"stop=loss<={target_loss:g}"
     click.echo(f"{spec.name}  D={spec.D} N={N} L={L} H={H} B={B}  param={param} {init_text} "
-               f"init_scale={init_scale:g} dtype={dtype}  "
+               f"init_scale={init_scale:g} loss={loss} {stop_text} dtype={dtype}  "
                f"seed={seed}  n_test={n_test}")
     click.echo(f"{'lr':>10} {'seed':>6} {'epochs':>7} {'status':>13} {'train_err':>10} {'test_err':>9}")
     for n in out["networks"]:
         status = "converged" if n["converged"] else "DIVERGED" if n["diverged"] else "not converged"
         train_err = "-" if n["train_error"] is None else f"{n['train_error']:.4f}"
-        test = "-" if n["test_error"] is None or n["diverged"] else f"{n['test_error']:.4f}"
+        test = "-" if n["test_error"] is None else f"{n['test_error']:.4f}"   # a diverged one's: DIVERGED_ERROR
         click.echo(f"{n['lr']:>10g} {n['seed']:>6} {n['epochs']:>7} {status:>13} {train_err:>10} {test:>9}")
     s, tp, t = out["summary"], out["throughput"], out["timing"]
     click.echo(f"{s['converged']}/{s['n_networks']} converged, {s['diverged']} diverged; "
@@ -263,7 +301,8 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
               help="also write the record to this JSON file (atomically)")
 @click.option("--json", "as_json", is_flag=True, help="print the record as one JSON object (progress stays off)")
 def run(task, D, seed, indices, beta1, beta2, N, L, H, B, folds, bo_calls, bo_batch, lr_min, lr_max, lr, repeats,
-        max_epochs, n_test, param, init, init_scale, sigma_w2, sigma_b2, dtype, backend, out, as_json):
+        max_epochs, n_test, param, init, init_scale, loss, stop, target_loss, sigma_w2, sigma_b2, dtype, backend, out,
+        as_json):
     """The paper's protocol for one (TASK, N, L): the learning rate by K-fold cross-validation and Bayesian
     optimization over log10(lr), then --repeats networks on all N samples at that rate, then their test error.
 
@@ -276,6 +315,7 @@ def run(task, D, seed, indices, beta1, beta2, N, L, H, B, folds, bo_calls, bo_ba
 
     spec = parse_task(task, D=D, indices=indices, beta1=beta1, beta2=beta2)
     _check_init_option(param)
+    check_outputs(("--out", out, "json"))
     t0 = time.perf_counter()
 
     def say(text):
@@ -284,12 +324,16 @@ def run(task, D, seed, indices, beta1, beta2, N, L, H, B, folds, bo_calls, bo_ba
 
     rec = protocol.run(spec, N=N, L=L, H=H, B=B, folds=folds, bo_calls=bo_calls, bo_batch=bo_batch, lr_min=lr_min,
                        lr_max=lr_max, repeats=repeats, n_test=n_test, seed=seed, backend=backend, param=param,
-                       sigma_w2=sigma_w2, sigma_b2=sigma_b2, init=init, init_scale=init_scale,
-                       max_epochs=max_epochs, dtype=dtype, lr=lr, progress=say)
-    if out:
-        write_json_atomic(out, rec)
+                       sigma_w2=sigma_w2, sigma_b2=sigma_b2, init=init, init_scale=init_scale, loss=loss, stop=stop,
+                       target_loss=target_loss, max_epochs=max_epochs, dtype=dtype, lr=lr, progress=say)
     if as_json:
-        emit_json(rec)
+        emit_json(rec)                # first: the record reaches stdout even if the file cannot be written now
+    if out:
+        try:
+            write_json_atomic(out, rec)
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot write the record ({e.strerror or e})") from None
+    if as_json:
         return
     if rec["search"]:
         click.echo(f"{'lr':>10} {'val_err':>8}  fold epochs")
@@ -320,8 +364,12 @@ def run(task, D, seed, indices, beta1, beta2, N, L, H, B, folds, bo_calls, bo_ba
 @click.option("--kind", type=click.Choice(["ntk", "nngp"]), default="ntk", show_default=True,
               help="regress with the NTK Theta or the NNGP kernel K")
 @click.option("--backend", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--save-outputs", type=click.Path(dir_okay=False), default=None,
+              help="write the predictor f(x*) of every repeat on the --n-test test points to this .npz (f: "
+                   "(repeats, n_test); y: the labels as +-1), the points of `train --save-outputs`")
 @click.option("--json", "as_json", is_flag=True, help="print the record as one JSON object (progress stays off)")
-def ntk(task, D, seed, indices, beta1, beta2, N, L, repeats, n_test, sigma_w2, sigma_b2, kind, backend, as_json):
+def ntk(task, D, seed, indices, beta1, beta2, N, L, repeats, n_test, sigma_w2, sigma_b2, kind, backend, save_outputs,
+        as_json):
     """Test error of kernel regression with the analytic NTK of the depth-L ReLU network (the infinite-width,
     lazy-learning limit of `train --param ntk`): f(x) = Theta(x, X) Theta(X, X)^-1 y with y = +-1, class by sign.
 
@@ -341,7 +389,7 @@ def ntk(task, D, seed, indices, beta1, beta2, N, L, repeats, n_test, sigma_w2, s
             click.echo(f"ntk {spec.name} N={N} L={L}: {text} [{time.perf_counter() - t0:.0f}s]", err=True)
 
     rec = ntk_mod.run(spec, N=N, L=L, n_test=n_test, repeats=repeats, seed=seed, sigma_w2=sigma_w2,
-                      sigma_b2=sigma_b2, kind=kind, backend=backend, progress=say)
+                      sigma_b2=sigma_b2, kind=kind, backend=backend, progress=say, save_outputs=save_outputs)
     if as_json:
         emit_json(rec)
         return
@@ -366,7 +414,7 @@ def sweep_keys(command):
     from .sweep import Key
     keys = {"task": Key("task", str, None)}
     for p in command.params:
-        if not isinstance(p, click.Option) or p.name in ("as_json", "out"):
+        if not isinstance(p, click.Option) or p.name in ("as_json", "out", "save_outputs", "save_params"):
             continue
         name = max(p.opts, key=len).lstrip("-")
         if isinstance(p.type, click.Choice):
@@ -393,9 +441,13 @@ def sweep_keys(command):
 @click.option("--shard", default=None, metavar="i/K",
               help="run only the i-th of K slices of the jobs (0 <= i < K), for batch-system job arrays")
 @click.option("--retry-failed", is_flag=True, help="run again the jobs whose stored record is failed")
-@click.option("--dry-run", is_flag=True, help="list the jobs, their ids and stored status; run nothing")
+@click.option("--claim-timeout", type=float, default=None, metavar="SECONDS",
+              help="a job claimed by another process whose claim has not been renewed for this long is taken over "
+                   "(that process was killed) [default: 600]")
+@click.option("--dry-run", is_flag=True, help="list the jobs, their ids, stored status and claims; run nothing")
 @click.option("--json", "as_json", is_flag=True, help="print a summary as one JSON object (progress stays off)")
-def sweep(sweep_file, store_dir, overrides, workers, scheduler, shard, retry_failed, dry_run, as_json):
+def sweep(sweep_file, store_dir, overrides, workers, scheduler, shard, retry_failed, claim_timeout, dry_run,
+          as_json):
     """Run every job of a sweep file (a grid of `run` or `ntk` jobs) that the store does not hold yet.
 
     The file's keys are the options of `fastmlp run` (or of `fastmlp ntk`, with command = "ntk") without their
@@ -403,6 +455,10 @@ def sweep(sweep_file, store_dir, overrides, workers, scheduler, shard, retry_fai
     named by a hash of its resolved configuration, and its record is written to the store the moment it
     finishes.  Stop the sweep at any time and run the same command again: finished jobs are skipped, and so are
     failed ones unless --retry-failed.  Exit status 1 when a job of the sweep has a failed record.
+
+    Several sweep processes, on one machine or on several that share the store's directory, divide the jobs of one
+    store between them: each claims a job before it runs it, waits at the end for the jobs others hold, and takes
+    over a job whose claim is not renewed for --claim-timeout seconds.
     """
     from pathlib import Path
 
@@ -414,36 +470,58 @@ def sweep(sweep_file, store_dir, overrides, workers, scheduler, shard, retry_fai
     jobs, settings = sw.read_sweep(sweep_file, schemas, pairs)
     if shard:
         jobs = sw.select_shard(jobs, shard)
+    if claim_timeout is not None and not (math.isfinite(claim_timeout) and claim_timeout > 0):
+        raise UsageError(f"--claim-timeout must be a positive number of seconds (got {claim_timeout:g})")
     store_path = Path(store_dir or Path("results") / Path(sweep_file).stem)
-    store = Store(store_path) if not dry_run or store_path.exists() else None   # a dry run creates nothing
+    store = Store(store_path, create=False) if store_path.exists() else None   # read only, for now
     statuses = store.statuses() if store else {}
     todo, done, failed = sw.plan(jobs, statuses, retry_failed)
     if dry_run:
+        from .store import is_stale
+        claims = store.claims() if store else {}
+        retried = {job.id for job in todo}
+        lines = []
         for job in jobs:
             status = statuses.get(job.id, "pending")
-            if job in todo and status == "failed":
+            if job.id in retried and status == "failed":
                 status = "failed, to retry"
-            click.echo(f"{job.id}  {status:<16} {job.command_line()}")
-        click.echo(f"{len(jobs)} jobs: {len(done)} done, {len(failed)} failed (skipped), {len(todo)} to run; "
-                   f"store {store_path}", err=True)
+            holder = claims.get(job.id)
+            if holder is not None and status != "done":
+                stale = is_stale(holder, **({} if claim_timeout is None else {"timeout": claim_timeout}))
+                status = f"claimed by {holder.get('host', '?')}:{holder.get('pid', '?')}{' (stale)' if stale else ''}"
+            lines.append(f"{job.id}  {status:<16} {job.command_line()}")
+        if lines:
+            click.echo("\n".join(lines))
+        n_claimed = sum(job.id in claims for job in todo)
+        click.echo(f"{len(jobs)} jobs: {len(done)} done, {len(failed)} failed (skipped), {len(todo)} to run"
+                   + (f" ({n_claimed} of them claimed by running sweeps)" if n_claimed else "")
+                   + f"; store {store_path}", err=True)
         return
+    n_workers = workers if workers is not None else settings["workers"]
+    if todo and not scheduler and any(job.config["backend"] == "gpu" for job in todo):
+        _check_backend("gpu")   # this machine runs them: refuse now rather than fail every job
+    if todo and not scheduler and not n_workers:
+        sw.check_sizes(todo)    # they run here, in this process: refuse now what would not fit
+    store = Store(store_path)   # created if missing, checked writable, cleaned of what killed writers left
     t0 = time.perf_counter()
     say = (lambda text: None) if as_json else (lambda text: click.echo(f"sweep: {text}", err=True))
     say(f"{len(jobs)} jobs in {sweep_file}: {len(done)} done already, "
         + (f"{len(failed)} failed (skipped; --retry-failed to rerun), " if failed else "")
-        + f"{len(todo)} to run; store {store_path}")
+        + f"{len(todo)} to run; store {store_path}" + (" (created)" if store.created else ""))
     progress = SweepProgress(len(jobs) - len(failed), len(done), 0, enabled=not as_json)
-    written = []
-    if todo and not scheduler and any(job.config["backend"] == "gpu" for job in todo):
-        _check_backend("gpu")   # this machine runs them: refuse now rather than fail every job
+    written, by_others = [], []
     if todo:
         import signal
         signal.signal(signal.SIGTERM, signal.default_int_handler)   # a batch system's SIGTERM: stop as on Ctrl-C
-        executor = sw.executor_for(workers if workers is not None else settings["workers"], scheduler,
-                                   job_progress=progress.job)
+        executor = sw.executor_for(n_workers, scheduler, job_progress=progress.job)
         say(f"running {executor.description}")
+
+        def other(rec):
+            by_others.append(rec)
+            progress(rec)
         try:
-            written = sw.run_jobs(todo, store, executor, progress)
+            written = sw.run_jobs(todo, store, executor, progress, timeout=claim_timeout, on_other=other, say=say,
+                                  warn=lambda text: click.echo(f"sweep: warning: {text}", err=True))
         except KeyboardInterrupt:
             progress.close()
             click.echo(f"sweep: interrupted; every finished job is in {store_path}: run the same command to go on",
@@ -452,16 +530,16 @@ def sweep(sweep_file, store_dir, overrides, workers, scheduler, shard, retry_fai
         finally:
             executor.close()
         progress.close()
-    n_failed = len(failed) + sum(rec["status"] == "failed" for rec in written)
+    n_failed = len(failed) + sum(rec["status"] == "failed" for rec in written + by_others)
     summary = {"sweep": str(sweep_file), "store": str(store_path), "jobs": len(jobs), "skipped_done": len(done),
-               "skipped_failed": len(failed), "ran": len(written),
-               "done": len(done) + sum(rec["status"] == "done" for rec in written), "failed": n_failed,
+               "skipped_failed": len(failed), "ran": len(written), "ran_elsewhere": len(by_others),
+               "done": len(done) + sum(rec["status"] == "done" for rec in written + by_others), "failed": n_failed,
                "wall_s": time.perf_counter() - t0}
     if as_json:
         emit_json(summary)
     else:
         say(f"{summary['done']}/{len(jobs)} jobs done, {n_failed} failed; ran {len(written)} in "
-            f"{duration(summary['wall_s'])}"
+            f"{duration(summary['wall_s'])}" + (f", {len(by_others)} by other processes" if by_others else "")
             + ("; see the errors with `fastmlp collect`, rerun with --retry-failed" if n_failed else ""))
     if n_failed:
         sys.exit(1)
@@ -482,6 +560,7 @@ def collect(store_dir, csv_out, jsonl_out, status):
     validation error, wall time, device, version and error.  CSV on stdout when no file is given."""
     from .store import Store, table, write_csv, write_jsonl
 
+    check_outputs(("--csv", csv_out, "csv"), ("--jsonl", jsonl_out, "jsonl"))
     records = [rec for rec in Store(store_dir, create=False).records() if status in ("all", rec["status"])]
     columns, rows = table(records)
     if csv_out is None and jsonl_out is None:
@@ -499,9 +578,10 @@ def collect(store_dir, csv_out, jsonl_out, status):
 @click.argument("store_dir", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="the picture (.png, .pdf or .svg); the plotted numbers go beside it as .csv")
-@click.option("--x", "x", type=click.Choice(["auto", "N", "lr"]), default="auto", show_default=True,
+@click.option("--x", "x", type=click.Choice(["auto", "N", "lr", "init-scale"]), default="auto", show_default=True,
               help="N: test error against N, a panel per task; lr: against a fixed learning rate, a panel per "
-                   "(task, N); auto: lr when the store's runs vary a fixed lr")
+                   "(task, N); init-scale: against the initial scale, a panel per (task, N); auto: lr when the "
+                   "store's runs vary a fixed lr, else N")
 def plot(store_dir, out, x):
     """The paper's figures from a store: test error against N, a curve per depth L with error bars over the
     repeats (pooled over seeds), a panel per task, and the NTK of each depth as its own dashed curve; or test
@@ -509,6 +589,7 @@ def plot(store_dir, out, x):
     from pathlib import Path
 
     from .plot import plot_store
+    check_outputs(("--out", out, "figure"), ("--out (its numbers)", Path(out).with_suffix(".csv"), "csv"))
     fig, points = plot_store(store_dir, out, x=x)
     curves = {(p["panel"], p["curve"]) for p in points}
     click.echo(f"plot: {len(fig.axes)} panels, {len(curves)} curves, {len(points)} points; wrote {out} and "
@@ -520,11 +601,11 @@ def plot(store_dir, out, x):
 @click.option("--workload", "workloads", multiple=True, type=click.Choice(["W1", "W2", "W3", "W4"]),
               help="workload(s) to run [default: all four]")
 @click.option("--impl", "impls", multiple=True,
-              type=click.Choice(["fastmlp-cpu", "numpy", "torch", "fastmlp-gpu", "fastmlp-gpu-nograph",
-                                 "fastmlp-gpu-tf32"]),
+              type=click.Choice(["fastmlp-cpu", "fastmlp-cpu-mse", "fastmlp-cpu-hinge2", "numpy", "torch",
+                                 "fastmlp-gpu", "fastmlp-gpu-nograph", "fastmlp-gpu-tf32"]),
               help="implementation(s) [default: fastmlp-cpu, numpy, torch when importable, fastmlp-gpu when a GPU "
-                   "is usable]; -nograph launches every kernel on its own (no CUDA graphs), -tf32 lets cuBLAS use "
-                   "TF32")
+                   "is usable]; fastmlp-cpu-mse and -hinge2 train with that loss instead of cross-entropy; "
+                   "-nograph launches every kernel on its own (no CUDA graphs), -tf32 lets cuBLAS use TF32")
 @click.option("--repeats", type=int, default=3, show_default=True, help="timed calls; the median is reported")
 @click.option("--epochs", type=int, default=None, help="epochs per timed call [default: per workload]")
 @click.option("--threads", type=int, default=None, help="threads for every implementation [default: all cores]")

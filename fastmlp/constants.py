@@ -16,3 +16,6 @@ STREAM_FOLD = 5      # cross-validation fold assignment
 
 # Output classes of every network.
 N_CLASSES = 2
+
+# Training losses; a loss's index here is its code in the kernels of every backend (reference.output_loss).
+LOSSES = ("xent", "mse", "hinge2")

@@ -135,9 +135,27 @@ def _xent(z0, z1, y):
     return lse - (z1 if y == 1 else z0), math.exp(z1 - lse)
 
 
+@njit(inline="always", **_jit)
+def _loss(z0, z1, y, loss_kind):
+    """(loss, dloss/dz1) of one sample in float64, for the loss of code loss_kind (constants.LOSSES: 0 xent,
+    1 mse, 2 hinge2; see reference.output_loss); dloss/dz0 = -dloss/dz1 for every one of them."""
+    if loss_kind == 0:
+        value, p1 = _xent(z0, z1, y)
+        return value, p1 - y
+    f = np.float64(z1) - np.float64(z0)
+    t = 2.0 * y - 1.0
+    if loss_kind == 1:
+        d = f - t
+        return 0.5 * d * d, d
+    gap = 1.0 - t * f
+    if gap > 0.0:
+        return 0.5 * gap * gap, -t * gap
+    return 0.0, 0.0
+
+
 # ------------------------------------------------------------------------------------------------- one step
 @njit(inline="always", **_jit)
-def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, act, dz, z, ident):
+def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, act, dz, z, ident):
     """One SGD step of one network on the minibatch X[rows[:nb]]; returns its mean loss (before the step)."""
     L = act.shape[0]
     nbp = round_up(nb, MR_ROWS)
@@ -148,13 +166,13 @@ def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, act, dz, z, ide
         _fwd_layer(act[l], act[l - 1], ident, nbp, Wh[l - 1], Wh.shape[2], bh[l - 1], c[l], s[l])
     aL = act[L - 1]
     _output_forward(z, aL, Wo, bo, nb, c[L], s[L])
-    # softmax cross-entropy; z is overwritten with dloss/dlogits (zero on padding rows)
+    # the loss; z is overwritten with dloss/dlogits (zero on padding rows)
     loss = 0.0
     for b in range(nbp):
         if b < nb:
-            l_b, p1 = _xent(z[b, 0], z[b, 1], Y[rows[b]])
+            l_b, d1 = _loss(z[b, 0], z[b, 1], Y[rows[b]], loss_kind)
             loss += l_b
-            g1 = (p1 - Y[rows[b]]) / nb
+            g1 = d1 / nb
             z[b, 0] = -g1
             z[b, 1] = g1
         else:
@@ -188,7 +206,7 @@ def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, act, dz, z, ide
 
 
 @njit(inline="always", **_jit)
-def _evaluate_one(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, act, z, rows, ident, stop_at_error):
+def _evaluate_one(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, loss_kind, act, z, rows, ident, stop_at_error):
     """(number of errors, summed loss, samples seen) of one network on X[idx[:n]], in chunks of one padded
     minibatch; with stop_at_error it returns after the first chunk that holds an error."""
     L = act.shape[0]
@@ -209,7 +227,7 @@ def _evaluate_one(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, act, z, rows, iden
         _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L])
         for b in range(nb):
             y = Y[rows[b]]
-            l_b, _ = _xent(z[b, 0], z[b, 1], y)
+            l_b, _ = _loss(z[b, 0], z[b, 1], y, loss_kind)
             loss += l_b
             errors += (1 if z[b, 1] > z[b, 0] else 0) != y
         seen += nb
@@ -219,14 +237,14 @@ def _evaluate_one(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, act, z, rows, iden
 # --------------------------------------------------------------------------------------- parallel drivers
 @njit(parallel=True, **_jit)
 def train_epoch(X, Y, subsets, sub_off, active, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lrs, seeds, epochs, batch,
-                check, full, act, dz, z, rows, perm, ident, out_loss, out_err, out_seen, out_diverged):
+                loss_kind, check, full, act, dz, z, rows, perm, ident, out_loss, out_err, out_seen, out_diverged):
     """One epoch of every network in ``active``, then (if ``check``) the stop check on its training subset.
 
     The check only has to decide "is the training error zero?": it stops at the first chunk with an error,
-    unless full[m] asks for the exact error and loss (the engine does so when the epoch cap is reached).  A
-    network whose error is zero is scanned whole either way.  Outputs per network m: training loss (over the
-    subset when it was scanned whole, else the epoch's mean minibatch loss), error count and samples seen by
-    the check, diverged flag."""
+    unless full[m] asks for the exact error and loss (the engine does so when the epoch cap is reached, and
+    every epoch under the loss rule).  A network whose error is zero is scanned whole either way.  Outputs per
+    network m: training loss (over the subset when its error is zero or full[m], else the epoch's mean minibatch
+    loss), error count and samples seen by the check, diverged flag."""
     T = act.shape[0]
     n_active = active.shape[0]
     for t in prange(T):
@@ -244,7 +262,7 @@ def train_epoch(X, Y, subsets, sub_off, active, W0, b0, Wh, WhT, bh, Wo, bo, c, 
                 for b in range(nb):
                     r[b] = p[start + b]
                 loss = _step(X, Y, r, nb, W0[m], b0[m], Wh[m], WhT[m], bh[m], Wo[m], bo[m], c, s, lrs[m],
-                             act[t], dz[t], z[t], ident)
+                             loss_kind, act[t], dz[t], z[t], ident)
                 total += loss
                 steps += 1
                 if not math.isfinite(loss):
@@ -253,24 +271,27 @@ def train_epoch(X, Y, subsets, sub_off, active, W0, b0, Wh, WhT, bh, Wo, bo, c, 
             out_loss[m] = total / steps
             if check and not out_diverged[m]:
                 err, lsum, seen = _evaluate_one(X, Y, sub, n, W0[m], b0[m], Wh[m], bh[m], Wo[m], bo[m], c, s,
-                                                act[t], z[t], rows[t], ident, not full[m])
+                                                loss_kind, act[t], z[t], rows[t], ident, not full[m])
                 out_err[m] = err
                 out_seen[m] = seen
-                if seen == n or not math.isfinite(lsum):   # a non-finite loss is reported as such
+                # the check's loss when it is the whole subset's and the network stops or must report it exactly
+                # (a scan that happens to reach the end past an error is not used: the GPU, which always scans
+                # everything, reports the same); a non-finite loss is reported as such
+                if (seen == n and (err == 0 or full[m])) or not math.isfinite(lsum):
                     out_loss[m] = lsum / seen
                 if not math.isfinite(lsum):
                     out_diverged[m] = True
 
 
 @njit(parallel=True, **_jit)
-def evaluate(X, Y, idx, W0, b0, Wh, WhT, bh, Wo, bo, c, s, act, z, rows, ident, out_err, out_loss):
+def evaluate(X, Y, idx, W0, b0, Wh, WhT, bh, Wo, bo, c, s, loss_kind, act, z, rows, ident, out_err, out_loss):
     """Error counts (M,) and summed losses (M,) of every network on X[idx]."""
     T = act.shape[0]
     M = W0.shape[0]
     for t in prange(T):
         for m in range(t, M, T):
             err, lsum, _ = _evaluate_one(X, Y, idx, idx.shape[0], W0[m], b0[m], Wh[m], bh[m], Wo[m], bo[m], c,
-                                         s, act[t], z[t], rows[t], ident, False)
+                                         s, loss_kind, act[t], z[t], rows[t], ident, False)
             out_err[m] = err
             out_loss[m] = lsum
 

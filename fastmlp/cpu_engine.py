@@ -16,16 +16,17 @@ class Engine(EngineBase):
 
     ``subsets``: None (every network trains on all N samples) or M index arrays into x (CV folds use this).
     ``init``, ``init_scale``: the initialization scheme and its scale (see reference.init_params).
+    ``loss``: one of constants.LOSSES; ``stop``, ``target_loss``: the stop rule (see fastmlp.engine).
     """
 
     def __init__(self, x, y, hidden_width, depth, batch_size, lrs, seeds, subsets=None, param="standard",
                  dtype=np.float32, sigma_w2=2.0, sigma_b2=0.0, threads=None, init=reference.DEFAULT_INIT,
-                 init_scale=1.0):
+                 init_scale=1.0, loss="xent", stop="zero-error", target_loss=None):
         x = np.asarray(x)
         y = np.asarray(y)
         lrs, seeds, self.dtype, subsets = check_engine_args(x.shape, y.shape, hidden_width, depth, batch_size, lrs,
                                                             seeds, subsets, param, dtype, sigma_w2, sigma_b2,
-                                                            init, init_scale)
+                                                            init, init_scale, loss, stop, target_loss)
         N, D = x.shape
         H, L, B, M = int(hidden_width), int(depth), int(batch_size), len(lrs)
         self.N, self.D, self.H, self.L, self.B, self.M = N, D, H, L, B, M
@@ -54,7 +55,7 @@ class Engine(EngineBase):
         self._perm = np.zeros((T, int(self.n_train.max())), np.int64)
         self._ident = np.arange(Bp, dtype=np.int64)            # rows of an activation buffer, in order
 
-        self._init_stop_state()
+        self._init_training(loss, stop, target_loss)
 
     # ------------------------------------------------------------------------------------------ parameters
     def _pack(self, params):
@@ -105,8 +106,8 @@ class Engine(EngineBase):
         full = np.ones(self.M, bool) if full is None else full
         with cpu.slp_vectorize():
             cpu.train_epoch(self._X, self._Y, self._subsets, self._sub_off, active, *self._weights(), self._lrs,
-                            self.seeds, self.epochs, self.B, check, full, self._act, self._dz, self._z,
-                            self._rows, self._perm, self._ident, loss, err, seen, div)
+                            self.seeds, self.epochs, self.B, self.loss_kind, check, full, self._act, self._dz,
+                            self._z, self._rows, self._perm, self._ident, loss, err, seen, div)
         self.epochs[active] += 1
         return loss, err, seen, div
 
@@ -123,24 +124,28 @@ class Engine(EngineBase):
     def fit(self, max_epochs=2000, progress=None):
         """Train until every network has stopped (converged, diverged or hit max_epochs); returns the results.
 
-        ``progress(epoch, n_active, n_networks)`` is called after every epoch.  While a network trains, its
-        check stops at the first misclassified sample (nothing more is needed to know it goes on), so
-        ``train_error`` is NaN and ``train_loss`` the epoch's mean minibatch loss; once it has stopped, both are
-        exact values over its whole training subset.
+        ``progress(epoch, n_active, n_networks)`` is called after every epoch.  Under the zero-error rule a
+        training network's check stops at the first misclassified sample (nothing more is needed to know it goes
+        on), so ``train_error`` is NaN and ``train_loss`` the epoch's mean minibatch loss; once it has stopped, both
+        are exact values over its whole training subset.  Under the loss rule every check scans the whole subset.
         """
         check_positive("--max-epochs", max_epochs)
+        by_loss = self.stop == "loss"
         for epoch in range(int(max_epochs)):
             active = np.flatnonzero(~self.stopped)
             if active.size == 0:
                 break
-            last = self.epochs + 1 >= max_epochs                 # (M,) exact error and loss wanted
-            loss, err, seen, div = self._epoch(active, check=True, full=last)
-            whole = seen[active] == self.n_train[active]
+            full = (self.epochs + 1 >= max_epochs) | by_loss      # (M,) exact error and loss wanted
+            loss, err, seen, div = self._epoch(active, check=True, full=full)
+            # exact values when the check scanned the whole subset and the network stops or must report them; a
+            # scan that reached the end past an error is not reported (the GPU, scanning everything, agrees)
+            whole = (seen[active] == self.n_train[active]) & ((err[active] == 0) | full[active])
             self.train_loss[active] = loss[active]
             self.train_error[active] = np.where(whole, err[active] / self.n_train[active], np.nan)
             self.diverged[active] = div[active]
             self.train_error[active[div[active]]] = np.nan
-            self.converged[active] = ~div[active] & (err[active] == 0)
+            reached = whole & (loss[active] <= self.target_loss) if by_loss else err[active] == 0
+            self.converged[active] = ~div[active] & reached
             self.stopped[active] = self.converged[active] | self.diverged[active]
             self.stopped |= self.epochs >= max_epochs
             if progress is not None:
@@ -163,8 +168,8 @@ class Engine(EngineBase):
         loss = np.zeros(self.M)
         idx = np.arange(len(X), dtype=np.int64)
         with cpu.slp_vectorize():
-            cpu.evaluate(X, np.ascontiguousarray(y, dtype=np.int8), idx, *self._weights(), self._act, self._z,
-                         self._rows, self._ident, err, loss)
+            cpu.evaluate(X, np.ascontiguousarray(y, dtype=np.int8), idx, *self._weights(), self.loss_kind,
+                         self._act, self._z, self._rows, self._ident, err, loss)
         return err, loss
 
     def logits(self, x):

@@ -25,14 +25,14 @@ arrays), so the same code runs on a GPU; only the Cholesky solve has a branch pe
 """
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import reference
+from . import preflight, reference
 from .errors import UsageError
+from .preflight import available_memory
 
 KINDS = ("ntk", "nngp")
 TILE = 1024          # rows and columns of one kernel tile: ~7 float64 work arrays of TILE^2 (8 MB each)
@@ -61,42 +61,10 @@ def _sync(xp):
         xp.cuda.Device().synchronize()
 
 
-def available_memory(xp=np):
-    """Bytes that can be allocated now: MemAvailable (or the cgroup limit, if lower) on the host; free device
-    memory plus CuPy's pool cache on a GPU."""
-    if xp is not np:
-        free, _ = xp.cuda.Device().mem_info
-        return int(free + xp.get_default_memory_pool().free_bytes())
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    if avail is None:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    try:   # a container's own limit (cgroup v2) can be far below the machine's memory
-        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
-            limit = f.read().strip()
-            if limit != "max":
-                avail = min(avail, int(limit) - int(g.read()))
-    except (OSError, ValueError):
-        pass
-    return int(avail)
-
-
-def _gb(nbytes):
-    return f"{nbytes / 1e9:.0f} GB" if nbytes >= 1e11 else f"{nbytes / 1e9:.3g} GB"
-
-
 def check_memory(nbytes, what, xp=np, fix="lower --N"):
-    """UsageError (one line, with the estimate and what is available) unless nbytes can be allocated."""
-    avail = available_memory(xp)
-    if nbytes > avail:
-        where = "on the GPU" if xp is not np else "here"
-        raise UsageError(f"{what} needs about {_gb(nbytes)} but {_gb(avail)} is available {where}; {fix}")
+    """UsageError (one line, with the estimate and what is available) unless nbytes can be allocated: the rule of
+    `fastmlp.preflight.check_memory`, with what is available measured by this module's `available_memory`."""
+    preflight.check_memory(nbytes, what, xp, fix, available=available_memory(xp))
 
 
 def kernel_bytes(n1, n2, tile=TILE):
@@ -122,6 +90,46 @@ def _check_hyper(depth, sigma_w2, sigma_b2, kind):
         raise UsageError(f"--sigma-b2 must be 0 or more and finite (got {sigma_b2:g})")
     if kind not in KINDS:
         raise UsageError(f"--kind must be one of {', '.join(KINDS)} (got {kind!r})")
+    _check_range(int(depth), sigma_w2, sigma_b2)
+
+
+def _settings(depth, sigma_w2, sigma_b2):
+    return f"--L {depth}, --sigma-w2 {sigma_w2:g}, --sigma-b2 {sigma_b2:g}"
+
+
+def scale_range(depth, sigma_w2, sigma_b2):
+    """(lowest, highest) log10 of the kernel's scale over the layers, for inputs with x.x / D = 1: the variances
+    K^l(x, x) = sigma_w2 K^(l-1)(x, x) / 2 + sigma_b2 of l = 0..depth (monotone in l, so the ends bound them), the
+    highest times depth + 1 for Theta, their sum.  In closed form, so any depth costs the same."""
+    a, d0 = sigma_w2 / 2, sigma_w2 + sigma_b2
+    n = depth
+    if a == 1.0:
+        log_last = math.log10(d0 + n * sigma_b2)
+    elif a < 1.0 and sigma_b2 > 0:          # tends to the fixed point sigma_b2 / (1 - a), between d0 and it
+        fixed = sigma_b2 / (1 - a)
+        log_last = math.log10(fixed + a ** n * (d0 - fixed)) if a ** n > 0 else math.log10(fixed)
+    elif a < 1.0:                           # a^n d0, in logs (it may be far below the smallest float)
+        log_last = n * math.log10(a) + math.log10(d0)
+    else:                                   # a^n (d0 + sigma_b2 / (a - 1)) - sigma_b2 / (a - 1), in logs
+        log_last = n * math.log10(a) + math.log10(d0 + sigma_b2 / (a - 1))
+    log_first = math.log10(d0)
+    return min(log_first, log_last), max(log_first, log_last) + math.log10(depth + 1)
+
+
+SCALE_LIMIT = 140   # |log10| of the kernel's scale: its products of two variances stay far inside float64
+
+
+def _check_range(depth, sigma_w2, sigma_b2):
+    """UsageError naming the settings when the kernel's scale leaves float64's range (overflow to inf, or underflow
+    to 0, in the recursion's products), before any kernel is computed."""
+    lo, hi = scale_range(depth, sigma_w2, sigma_b2)
+    if hi > SCALE_LIMIT:
+        raise UsageError(f"{_settings(depth, sigma_w2, sigma_b2)}: the kernel grows to about 1e{hi:.0f} over the "
+                         f"layers (K is multiplied by sigma_w2 / 2 per layer) and overflows float64; lower "
+                         f"--sigma-w2 towards 2, or --L")
+    if lo < -SCALE_LIMIT:
+        raise UsageError(f"{_settings(depth, sigma_w2, sigma_b2)}: the kernel shrinks to about 1e{lo:.0f} over the "
+                         f"layers and underflows float64; raise --sigma-w2 towards 2 (or --sigma-b2), or lower --L")
 
 
 def _diagonals(xp, x, depth, sigma_w2, sigma_b2):
@@ -183,18 +191,25 @@ def ntk_kernel(x1, x2, depth, sigma_w2=2.0, sigma_b2=0.0, kind="ntk", tile=TILE)
         raise ValueError(f"need x1 (N1, D) and x2 (N2, D); got {x1.shape} and {x2.shape}")
     n1, n2 = x1.shape[0], x2.shape[0]
     check_memory(kernel_bytes(n1, n2, tile), f"a {n1} x {n2} kernel", xp, fix="use fewer samples")
-    d1 = _diagonals(xp, x1, depth, sigma_w2, sigma_b2)
-    d2 = d1 if same else _diagonals(xp, x2, depth, sigma_w2, sigma_b2)
+    with np.errstate(over="ignore"):
+        d1 = _diagonals(xp, x1, depth, sigma_w2, sigma_b2)
+        d2 = d1 if same else _diagonals(xp, x2, depth, sigma_w2, sigma_b2)
     out = xp.empty((n1, n2))
-    for i0 in range(0, n1, tile):
-        i1 = min(i0 + tile, n1)
-        for j0 in range(i0 if same else 0, n2, tile):
-            j1 = min(j0 + tile, n2)
-            blk = _tile(xp, x1[i0:i1], x2[j0:j1], d1[:, i0:i1], d2[:, j0:j1], depth, sigma_w2, sigma_b2, kind,
-                        on_diagonal=same and i0 == j0)
-            out[i0:i1, j0:j1] = blk
-            if same and j0 != i0:
-                out[j0:j1, i0:i1] = blk.T
+    total = 0.0                                        # sum of every tile: finite exactly when every entry is
+    with np.errstate(over="ignore", invalid="ignore"):     # an overflow is found in the sum, and refused below
+        for i0 in range(0, n1, tile):
+            i1 = min(i0 + tile, n1)
+            for j0 in range(i0 if same else 0, n2, tile):
+                j1 = min(j0 + tile, n2)
+                blk = _tile(xp, x1[i0:i1], x2[j0:j1], d1[:, i0:i1], d2[:, j0:j1], depth, sigma_w2, sigma_b2, kind,
+                            on_diagonal=same and i0 == j0)
+                out[i0:i1, j0:j1] = blk
+                total = total + blk.sum()
+                if same and j0 != i0:
+                    out[j0:j1, i0:i1] = blk.T
+    if not math.isfinite(float(total)):
+        raise UsageError(f"{_settings(depth, sigma_w2, sigma_b2)}: the {kind} kernel of these inputs is not finite "
+                         f"in float64 (inf or NaN entries); lower --sigma-w2 towards 2, or --L")
     return out
 
 
@@ -304,6 +319,9 @@ class KernelFit:
             Kt = ntk_kernel(x[i0:i0 + self.tile], self.x, self.depth, self.sigma_w2, self.sigma_b2, self.kind,
                             self.tile)                                   # (chunk, N)
             out[i0:i0 + self.tile] = Kt @ self.alpha
+        if not math.isfinite(float(out.sum())):
+            raise UsageError(f"{_settings(self.depth, self.sigma_w2, self.sigma_b2)}: the kernel regression's "
+                             f"predictions are not finite; lower --L or change --sigma-w2")
         return out
 
     def errors(self, x, y):
@@ -345,11 +363,19 @@ def kernel_regression(x, y, depth, sigma_w2=2.0, sigma_b2=0.0, kind="ntk", tile=
     K = ntk_kernel(x, None, depth, sigma_w2, sigma_b2, kind, tile)   # (N, N)
     _sync(xp)
     t1 = time.perf_counter()
-    if inplace:
-        alpha, jitter, fit = _cholesky_inplace(K, target)
-    else:
-        alpha, jitter, fit = _cholesky_copy(xp, K, target)
+    settings = _settings(depth, sigma_w2, sigma_b2)
+    try:
+        if inplace:
+            alpha, jitter, fit = _cholesky_inplace(K, target)
+        else:
+            alpha, jitter, fit = _cholesky_copy(xp, K, target)
+    except np.linalg.LinAlgError as e:
+        raise UsageError(f"{settings}: the {N} x {N} Gram matrix cannot be factored ({e}): at this depth and scale "
+                         f"the kernel is numerically degenerate; lower --L or change --sigma-w2") from None
     del K
+    if not (math.isfinite(float(alpha.sum())) and math.isfinite(float(fit.sum()))):
+        raise UsageError(f"{settings}: the kernel regression's solution is not finite (the {N} x {N} Gram matrix is "
+                         f"numerically singular); lower --L or change --sigma-w2")
     train_error = float(((fit > 0) != (target > 0)).mean())
     residual = float(xp.abs(fit - target).max())
     _sync(xp)
@@ -409,8 +435,8 @@ def check_config(N, depth, sigma_w2, sigma_b2, n_test, repeats, seed, kind="ntk"
     if N < 1:
         raise UsageError(f"--N must be at least 1 (got {N})")
     _check_hyper(depth, sigma_w2, sigma_b2, kind)
-    if n_test < 0:
-        raise UsageError(f"--n-test must be 0 or more (got {n_test})")
+    if not 0 <= n_test <= 2**32:
+        raise UsageError(f"--n-test must lie in [0, 2**32] (a sample's index is one 32-bit word; got {n_test})")
     if repeats < 1:
         raise UsageError(f"--repeats must be at least 1 (got {repeats})")
     if repeats * N > 2**32:
@@ -419,14 +445,21 @@ def check_config(N, depth, sigma_w2, sigma_b2, n_test, repeats, seed, kind="ntk"
         raise UsageError(f"--seed must be in [0, 2**32) (got {seed})")
 
 
+def _to_host(a):
+    """A NumPy copy of a NumPy or CuPy array."""
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
 def run(spec, N, L, n_test=10000, repeats=10, seed=0, sigma_w2=2.0, sigma_b2=0.0, kind="ntk", backend="cpu",
-        tile=TILE, progress=None):
+        tile=TILE, progress=None, save_outputs=None):
     """NTK kernel-regression test error for one (task, N, L); returns the record (a JSON-ready dict).
 
     Data: repeat r trains on samples r*N .. (r+1)*N - 1 of the "train" split of ``seed`` (repeat 0 is exactly the
     training set of `fastmlp train` and `fastmlp run` for that seed); every repeat is tested on the first n_test
     samples of the "test" split of ``seed`` (the test set they use), streamed in chunks of TEST_CHUNK.
-    ``progress(text)`` receives one line per repeat.
+    ``progress(text)`` receives one line per repeat.  ``save_outputs``: a path to write the predictor on the test
+    points to (.npz: f (repeats, n_test) float64, the regression's f(x*); y (n_test,) the test labels in {-1, +1}),
+    the points of `fastmlp train --save-outputs`.
 
     Record keys:
       command "ntk"; task (the task spec and its name)
@@ -445,12 +478,13 @@ def run(spec, N, L, n_test=10000, repeats=10, seed=0, sigma_w2=2.0, sigma_b2=0.0
     from .tasks import iter_chunks
 
     check_config(N, L, sigma_w2, sigma_b2, n_test, repeats, seed, kind)
+    preflight.check_outputs(("--save-outputs", save_outputs, "npz"))
     xp = array_module(backend)
     check_memory(regression_bytes(N, spec.D, tile, copy=xp is not np),
                  f"--N {N} (a {N} x {N} float64 Gram matrix and workspace)", xp)
     say = progress or (lambda text: None)
     t_start = time.perf_counter()
-    reps = []
+    reps, outputs = [], []
     timing = dict.fromkeys(["data_s", "kernel_s", "solve_s", "test_s"], 0.0)
     for r in range(repeats):
         t0 = time.perf_counter()
@@ -463,6 +497,9 @@ def run(spec, N, L, n_test=10000, repeats=10, seed=0, sigma_w2=2.0, sigma_b2=0.0
             test_error = fit.test_error((xp.asarray(xc), yc) for _, xc, yc in
                                         iter_chunks(spec, seed, "test", n_test, chunk=TEST_CHUNK))
             _sync(xp)
+        if save_outputs:
+            outputs.append(np.concatenate([np.zeros(0)] + [_to_host(fit.predict(xp.asarray(xc))) for _, xc, _ in
+                                                            iter_chunks(spec, seed, "test", n_test, TEST_CHUNK)]))
         test_s = time.perf_counter() - t1
         reps.append({"repeat": r, "test_error": test_error, "train_error": fit.train_error,
                      "train_residual": fit.train_residual, "jitter": fit.jitter, "kernel_s": fit.kernel_s,
@@ -474,6 +511,9 @@ def run(spec, N, L, n_test=10000, repeats=10, seed=0, sigma_w2=2.0, sigma_b2=0.0
         say(f"repeat {r + 1}/{repeats}: test error {'-' if test_error is None else f'{test_error:.4f}'}, "
             f"kernel {reps[-1]['kernel_s']:.1f}s, solve {reps[-1]['solve_s']:.1f}s, test {test_s:.1f}s"
             + (f", jitter {reps[-1]['jitter']:.3g}" if reps[-1]["jitter"] else ""))
+    if save_outputs:
+        y_test = np.concatenate([np.zeros(0, np.int8)] + [yc for _, _, yc in iter_chunks(spec, seed, "test", n_test)])
+        np.savez(save_outputs, f=np.array(outputs).reshape(repeats, n_test), y=2 * y_test.astype(np.int8) - 1)
     values = [rep["test_error"] for rep in reps]
     summary = {"mean": None, "std": None, "values": values}
     if n_test > 0:

@@ -20,14 +20,21 @@ import warnings
 import numpy as np
 
 from .constants import STREAM_FOLD
+from .engine import check_training
 from .reference import DEFAULT_INIT, check_init
 from .rng import philox4x32_np
 from .errors import UsageError
+from .preflight import check_dtype_values, check_memory, check_sample_counts, engine_bytes
 
 FOLD_SEED_OFFSET = 0
 REPEAT_SEED_OFFSET = 2048
 SEEDS_PER_RUN = 4096
-DIVERGED_ERROR = 0.5   # the paper: a diverging run counts as validation error 0.5
+# The one rule for a diverged network (its training loss became non-finite) in every record, `run`'s and `train`'s:
+# its validation error (a fold of the search) and its test error (a final repeat of `run`, a network of `train`)
+# are DIVERGED_ERROR, chance level on these balanced tasks (the paper counts a diverging run as error 0.5), and its
+# test loss is null.  Means and counts include it.  (`ntk` has no divergence: a kernel that is not finite is
+# refused.)
+DIVERGED_ERROR = 0.5
 EPOCH_PROGRESS_S = 30.0   # inside one engine call, a progress line at most this often
 
 
@@ -214,7 +221,7 @@ RECORD_KEYS = {
     "command": None, "task": None, "selected_lr": None,
     "config": dict.fromkeys(["N", "L", "H", "B", "folds", "bo_calls", "bo_batch", "lr_min", "lr_max", "repeats",
                              "n_test", "seed", "backend", "param", "sigma_w2", "sigma_b2", "init", "init_scale",
-                             "max_epochs", "dtype", "lr"]),
+                             "loss", "stop", "target_loss", "max_epochs", "dtype", "lr"]),
     "search": {"n_initial": None,
                "history": [dict.fromkeys(["eval", "batch", "lr", "log10_lr", "fold_errors", "mean_error",
                                           "fold_epochs", "fold_status"])],
@@ -223,7 +230,8 @@ RECORD_KEYS = {
     "final": {"lr": None, "converged": None, "diverged": None, "not_converged": None,
               "test_error": dict.fromkeys(["mean", "std", "values"]),
               "repeats": [dict.fromkeys(["index", "lr", "seed", "n_train", "epochs", "converged", "diverged",
-                                         "status", "train_loss", "train_error", "test_error", "test_loss"])]},
+                                         "stopped_by", "status", "train_loss", "train_error", "test_error",
+                                         "test_loss"])]},
     "timing": dict.fromkeys(["data_s", "compile_s", "search_s", "final_s", "test_s", "wall_s"]),
     "throughput": dict.fromkeys(["engine_calls", "train_network_samples", "network_samples_per_s", "gflops"]),
     "provenance": None,
@@ -244,12 +252,17 @@ def check_record(rec, keys=RECORD_KEYS, where="record"):
 
 
 def check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr=None, H=1, L=1, B=1,
-                 max_epochs=1, seed=0, init=DEFAULT_INIT, init_scale=1.0):
+                 max_epochs=1, seed=0, init=DEFAULT_INIT, init_scale=1.0, dtype="float32", param="standard",
+                 sigma_w2=2.0, sigma_b2=0.0, loss="xent", stop="zero-error", target_loss=None):
     """UsageError (one line, what to change) for settings the protocol cannot run."""
     check_init(init, init_scale)
+    check_training(loss, stop, target_loss)
     for name, value in (("--N", N), ("--H", H), ("--L", L), ("--B", B), ("--max-epochs", max_epochs)):
         if value < 1:
             raise UsageError(f"{name} must be at least 1 (got {value})")
+    check_sample_counts(N, n_test)
+    check_dtype_values(dtype, param, [lr] if lr is not None else [("--lr-min", lr_min), ("--lr-max", lr_max)],
+                       init_scale, sigma_w2, sigma_b2)
     if not 0 <= seed < 2**32 // SEEDS_PER_RUN:
         raise UsageError(f"--seed must lie in [0, {2**32 // SEEDS_PER_RUN}) (got {seed})")
     if lr is None:
@@ -271,6 +284,20 @@ def check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, 
         raise UsageError(f"--n-test must be at least 1 (got {n_test})")
 
 
+def memory_bytes(D, N, H, L, folds, bo_batch, repeats, lr=None, dtype="float32"):
+    """Bytes the largest engine call of a run allocates (fastmlp.preflight.engine_bytes): the bo_batch x folds
+    networks of a search batch (each on all folds but one) or the final repeats, whichever is larger."""
+    M = repeats if lr is not None else max(repeats, bo_batch * folds)
+    return engine_bytes(M, N, D, H, L, np.dtype(dtype).itemsize)
+
+
+def check_size(D, N, H, L, folds, bo_batch, repeats, lr=None, dtype="float32", xp=np):
+    """UsageError (the estimate-and-refuse rule of fastmlp.preflight) unless a run's largest engine call fits."""
+    check_memory(memory_bytes(D, N, H, L, folds, bo_batch, repeats, lr, dtype),
+                 f"the networks of one engine call (D = {D}, H = {H}, L = {L}, N = {N})", xp,
+                 fix="lower --N, --H or --L, or --bo-batch, --folds or --repeats")
+
+
 def n_initial_points(bo_calls, bo_batch):
     """Random points before the surrogate takes over: half the budget (scikit-optimize's gp_minimize uses 10 of
     its default 100), at least one batch."""
@@ -279,7 +306,8 @@ def n_initial_points(bo_calls, bo_batch):
 
 def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4, lr_max=10.0, repeats=10,
         n_test=10000, seed=0, backend="cpu", param="standard", sigma_w2=2.0, sigma_b2=0.0, init=DEFAULT_INIT,
-        init_scale=1.0, max_epochs=2000, dtype="float32", lr=None, per_call=None, progress=None):
+        init_scale=1.0, loss="xent", stop="zero-error", target_loss=None, max_epochs=2000, dtype="float32", lr=None,
+        per_call=None, progress=None):
     """The whole protocol for one (task, N, L); returns the record (a JSON-ready dict).
 
     ``lr`` given: no search, only the final repeats at that rate.  ``per_call``: networks per engine call (None:
@@ -300,19 +328,21 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
       throughput                    {engine_calls, train_network_samples, network_samples_per_s, gflops}
       provenance                    versions, git commit, backend, device, threads, argv
     """
-    from .backend import engine_class, generate_on
+    from .backend import array_module, engine_class, generate_on
     from .reference import useful_flops_per_sample
     from .provenance import record
 
     check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr, H, L, B, max_epochs, seed,
-                 init, init_scale)
+                 init, init_scale, dtype, param, sigma_w2, sigma_b2, loss, stop, target_loss)
     say = progress or (lambda text: None)
     t0 = time.perf_counter()
     cls = engine_class(backend)
+    check_size(spec.D, N, H, L, folds, bo_batch, repeats, lr, dtype, array_module(backend))
     x, y = generate_on(backend, spec, seed, "train", 0, N)
     trainer = Trainer(cls, x, y, H, L, B, max_epochs, seed_base=(SEEDS_PER_RUN * int(seed)) % 2**32,
                       per_call=per_call, progress=progress, param=param, dtype=np.dtype(dtype), sigma_w2=sigma_w2,
-                      sigma_b2=sigma_b2, init=init, init_scale=init_scale)
+                      sigma_b2=sigma_b2, init=init, init_scale=init_scale, loss=loss, stop=stop,
+                      target_loss=target_loss)
     t_data = time.perf_counter()
     say("compiling kernels (cached on disk after the first run)")
     compile_s = trainer.compile()
@@ -348,11 +378,11 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
     t_final = time.perf_counter()
     nets = []
     for engine, start in finals:
-        err, loss = engine.task_metrics(spec, seed, "test", n_test)
+        err, test_loss = engine.task_metrics(spec, seed, "test", n_test)
         for i, r in enumerate(engine.results()):
             d = r.to_dict() | {"index": start + i, "status": _status(engine, i)}
             d["test_error"] = DIVERGED_ERROR if r.diverged else float(err[i])
-            d["test_loss"] = None if r.diverged else float(loss[i])
+            d["test_loss"] = None if r.diverged else float(test_loss[i])
             nets.append(d)
     t_test = time.perf_counter()
 
@@ -366,7 +396,8 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
         "config": {"N": N, "L": L, "H": H, "B": B, "folds": folds, "bo_calls": bo_calls, "bo_batch": bo_batch,
                    "lr_min": lr_min, "lr_max": lr_max, "repeats": repeats, "n_test": n_test, "seed": seed,
                    "backend": backend, "param": param, "sigma_w2": sigma_w2, "sigma_b2": sigma_b2, "init": init,
-                   "init_scale": init_scale, "max_epochs": max_epochs, "dtype": dtype, "lr": None if search else lr},
+                   "init_scale": init_scale, "loss": loss, "stop": stop, "target_loss": target_loss,
+                   "max_epochs": max_epochs, "dtype": dtype, "lr": None if search else lr},
         "selected_lr": lr,
         "search": search,
         "final": {"lr": lr, "repeats": nets,

@@ -3,8 +3,16 @@
 Layout: ``DIR/<id>.json`` for the job whose identity is ``id`` (see `fastmlp.sweep.job_id`).  Every file is written
 through a temporary file in DIR, fsync and rename, so a reader, or a sweep restarted after a crash or a SIGKILL,
 sees a whole record or none.  A writer killed mid-write leaves a ``.tmp-*`` file behind, which is never read as a
-record.  Several sweep processes (shards of one grid) may write to one store at once: each writes only the files of
-its own jobs.
+record and is removed by the next writer once it is TMP_MAX_AGE_S old.  Record and claim files are created as
+open() creates files (0666 less the umask: 0644 under the usual umask 022, 0664 under 002), so a group that shares
+the store can read them.
+
+Several processes, on one machine or several sharing the directory, may run sweeps into one store at once: a job
+is claimed before it runs, by creating ``DIR/<id>.claim`` atomically (a hard link of a finished temporary file, so
+exactly one process wins, on NFS too) with the claimant's host, pid and a token; while the job runs, a heartbeat
+thread touches the file, and the claim is removed once the record is written.  A claim whose file has not been
+touched for the claim timeout, or whose process on this host is gone, is stale and is taken over.  Replacing a
+record that another process wrote meanwhile is reported as a warning.
 
 A stored job record (the keys, in this order):
   id              the job's identity: 16 hex digits of SHA-256 of its command and resolved configuration
@@ -24,15 +32,26 @@ import csv
 import json
 import math
 import os
+import socket
 import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import UsageError
-from .sweep import with_implicit
+from .preflight import TMP_PREFIX, check_store
+from .sweep import COMMANDS, with_implicit
 
 STATUSES = ("done", "failed")
 RECORD_FIELDS = ("id", "status", "command", "config", "command_line", "record", "error", "provenance", "worker",
                  "started", "finished", "elapsed_s")
+CLAIM_TIMEOUT_S = 600.0   # default: a claim whose file nobody touched for this long is stale and taken over
+HEARTBEAT_S = 30.0        # a running job's claim is touched this often (at most a quarter of the timeout)
+TMP_MAX_AGE_S = 3600.0    # a temporary file this old was left by a killed writer: the next writer removes it
+HOST = socket.gethostname()
 
 
 def json_safe(obj):
@@ -46,42 +65,227 @@ def json_safe(obj):
     return obj
 
 
+def _umask():
+    """This process's umask, read without changing it where Linux shows it (no race with other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_temp(directory, text, sync=True, suffix=".json"):
+    """A new temporary file in directory holding text, with the mode open() would give a new file (mkstemp's is
+    0600, which a group sharing the store cannot read) -> its path."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX, suffix=suffix)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
 def write_json_atomic(path, obj):
     """Write obj as JSON to path through a temporary file, fsync and a rename: a reader never sees half a record."""
     path = os.path.abspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
+    tmp = _write_temp(os.path.dirname(path), json.dumps(json_safe(obj), allow_nan=False, indent=1))
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(json_safe(obj), f, allow_nan=False, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
 
 
+# --------------------------------------------------------------------------------------- what a record is
+def _missing(d, keys):
+    return [k for k in keys if k not in d] if isinstance(d, dict) else list(keys)
+
+
+def check_job_record(rec):
+    """What is wrong with a job record, in a few words, or None when it is valid: the one definition of a record
+    that the sweep (what is done), collect and plot (what they read) and the writer all use.  It asks for what the
+    readers use: every field of RECORD_FIELDS; a known status and command; a configuration with the task, D, N, L
+    (and lr for run); for a done job the record's test error {mean, std, values} and timing, and for run its
+    selected_lr, final counts and search; for a failed one its error's type and message."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    missing = _missing(rec, RECORD_FIELDS)
+    if missing:
+        return f"no {', '.join(missing)}"
+    if rec["status"] not in STATUSES:
+        return f"status {rec['status']!r} is not one of {', '.join(STATUSES)}"
+    if rec["command"] not in COMMANDS:
+        return f"command {rec['command']!r} is not one of {', '.join(COMMANDS)}"
+    missing = _missing(rec["config"], ("task", "D", "N", "L") + (("lr",) if rec["command"] == "run" else ()))
+    if missing:
+        return f"no config {', '.join(missing)}"
+    if rec["status"] == "failed":
+        missing = _missing(rec["error"], ("type", "message"))
+        return f"a failed job without error {', '.join(missing)}" if missing else None
+    r = rec["record"]
+    if not isinstance(r, dict):
+        return "a done job without its record"
+    if rec["command"] == "run":
+        missing = [f"record.{k}" for k in _missing(r, ("selected_lr", "search", "final", "timing"))]
+        missing += [f"record.final.{k}" for k in _missing(r.get("final"), ("test_error", "converged", "diverged",
+                                                                          "not_converged"))]
+        if not missing and r["search"] is not None and not isinstance((r["search"].get("best") or {}).get(
+                "mean_error"), (int, float)):
+            missing.append("record.search.best.mean_error")
+        te = (r.get("final") or {}).get("test_error")
+    else:
+        missing = [f"record.{k}" for k in _missing(r, ("test_error", "timing"))]
+        te = r.get("test_error")
+    if not missing:
+        missing += [f"test_error.{k}" for k in _missing(te, ("mean", "std", "values"))]
+        missing += ["record.timing.wall_s"] if _missing(r["timing"], ("wall_s",)) else []
+    if not missing and not isinstance(te["values"], list):
+        return "test_error.values is not a list"
+    return f"no {', '.join(missing)}" if missing else None
+
+
+# ------------------------------------------------------------------------------------------------- claims
+def _now():
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _alive(pid):
+    """Whether process pid of this host runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim this process holds: its job, its file, and what tells the file apart from a later claim."""
+    job_id: str
+    file: Path
+    token: str
+    inode: int
+
+
+def is_stale(holder, timeout=CLAIM_TIMEOUT_S, now=None):
+    """Whether a claim (as `Store.claim_of` reads it) may be taken over: its file untouched for ``timeout``
+    seconds, or its process, on this host, gone."""
+    age = (time.time() if now is None else now) - holder["mtime"]
+    if age > timeout:
+        return True
+    pid = holder.get("pid")
+    return holder.get("host") == HOST and isinstance(pid, int) and pid != os.getpid() and not _alive(pid)
+
+
+class Heartbeat:
+    """Touches the claim files this process holds every ``interval`` seconds (HEARTBEAT_S, at most a quarter of the
+    claim ``timeout``), from a daemon thread, so that other processes see them alive however long the job runs."""
+
+    def __init__(self, timeout=CLAIM_TIMEOUT_S):
+        self.timeout = timeout
+        self.interval = min(HEARTBEAT_S, timeout / 4)
+        self._claims = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def add(self, claim):
+        with self._lock:
+            self._claims[claim.job_id] = claim
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fastmlp-heartbeat", daemon=True)
+                self._thread.start()
+
+    def remove(self, claim):
+        with self._lock:
+            self._claims.pop(claim.job_id, None)
+
+    def beat(self):
+        """Touch every claim held now (one whose file is no longer this process's is left alone)."""
+        with self._lock:
+            claims = list(self._claims.values())
+        for claim in claims:
+            try:
+                if os.stat(claim.file).st_ino == claim.inode:
+                    os.utime(claim.file)
+            except OSError:
+                pass
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def close(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
 class Store:
-    """A directory of job records, created on first use."""
+    """A directory of job records and claims.  ``create``: for a writer, the store is created when missing (with
+    its parents), checked writable, and cleared of what killed writers left (old temporary files, stale claims of
+    jobs that have their record); otherwise it must exist, and nothing is written."""
 
     def __init__(self, path, create=True):
         self.path = Path(path)
+        self.created = False
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"the store {self.path} is a file, not a directory: give another --store")
         if create:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.created = check_store(self.path)
+            self.clean()
         elif not self.path.is_dir():
             raise UsageError(f"no result store at {self.path}: give the directory a sweep wrote (--store)")
 
     def file_of(self, job_id):
         return self.path / f"{job_id}.json"
 
-    def write(self, rec):
-        """Store one job record (replacing an earlier one of the same job)."""
-        missing = [k for k in RECORD_FIELDS if k not in rec]
-        if missing or rec["status"] not in STATUSES:
-            raise ValueError(f"not a job record: missing {missing} or status {rec.get('status')!r}")
+    def stamp(self, job_id):
+        """What tells one version of a job's record file from another (inode, mtime), or None when there is none."""
+        try:
+            st = os.stat(self.file_of(job_id))
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    def write(self, rec, replaces=None):
+        """Store one job record -> None, or a warning (one line) when it replaced a record other than the one
+        whose `stamp` is ``replaces`` (None: the job had no record when it was claimed), one that another process
+        wrote meanwhile."""
+        problem = check_job_record(rec)
+        if problem:
+            raise ValueError(f"not a job record: {problem}")
+        before = self.stamp(rec["id"])
+        other = None
+        if before is not None and before != replaces:
+            try:
+                other = self.load(rec["id"])
+            except UsageError:
+                other = {}
         write_json_atomic(self.file_of(rec["id"]), {k: rec[k] for k in RECORD_FIELDS})
+        if other is None:
+            return None
+        worker = other.get("worker") or {}
+        return (f"replaced the {other.get('status', 'unreadable')} record of job {rec['id']} that "
+                f"{worker.get('host', '?')}:{worker.get('pid', '?')} wrote at {other.get('finished', '?')} while "
+                f"this process ran the job too")
 
     def statuses(self):
         """{id: status} of every stored job."""
@@ -91,17 +295,135 @@ class Store:
         """Every stored job record, in the order of their ids (temporary files of killed writers skipped)."""
         return [self._load(f) for f in sorted(self.path.glob("*.json")) if not f.name.startswith(".")]
 
+    def load(self, job_id):
+        """The stored record of one job (None when there is none)."""
+        file = self.file_of(job_id)
+        return self._load(file) if file.exists() else None
+
     @staticmethod
     def _load(file):
         try:
             rec = json.loads(file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UsageError(f"{file} is not a job record ({e}); move it out of the store") from None
-        if not isinstance(rec, dict) or rec.get("id") != file.stem or rec.get("status") not in STATUSES:
+        if not isinstance(rec, dict) or rec.get("id") != file.stem:
             raise UsageError(f"{file} is not a job record of this store; move it out of the store")
+        problem = check_job_record(rec)
+        if problem:
+            raise UsageError(f"{file} is not a valid job record ({problem}); move it out of the store")
         if isinstance(rec.get("config"), dict):   # settings its id leaves out, back in (init he, init-scale 1)
             rec["config"] = with_implicit(rec.get("command"), rec["config"])
         return rec
+
+    # ----------------------------------------------------------------------------------------------- claims
+    def claim_file(self, job_id):
+        return self.path / f"{job_id}.claim"
+
+    def claim_of(self, job_id):
+        """The claim on a job as its file says: {id, host, pid, token, claimed} (empty while its creator is still
+        writing it, on a file system without hard links) with its file's mtime (the heartbeat) and inode; None when
+        the job is not claimed."""
+        file = self.claim_file(job_id)
+        try:
+            st = os.stat(file)
+            text = file.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            info = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            info = {}
+        return (info if isinstance(info, dict) else {}) | {"mtime": st.st_mtime, "inode": st.st_ino}
+
+    def claims(self):
+        """{job id: claim} of every claimed job."""
+        out = {}
+        for f in self.path.glob("*.claim"):
+            if f.name.startswith("."):          # a temporary file, not a claim
+                continue
+            holder = self.claim_of(f.stem)
+            if holder is not None:
+                out[f.stem] = holder
+        return out
+
+    def claim(self, job_id, timeout=CLAIM_TIMEOUT_S):
+        """Claim a job for this process -> a Claim, or None while another process holds a live claim on it.  The
+        claim file is a hard link of a complete temporary file, made only if no claim file exists (atomic, on NFS
+        too); a stale claim (`is_stale`) is set aside first."""
+        token = uuid.uuid4().hex
+        text = json.dumps({"id": job_id, "host": HOST, "pid": os.getpid(), "token": token, "claimed": _now()})
+        file = self.claim_file(job_id)
+        tmp = _write_temp(self.path, text, sync=False, suffix=".claim")
+        try:
+            for _ in range(3):
+                try:
+                    self._create(tmp, file, text)
+                    return Claim(job_id, file, token, os.stat(file).st_ino)
+                except FileExistsError:
+                    holder = self.claim_of(job_id)
+                    if holder is not None:
+                        if not is_stale(holder, timeout):
+                            return None
+                        self._set_aside(file, holder)
+            return None
+        finally:
+            os.unlink(tmp)
+
+    @staticmethod
+    def _create(tmp, file, text):
+        """Create file with tmp's content unless it exists (FileExistsError)."""
+        try:
+            os.link(tmp, file)
+        except FileExistsError:
+            raise
+        except OSError:   # a file system without hard links: create exclusively, then write
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+
+    def _set_aside(self, file, holder):
+        """Remove a stale claim file: renamed aside first, so that of several processes taking it over only one
+        removes it; if what was renamed is not the claim judged stale (renewed meanwhile), it is put back."""
+        aside = self.path / f"{TMP_PREFIX}stale-{uuid.uuid4().hex}.claim"
+        try:
+            os.rename(file, aside)
+        except FileNotFoundError:
+            return
+        try:
+            if os.stat(aside).st_ino != holder["inode"]:
+                try:
+                    os.link(aside, file)
+                except OSError:
+                    pass
+        finally:
+            os.unlink(aside)
+
+    def heartbeat(self, timeout=None):
+        """A Heartbeat for the claims of this process, for claims that go stale after ``timeout`` seconds."""
+        return Heartbeat(CLAIM_TIMEOUT_S if timeout is None else timeout)
+
+    def release(self, claim):
+        """Remove this process's claim file (not one that took its place)."""
+        holder = self.claim_of(claim.job_id)
+        if holder is not None and holder["inode"] == claim.inode and holder.get("token") == claim.token:
+            try:
+                os.unlink(claim.file)
+            except FileNotFoundError:
+                pass
+
+    def clean(self, max_age=TMP_MAX_AGE_S, timeout=CLAIM_TIMEOUT_S):
+        """Remove what killed writers left: temporary files older than max_age, and stale claims of jobs that have
+        their record.  (A stale claim of a job without a record is taken over by the next sweep that runs it.)"""
+        now = time.time()
+        for f in self.path.glob(TMP_PREFIX + "*"):
+            try:
+                if now - f.stat().st_mtime > max_age:
+                    f.unlink()
+            except OSError:
+                pass
+        for job_id, holder in self.claims().items():
+            if self.file_of(job_id).exists() and is_stale(holder, timeout, now):
+                self._set_aside(self.claim_file(job_id), holder)
 
 
 # ------------------------------------------------------------------------------------------------- collect

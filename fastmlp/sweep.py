@@ -19,8 +19,9 @@ Job identity
   A job's configuration is resolved: every option of its command with its value, the task's D and indices made
   explicit (the paper's D when none is given), options the job does not use left out (beta1 and beta2 off the
   temperature task, the search's options with a fixed lr, sigma-w2 and sigma-b2 with the standard
-  parameterization, init with the NTK parameterization), and init and init-scale left out at he and 1, the values
-  every job had before these options existed (see IMPLICIT), so that such jobs keep their ids.  Its id is the
+  parameterization, init with the NTK parameterization), and the options added after the first release left out
+  at the value every job had before they existed (IMPLICIT: init he, init-scale 1, loss xent, stop zero-error, no
+  target-loss), so that such jobs keep their ids.  Its id is the
   first 16 hex digits of the SHA-256 of the command and that configuration as canonical JSON.  How a sweep is
   run (store, workers, scheduler, shard) is not part of it; backend and dtype are, since they change results (by
   rounding at least).  Growing a list re-uses every job already stored.
@@ -30,11 +31,17 @@ Executors
   existing Dask cluster by its scheduler's address (--scheduler).  Every job's record comes back to the sweep
   process, which alone writes the store.  A job that raises is stored as failed with its error; a worker lost
   mid-job has its job rescheduled by Dask on another worker.
+
+Several sweeps on one store
+  `run_jobs` claims each job in the store before it runs (fastmlp.store: an atomic claim file with a heartbeat),
+  so the same sweep started by several processes, on one machine or several, divides the jobs; each then waits for
+  the jobs the others hold and takes over those whose claim goes stale.
 """
 import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import socket
 import sys
@@ -45,6 +52,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from .errors import UsageError
+from .preflight import JOB_BYTES, check_memory
 from .tasks import parse_task
 
 COMMANDS = ("run", "ntk")
@@ -52,7 +60,7 @@ TASK_KEYS = ("task", "D", "indices", "beta1", "beta2")   # what parse_task takes
 SEARCH_KEYS = ("folds", "bo-calls", "bo-batch", "lr-min", "lr-max")
 # Settings added after the first release, left out of a `run` job's configuration at the value every job had before
 # them, so that a job that keeps that value keeps its id; a reader of the store puts them back.
-IMPLICIT = {"init": "he", "init-scale": 1.0}
+IMPLICIT = {"init": "he", "init-scale": 1.0, "loss": "xent", "stop": "zero-error", "target-loss": None}
 
 
 @dataclass(frozen=True)
@@ -115,7 +123,7 @@ def read_sweep(path, schemas, overrides=()):
         table |= {k: v for k, v in overrides.items() if k in schema}
         applied |= set(overrides) & set(schema)
         label = where if len(grids) == 1 else f"{where} [[grid]] {i + 1}"
-        for job in grid_jobs(table, schemas, label):
+        for job in grid_jobs(table, schemas, label, planned=len(jobs)):
             if job.id not in seen:
                 seen.add(job.id)
                 jobs.append(job)
@@ -125,8 +133,9 @@ def read_sweep(path, schemas, overrides=()):
     return jobs, {"workers": workers}
 
 
-def grid_jobs(table, schemas, where):
-    """The jobs of one table of keys (lists are axes), in grid order (the last key varies fastest)."""
+def grid_jobs(table, schemas, where, planned=0):
+    """The jobs of one table of keys (lists are axes), in grid order (the last key varies fastest).  The grid's
+    size, with ``planned`` jobs of earlier grids, is checked against the memory before any job is made."""
     command = table.get("command", "run")
     if command not in COMMANDS:
         raise UsageError(f"{where}: key 'command' must be one of {', '.join(COMMANDS)} (got {command!r})")
@@ -144,6 +153,9 @@ def grid_jobs(table, schemas, where):
         axes[name] = [check_value(schema[name], v, where) for v in values]
     if "task" not in axes:
         raise UsageError(f"{where}: key 'task' is missing (e.g. task = \"2-local\")")
+    n_jobs = math.prod(len(values) for values in axes.values())
+    check_memory((n_jobs + planned) * JOB_BYTES, f"{where}: a grid of {n_jobs} jobs"
+                 + (f" (after {planned} others)" if planned else ""), fix="use fewer values per key")
     names = list(axes)
     return [resolve(command, dict(zip(names, point)), schema, where)
             for point in itertools.product(*(axes[n] for n in names))]
@@ -165,8 +177,7 @@ def resolve(command, values, schema, where="sweep"):
     """The Job of one grid point: defaults filled in, the task resolved, the settings checked."""
     full = {name: key.default for name, key in schema.items()} | values
     try:
-        spec = parse_task(full["task"], D=full["D"], indices=full["indices"], beta1=full["beta1"],
-                          beta2=full["beta2"])
+        spec = _task(full["task"], full["D"], full["indices"], full["beta1"], full["beta2"])
         config = {"task": spec.name, "D": spec.D}
         if spec.rule == "temperature":
             config |= {"beta1": spec.beta1, "beta2": spec.beta2}
@@ -180,14 +191,21 @@ def resolve(command, values, schema, where="sweep"):
     except UsageError as e:
         point = ", ".join(f"{k} = {v!r}" for k, v in values.items())
         raise UsageError(f"{where}: the job with {point}: {e}") from None
-    config = {name: value for name, value in config.items() if name not in unused_keys(command, config)}
+    unused = unused_keys(command, config)
+    config = {name: value for name, value in config.items() if name not in unused}
     return Job(job_id(command, config), command, config)
+
+
+@functools.lru_cache(maxsize=1024)
+def _task(task, D, indices, beta1, beta2):
+    """parse_task, once per distinct task of a grid (a grid of a million jobs has a few)."""
+    return parse_task(task, D=D, indices=indices, beta1=beta1, beta2=beta2)
 
 
 def unused_keys(command, config):
     """Options a `run` job does not use, or holds at their implicit value, left out of its configuration (and so of
     its identity): the search's with a fixed lr, sigma-w2 and sigma-b2 with the standard parameterization, init
-    with the NTK parameterization, and init or init-scale at the value every job had before they existed."""
+    with the NTK parameterization, and the IMPLICIT settings at the value every job had before they existed."""
     if command != "run":
         return set()
     unused = set(SEARCH_KEYS) if config["lr"] is not None else set()
@@ -203,9 +221,14 @@ def with_implicit(command, config):
                      if k not in config and not (k == "init" and config.get("param") == "ntk")}
 
 
+@functools.lru_cache(maxsize=None)
+def _python_name(key):
+    return key.replace("-", "_")
+
+
 def _arguments(config):
     """The keyword arguments of a configuration: sweep keys as Python names ("bo-calls" -> bo_calls)."""
-    return {k.replace("-", "_"): v for k, v in config.items()}
+    return {_python_name(k): v for k, v in config.items()}
 
 
 def check_job(command, config):
@@ -216,7 +239,9 @@ def check_job(command, config):
         from .protocol import check_config
         check_config(c["N"], c["folds"], c["bo_calls"], c["bo_batch"], c["lr_min"], c["lr_max"], c["repeats"],
                      c["n_test"], c["lr"], H=c["H"], L=c["L"], B=c["B"], max_epochs=c["max_epochs"], seed=c["seed"],
-                     init=c["init"], init_scale=c["init_scale"])
+                     init=c["init"], init_scale=c["init_scale"], dtype=c["dtype"], param=c["param"],
+                     sigma_w2=c["sigma_w2"], sigma_b2=c["sigma_b2"], loss=c["loss"], stop=c["stop"],
+                     target_loss=c["target_loss"])
     else:
         from .ntk import check_config
         check_config(c["N"], c["L"], c["sigma_w2"], c["sigma_b2"], c["n_test"], c["repeats"], c["seed"], c["kind"])
@@ -412,12 +437,97 @@ def plan(jobs, statuses, retry_failed):
     return todo, done, failed
 
 
-def run_jobs(jobs, store, executor, on_record=None):
-    """Run the jobs on the executor, writing each record to the store as it arrives -> the records written."""
-    written = []
-    for rec in executor.results(jobs):
-        store.write(rec)
-        written.append(rec)
-        if on_record:
-            on_record(rec)
+def job_bytes(job):
+    """Memory one job allocates at its peak where it runs (the estimates of fastmlp.preflight and fastmlp.ntk)."""
+    c = _arguments(with_implicit(job.command, job.config))
+    if job.command == "run":
+        from .protocol import memory_bytes
+        return memory_bytes(c["D"], c["N"], c["H"], c["L"], c.get("folds", 0), c.get("bo_batch", 0), c["repeats"],
+                            c["lr"], c["dtype"])
+    from .ntk import regression_bytes
+    return regression_bytes(c["N"], c["D"], copy=c["backend"] == "gpu")
+
+
+def check_sizes(jobs):
+    """UsageError (the estimate-and-refuse rule) when the largest of the jobs would not fit in this machine's memory,
+    for the jobs that run on this machine (in process), before the first one starts."""
+    cpu = [job for job in jobs if job.config["backend"] == "cpu"]
+    if cpu:
+        largest = max(cpu, key=job_bytes)
+        check_memory(job_bytes(largest), f"the largest job, {largest.label} ({largest.id}),",
+                     fix="lower its N (or H, L, repeats), or run it where there is more memory")
+
+
+def run_jobs(jobs, store, executor, on_record=None, timeout=None, on_other=None, say=None, warn=None, poll_s=None):
+    """Run the jobs on the executor, each claimed in the store before it starts (`fastmlp.store.Store.claim`) and
+    its record written the moment it arrives -> the records this process wrote.
+
+    A job another process holds is left to it; once this process has run every job it could claim, it waits for
+    those, and takes a job over when its claim goes stale (its process was killed).  A job whose record another
+    process wrote meanwhile is not run again: ``on_other(record)`` hears of it.  ``say(text)`` hears what the sweep
+    waits for, ``warn(text)`` of a record replaced that another process wrote meanwhile.  ``timeout``: seconds after
+    which a claim nobody touched is stale (None: the store's default); this process touches its own claims from a
+    heartbeat thread, and looks at the others' every ``poll_s`` seconds (default: a tenth of the timeout, at most
+    5 s).  The in-process executor claims each job just before it runs it; a Dask executor claims all it submits.
+    """
+    claim_kw = {} if timeout is None else {"timeout": timeout}
+    heartbeat = store.heartbeat(timeout)
+    poll_s = min(5.0, heartbeat.timeout / 10) if poll_s is None else poll_s
+    initial = {job.id: store.stamp(job.id) for job in jobs}   # the record each job replaces (a failed one), if any
+    held = {}                                                   # job id -> Claim
+    written, pending, announced = [], list(jobs), False
+
+    def elsewhere(job):
+        """The record another process wrote for the job since this sweep looked (None if none): a job to run has no
+        record, or a failed one to retry, so any other record is another process's result."""
+        stamp = store.stamp(job.id)
+        return None if stamp is None or stamp == initial[job.id] else store.load(job.id)
+
+    def claimed(jobs, others):
+        """The jobs this process has claimed, in order, claiming each as it is reached."""
+        for job in jobs:
+            rec = elsewhere(job)
+            if rec is None:
+                claim = store.claim(job.id, **claim_kw)
+                if claim is None:
+                    others.append(job)
+                    continue
+                rec = elsewhere(job)            # written between the look and the claim: release it again
+                if rec is None:
+                    held[job.id] = claim
+                    heartbeat.add(claim)
+                    yield job
+                    continue
+                store.release(claim)
+            if on_other:
+                on_other(rec)
+
+    try:
+        while pending:
+            others = []
+            for rec in executor.results(claimed(pending, others)):
+                claim = held.pop(rec["id"])
+                note = store.write(rec, replaces=initial.get(rec["id"]))
+                heartbeat.remove(claim)
+                store.release(claim)
+                written.append(rec)
+                if note and warn:
+                    warn(note)
+                if on_record:
+                    on_record(rec)
+            pending = others
+            if pending:
+                if say and not announced:
+                    holders = sorted({f"{h.get('host', '?')}:{h.get('pid', '?')}" for h in
+                                      (store.claim_of(job.id) for job in pending) if h is not None})
+                    who = f" ({', '.join(holders[:4])}{', ...' if len(holders) > 4 else ''})" if holders else ""
+                    n = len(pending)
+                    say(f"{n} job{'s are' if n > 1 else ' is'} claimed by other processes{who}: waiting for "
+                        f"{'them' if n > 1 else 'it'}; a claim not renewed for {heartbeat.timeout:g}s is taken over")
+                    announced = True
+                time.sleep(poll_s)
+    finally:
+        for claim in held.values():             # stopped mid-job: the job is free for the next sweep at once
+            store.release(claim)
+        heartbeat.close()
     return written

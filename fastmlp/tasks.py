@@ -25,6 +25,7 @@ from numba import njit, prange
 from fastmlp.constants import STREAM_TEST_X, STREAM_TRAIN_X
 from fastmlp.errors import UsageError
 from fastmlp import jitcache
+from fastmlp.preflight import check_memory, data_bytes
 from fastmlp.rng import gaussian_fill
 
 RULES = ("local", "global", "temperature")
@@ -207,6 +208,8 @@ def _temperature_rows(z, betas):
 def generate(spec, seed, split, start, n):
     """Samples start .. start+n-1 of a split -> x (n, D) float32, y (n,) int8 in {0, 1}."""
     _check_sample_range(seed, split, start, n)
+    check_memory(data_bytes(n, spec.D, spec.rule), f"generating {n} samples of {spec.name} (D = {spec.D})",
+                 fix="lower --N (or --D)")
     stream = SPLIT_STREAMS[split]
     if spec.rule == "temperature":
         y = (np.arange(start, start + n) % 2).astype(np.int8)  # (n,) exactly balanced classes

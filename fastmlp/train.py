@@ -3,7 +3,8 @@ training set, each network to its stop, then tested on fresh samples; returns th
 
 Record keys:
   command "train"; task (the task spec and its name); config (every setting, the lists as given)
-  networks      one per (lr, seed), lr-major: the engine's NetworkResult, test_error and test_loss
+  networks      one per (lr, seed), lr-major: the engine's NetworkResult, test_error and test_loss; a diverged
+                network's test error is protocol.DIVERGED_ERROR (0.5) and its test loss null, as in `run`
   summary       {n_networks, converged, diverged, not_converged}
   timing        {data_s, compile_s, train_s, test_s, wall_s}
   throughput    {train_network_samples, network_samples_per_s, gflops, note}
@@ -13,7 +14,10 @@ import time
 
 import numpy as np
 
+from .engine import check_training
 from .errors import UsageError
+from .preflight import check_dtype_values, check_memory, check_outputs, check_sample_counts, engine_bytes
+from .protocol import DIVERGED_ERROR
 from .reference import DEFAULT_INIT
 
 
@@ -22,33 +26,58 @@ def check_config(N, L, H, B, max_epochs, n_test):
     for name, value in (("--N", N), ("--H", H), ("--L", L), ("--B", B), ("--max-epochs", max_epochs)):
         if value < 1:
             raise UsageError(f"{name} must be at least 1 (got {value})")
-    if n_test < 0:
-        raise UsageError(f"--n-test must be 0 or more (got {n_test})")
+    check_sample_counts(N, n_test)
+
+
+def check_seeds(seeds, option="--seeds"):
+    """UsageError unless every network seed lies in [0, 2**32) (ranges (lo, hi) or single seeds)."""
+    for s in seeds:
+        lo, hi = s if isinstance(s, tuple) else (s, s)
+        if not 0 <= lo <= hi < 2**32:
+            raise UsageError(f"{option} must lie in [0, 2**32) (got {lo if lo < 0 or lo >= 2**32 else hi})")
+
+
+def check_size(D, M, N, H, L, dtype="float32", backend="cpu"):
+    """UsageError (the estimate-and-refuse rule of fastmlp.preflight) unless M networks on N samples fit."""
+    from .backend import array_module
+    xp = array_module(backend)
+    check_memory(engine_bytes(M, N, D, H, L, np.dtype(dtype).itemsize),
+                 f"{M} networks (D = {D}, H = {H}, L = {L}) on N = {N} samples", xp,
+                 fix="lower --N, --H or --L, or train fewer --lr x --seeds")
 
 
 def run(spec, lrs, seeds, N=1000, L=1, H=100, B=50, seed=0, max_epochs=2000, n_test=10000, param="standard",
-        sigma_w2=2.0, sigma_b2=0.0, init=DEFAULT_INIT, init_scale=1.0, dtype="float32", backend="cpu",
-        save_params=None, progress=None, note=None):
+        sigma_w2=2.0, sigma_b2=0.0, init=DEFAULT_INIT, init_scale=1.0, loss="xent", stop="zero-error",
+        target_loss=None, dtype="float32", backend="cpu", save_params=None, save_outputs=None, progress=None,
+        note=None):
     """Train len(lrs) x len(seeds) networks (lr-major) in one engine call; returns the record.
 
     ``progress(epoch, n_active, n_networks)`` is the engine's per-epoch callback; ``note(text)`` hears of the
     phases.  ``save_params``: a path to write every network's final parameters to (.npz: W0, b0, ..., W{L},
     b{L}, W{l} of shape (networks, fan_in, fan_out), in the order of the records, and lr, seed).
+    ``save_outputs``: a path to write every network's function on the test points to (.npz: f (networks, n_test)
+    float64, f = z_1 - z_0 the scalar output whose sign is the prediction; y (n_test,) the test labels in {-1, +1};
+    lr, seed), the points on which `fastmlp ntk --save-outputs` writes the NTK's predictor.
     """
     from .backend import engine_class, generate_on
     from .provenance import record
     from .reference import useful_flops_per_sample
 
     check_config(N, L, H, B, max_epochs, n_test)
-    cls = engine_class(backend)
-    say = note or (lambda text: None)
     lrs, seeds = list(lrs), list(seeds)
+    check_seeds(seeds)
+    check_dtype_values(dtype, param, lrs, init_scale, sigma_w2, sigma_b2)
+    check_training(loss, stop, target_loss)
+    check_outputs(("--save-params", save_params, "npz"), ("--save-outputs", save_outputs, "npz"))
+    cls = engine_class(backend)
+    check_size(spec.D, len(lrs) * len(seeds), N, H, L, dtype, backend)
+    say = note or (lambda text: None)
     t0 = time.perf_counter()
     x, y = generate_on(backend, spec, seed, "train", 0, N)   # on the device that trains
     grid_lr = np.repeat(lrs, len(seeds))                     # (M,) lr-major grid
     grid_seed = np.tile(seeds, len(lrs))                     # (M,)
     engine = cls(x, y, H, L, B, grid_lr, grid_seed, param=param, dtype=np.dtype(dtype), sigma_w2=sigma_w2,
-                 sigma_b2=sigma_b2, init=init, init_scale=init_scale)
+                 sigma_b2=sigma_b2, init=init, init_scale=init_scale, loss=loss, stop=stop, target_loss=target_loss)
     t_data = time.perf_counter()
     say("compiling kernels (cached on disk after the first run)...")
     compile_s = engine.compile()
@@ -64,17 +93,23 @@ def run(spec, lrs, seeds, N=1000, L=1, H=100, B=50, seed=0, max_epochs=2000, n_t
         for l, (W, b) in enumerate(engine.params()):
             arrays[f"W{l}"], arrays[f"b{l}"] = W.astype(engine.dtype), b.astype(engine.dtype)
         np.savez(save_params, lr=grid_lr, seed=grid_seed, **arrays)
+    if save_outputs:
+        f, y_test = engine.task_outputs(spec, seed, "test", n_test)
+        np.savez(save_outputs, f=f, y=2 * y_test.astype(np.int8) - 1, lr=grid_lr, seed=grid_seed)
     samples = int(np.sum(engine.epochs * engine.n_train))   # network-samples through forward + backward
     train_s = t_train - t_ready
-    networks = [{**r.to_dict(), "test_error": float(e), "test_loss": float(tl)}
+    # a diverged network's test error is DIVERGED_ERROR, its test loss null: the rule of every record (protocol)
+    networks = [{**r.to_dict(), "test_error": DIVERGED_ERROR if r.diverged and n_test > 0 else float(e),
+                 "test_loss": None if r.diverged else float(tl)}
                 for r, e, tl in zip(results, test_err, test_loss)]
     return {
         "command": "train",
         "task": spec.to_dict() | {"name": spec.name},
         "config": {"N": N, "L": L, "H": H, "B": B, "lr": lrs, "seeds": seeds, "seed": seed,
                    "max_epochs": max_epochs, "n_test": n_test, "param": param, "sigma_w2": sigma_w2,
-                   "sigma_b2": sigma_b2, "init": init, "init_scale": init_scale, "dtype": dtype, "backend": backend,
-                   "save_params": save_params},
+                   "sigma_b2": sigma_b2, "init": init, "init_scale": init_scale, "loss": loss, "stop": stop,
+                   "target_loss": target_loss, "dtype": dtype, "backend": backend, "save_params": save_params,
+                   "save_outputs": save_outputs},
         "networks": networks,
         "summary": {"n_networks": engine.M, "converged": int(engine.converged.sum()),
                     "diverged": int(engine.diverged.sum()),

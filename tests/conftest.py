@@ -91,7 +91,7 @@ def check_fit_stop_rule(engine_class, data, dtype):
     lrs = [0.1, 0.05, 1e-4, 0.2, 0.1]                 # 1e-4 cannot fit 200 samples in 40 epochs
     seeds = [3, 1, 2, 4, 5]
     subs = subsets(len(x), [200, 200, 200, 150, 300], seed=6)
-    e = engine_class(x, y, H, L, B, lrs, seeds, subsets=subs, dtype=dtype)
+    e = engine_class(x, y, H, L, B, lrs, seeds, subsets=subs, dtype=dtype, init="he")   # the lrs are chosen for he
     snaps = []                                        # (params, epochs, stopped, n_active) after every epoch
 
     def progress(epoch, n_active, n_networks):

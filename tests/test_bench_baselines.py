@@ -145,3 +145,19 @@ def test_run_bench_emits_one_line_per_pair():
     assert [(r["workload"], r["impl"]) for r in recs] == [("W1", "a"), ("W1", "b"), ("W3", "a"), ("W3", "b")]
     with pytest.raises(ValueError, match="unknown workload"):
         run_bench(workloads=("W9",), impls=("numpy",), emit=lines.append)
+
+
+@pytest.mark.parametrize("loss", ["mse", "hinge2"])
+def test_the_loss_impls_train_the_cpu_engine_with_that_loss(monkeypatch, loss):
+    from fastmlp import cpu_engine
+    seen = []
+    init = cpu_engine.Engine.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        seen.append(self.loss)
+    monkeypatch.setattr(cpu_engine.Engine, "__init__", spy)
+    lines = []
+    run_bench(workloads=("W1",), impls=[f"fastmlp-cpu-{loss}"], epochs=1, repeats=1, threads=1, emit=lines.append,
+              networks=2)
+    assert seen == [loss] and json.loads(lines[0])["impl"] == f"fastmlp-cpu-{loss}"

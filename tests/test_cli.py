@@ -109,6 +109,12 @@ def test_train_diverged_network_is_reported_not_crashed():
     (["run", "2-local", "--lr", 0.1, "--init-scale", "-2"], "--init-scale"),
     (["train", "2-local", "--lr", 0.1, "--param", "ntk", "--init", "torch"], "--init"),
     (["run", "2-local", "--lr", 0.1, "--param", "ntk", "--init", "he"], "--init"),
+    (["train", "2-local", "--lr", 0.1, "--loss", "l1"], "--loss"),
+    (["train", "2-local", "--lr", 0.1, "--stop", "loss"], "--target-loss"),
+    (["run", "2-local", "--lr", 0.1, "--stop", "loss", "--target-loss", 0], "--target-loss"),
+    (["train", "2-local", "--lr", 0.1, "--stop", "loss", "--target-loss", "-1"], "--target-loss"),
+    (["train", "2-local", "--lr", 0.1, "--target-loss", "0.1"], "--target-loss"),
+    (["train", "2-local", "--lr", 0.1, "--stop", "never"], "--stop"),
 ])
 def test_bad_input_exits_2_with_one_line(args, option):
     r = run(*args)
@@ -128,3 +134,24 @@ def test_ci_runs_exactly_the_readme_test_command():
     commands = re.findall(r"^(python -m pip install '\.\[test\]'.*)$", readme, flags=re.M)
     assert len(commands) == 1
     assert commands[0] in ci.splitlines()
+
+
+def test_train_saves_the_function_on_the_test_points_and_ntk_its_predictor(tmp_path):
+    common = ("1-local", "--D", 10, "--N", 120, "--n-test", 300)
+    r = run("train", *common, "--L", 2, "--H", 16, "--lr", "0.2", "--seeds", "0,1", "--param", "ntk", "--loss", "mse",
+            "--stop", "loss", "--target-loss", "0.01", "--max-epochs", 3000, "--save-outputs", tmp_path / "net.npz",
+            "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert (out["config"]["loss"], out["config"]["stop"], out["config"]["target_loss"]) == ("mse", "loss", 0.01)
+    assert all(n["stopped_by"] == "target-loss" and n["train_loss"] <= 0.01 for n in out["networks"])
+    saved = np.load(tmp_path / "net.npz")
+    assert saved["f"].shape == (2, 300) and set(np.unique(saved["y"])) == {-1, 1}
+    for f, n in zip(saved["f"], out["networks"]):                   # the sign of f is the prediction
+        assert np.mean(np.sign(f) != saved["y"]) == pytest.approx(n["test_error"], abs=1e-9)
+    r = run("ntk", *common, "--L", 2, "--repeats", 1, "--save-outputs", tmp_path / "ntk.npz", "--json")
+    assert r.exit_code == 0, r.output
+    kernel = np.load(tmp_path / "ntk.npz")
+    np.testing.assert_array_equal(kernel["y"], saved["y"])          # the same test points
+    assert kernel["f"].shape == (1, 300)
+    assert np.mean(np.sign(kernel["f"][0]) != kernel["y"]) == pytest.approx(json.loads(r.stdout)["test_error"]["mean"])

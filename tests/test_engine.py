@@ -38,18 +38,22 @@ def test_networks_trained_together_equal_each_trained_alone(data_medium):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("param, init", [("standard", "he"), ("standard", "torch"), ("ntk", "he")])
-def test_first_20_steps_follow_the_reference(engine_cls, param, init, dtype):
+@pytest.mark.parametrize("param, init, loss", [("standard", "he", "xent"), ("standard", "torch", "xent"),
+                                               ("ntk", "he", "xent"), ("standard", "torch", "mse"),
+                                               ("ntk", "he", "mse"), ("standard", "he", "hinge2"),
+                                               ("ntk", "he", "hinge2")])
+def test_first_20_steps_follow_the_reference(engine_cls, param, init, loss, dtype):
     N, D, H, L, B = 75, 11, 21, 3, 17                # 5 minibatches per epoch (the last one of 7): 4 epochs
     x, y = make_data(N, D, seed=3)
     lrs, seeds = [0.05, 0.3], [11, 12]
-    e = engine_cls(x, y, H, L, B, lrs, seeds, param=param, dtype=dtype, sigma_b2=SIGMA_B2[param], init=init)
+    e = engine_cls(x, y, H, L, B, lrs, seeds, param=param, dtype=dtype, sigma_b2=SIGMA_B2[param], init=init,
+                   loss=loss)
     start = e.params()
     _assert_params_equal(start, reference.init_params(D, H, L, seeds, param, dtype=dtype, init=init))
     e.train_epochs(4)
     for m in range(2):
         ref, losses = reference.train_steps(_network(start, m), _scales(e), x, y, lrs[m], seeds[m], np.arange(N),
-                                            B, 20)
+                                            B, 20, loss)
         moved = 0.0
         for (W, b), (W_ref, b_ref), (W0, _) in zip(_network(e.params(), m), ref, _network(start, m)):
             assert_close(W, W_ref, "step", dtype)        # float64: atol 1e-12, well inside 1e-9
@@ -91,9 +95,63 @@ def test_a_subset_network_equals_one_trained_on_the_subset_alone(data_medium):
         assert np.array_equal(e.epochs, alone.epochs)
 
 
+def test_a_training_network_reports_no_check_values_whatever_the_check_scanned(engine_cls, data_medium):
+    """While it trains under the zero-error rule, a network reports NaN training error and its epoch's minibatch
+    loss, on every backend: the CPU's check, which may stop early, once reported exact values when it happened to
+    reach the end (here always: 7 samples are one chunk), the GPU's, which scans everything, never."""
+    x, y = data_medium
+    e = engine_cls(x, y, 9, 1, 7, [1e-4, 1e-4], [1, 2], subsets=[np.arange(7), np.arange(7, 14)])
+    seen = []
+    e.fit(max_epochs=3, progress=lambda epoch, n_active, n: seen.append((e.train_error.copy(), e.stopped.copy())))
+    for train_error, stopped in seen[:-1]:
+        assert not stopped.any() and np.isnan(train_error).all()
+    assert np.isfinite(e.train_error).all() and e.stopped.all()          # the last epoch: exact values
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fit_stop_rule(engine_cls, data_medium, dtype):
     check_fit_stop_rule(engine_cls, data_medium, dtype)
+
+
+@pytest.mark.parametrize("loss", ["xent", "mse", "hinge2"])
+def test_evaluate_reports_the_engines_loss(engine_cls, data_medium, loss):
+    x, y = data_medium
+    e = engine_cls(x, y, 13, 2, 7, [0.05, 0.2], [1, 2], loss=loss)
+    e.train_epochs(2)
+    err, summed = e.evaluate(x, y)
+    ref_err, ref_loss = reference.evaluate(e.params(), _scales(e), x, y, loss)
+    assert np.abs(err - ref_err * len(y)).max() <= 1                     # a near-tie may flip in float32
+    assert_close(summed / len(y), ref_loss, "evaluate", np.float32)
+
+
+@pytest.mark.parametrize("loss", ["mse", "hinge2", "xent"])
+def test_the_loss_rule_stops_at_the_first_epoch_at_or_below_the_target(engine_cls, data_medium, loss):
+    x, y = data_medium
+    target = {"mse": 0.05, "hinge2": 0.02, "xent": 0.05}[loss]
+    args = (x, y, 21, 2, 17, [0.05, 0.1, 0.2], [1, 2, 3])
+    e = engine_cls(*args, loss=loss, stop="loss", target_loss=target)
+    results = e.fit(max_epochs=400)
+    assert all(r.converged and r.stopped_by == "target-loss" for r in results)
+    assert np.all(e.train_loss <= target) and np.all(np.isfinite(e.train_error))
+    for m, r in enumerate(results):                                     # one epoch earlier it was above
+        before = engine_cls(x, y, 21, 2, 17, [args[5][m]], [args[6][m]], loss=loss, stop="loss",
+                            target_loss=target)
+        before.fit(max_epochs=r.epochs - 1)
+        assert not before.converged[0] and before.train_loss[0] > target
+        assert_close(before.evaluate(x, y)[1][0] / len(y), before.train_loss[0], "evaluate", np.float32)
+    zero = engine_cls(*args, loss=loss)                                 # the paper's rule on the same networks
+    assert all(r.stopped_by in ("zero-error", "max-epochs") for r in zero.fit(max_epochs=400))
+
+
+@pytest.mark.parametrize("kwargs, option", [(dict(loss="l1"), "--loss"), (dict(stop="never"), "--stop"),
+                                            (dict(stop="loss"), "--target-loss"),
+                                            (dict(stop="loss", target_loss=0.0), "--target-loss"),
+                                            (dict(stop="loss", target_loss=float("nan")), "--target-loss"),
+                                            (dict(target_loss=0.1), "--target-loss")])
+def test_bad_loss_or_stop_rule_raises_usage_error(data_small, kwargs, option):
+    x, y = data_small
+    with pytest.raises(UsageError, match=option):
+        Engine(x, y, 5, 1, 5, [0.1], [1], **kwargs)
 
 
 def test_huge_learning_rate_diverges_cleanly(engine_cls, data_medium):

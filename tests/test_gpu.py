@@ -6,13 +6,23 @@ found in a checkout and inside the wheel; asking for the GPU where there is none
 On a GPU (tests marked gpu, skipped without CuPy and a device): Philox words and datasets equal the CPU's, each
 kernel follows the reference, and the engine follows the reference for 20 steps, the CPU engine, and the stop rule.
 Shapes cross block and warp edges on purpose (D = 11, H = 21, B = 17, N = 37 / 75, P > 6144 for the order kernel).
+Without a GPU, too: the order kernel runs on the host (its CUDA text compiled by g++ with the built-ins emulated by
+threads) against the CPU's order, beside a NumPy model of its rounds; and fakes of CuPy, cuda.pathfinder and cuBLAS
+show what makes the backend available (NVRTC, cuBLAS, a driver for CuPy's CUDA), how cuBLAS is found and set up,
+what `fastmlp info` reports, and that bench/gpu_check.sh stops when the engine cannot train.
 """
+import ctypes
+import importlib.abc
+import importlib.util
 import json
 import io
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
+import types
 import zipfile
 from pathlib import Path
 
@@ -20,10 +30,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fastmlp import backend, gpu, reference, rng, tasks
+from fastmlp import backend, gpu, provenance, reference, rng, tasks
 from fastmlp.cli import main
-from fastmlp.constants import (N_CLASSES, PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, PHILOX_W0, PHILOX_W1, STREAM_FOLD,
-                               STREAM_INIT, STREAM_ORDER, STREAM_TEST_X, STREAM_TRAIN_X)
+from fastmlp.constants import (LOSSES, N_CLASSES, PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, PHILOX_W0, PHILOX_W1,
+                               STREAM_FOLD, STREAM_INIT, STREAM_ORDER, STREAM_TEST_X, STREAM_TRAIN_X)
 from fastmlp.backend import engine_class, generate_on
 from fastmlp.cpu_engine import Engine
 from fastmlp.errors import UsageError
@@ -31,7 +41,7 @@ from conftest import (DTYPES, assert_close, assert_params_equal as _assert_param
                       scales as _scales, subsets as _subsets)
 
 ROOT = Path(__file__).resolve().parent.parent
-HAS_GPU = backend.gpu_available()          # CuPy importable and a device reachable; never raises
+HAS_GPU = backend.gpu_available()          # the GPU engine can be built and run here; never raises
 NVCC = shutil.which("nvcc")
 # (stem, dtype): stems that use REAL compile for both dtypes
 BUILDS = [(stem, dt) for stem in sorted(gpu.KERNELS) for dt in (DTYPES if stem not in gpu.DTYPE_FREE else [np.float32])]
@@ -121,6 +131,189 @@ def test_kernel_compiles_with_nvrtc(build, nvrtc):
     assert "warning" not in log.getvalue().lower(), log.getvalue()
 
 
+# The minibatch-order kernel, run on the host: rng.cu's own text compiled by g++ with the CUDA built-ins it uses
+# emulated (one OS thread per CUDA thread, a barrier per block, atomics), so that its rounds of reservations run
+# truly concurrently; on stderr it reports the rounds of each block and how many threads took part.
+_HOST_CUDA = r"""
+#include <cmath>
+#include <cstdio>
+#include <pthread.h>
+#include <vector>
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__
+struct uint3 { unsigned int x, y, z; };
+struct uint4 { unsigned int x, y, z, w; };
+struct double2 { double x, y; };
+static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+static inline double2 make_double2(double a, double b) { return {a, b}; }
+static inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
+static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline double __dadd_rn(double a, double b) { return a + b; }
+template <typename T> T __shfl_down_sync(unsigned, T v, int) { return v; }
+thread_local uint3 threadIdx;
+static uint3 blockIdx, blockDim;
+static pthread_barrier_t barrier;
+static int or_flag, rounds, atomics_by[4096];
+static inline void __syncthreads() { pthread_barrier_wait(&barrier); }
+static inline int __syncthreads_or(int v) {
+    __syncthreads();
+    if (v) __atomic_store_n(&or_flag, 1, __ATOMIC_SEQ_CST);
+    __syncthreads();
+    const int r = __atomic_load_n(&or_flag, __ATOMIC_SEQ_CST);
+    __syncthreads();
+    if (threadIdx.x == 0) { __atomic_store_n(&or_flag, 0, __ATOMIC_SEQ_CST); rounds += r; }
+    return r;
+}
+static inline unsigned atomicMax(unsigned* a, unsigned v) {
+    atomics_by[threadIdx.x] = 1;
+    unsigned old = __atomic_load_n(a, __ATOMIC_SEQ_CST);
+    while (old < v && !__atomic_compare_exchange_n(a, &old, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
+    return old;
+}
+extern "C" { unsigned int smem[1 << 20]; }
+#include "kernel.cu"
+
+// stdin: M P use_shared threads, then per network: n seed epoch trained and its P subset entries.
+// stdout: the M order rows (-1 where the kernel wrote nothing); stderr: per block "rounds R threads T".
+struct Args { int *order, *sub, *n, *ep, *tr; unsigned *scratch, *seeds; int P, shared; unsigned t; };
+static void* run(void* p) {
+    Args* a = (Args*)p;
+    threadIdx = {a->t, 0, 0};
+    permutation(a->order, a->scratch, a->sub, a->n, a->seeds, a->ep, a->tr, a->P, a->shared);
+    return nullptr;
+}
+int main() {
+    int M, P, shared, T;
+    if (scanf("%d %d %d %d", &M, &P, &shared, &T) != 4 || T > 4096 || 2LL * P > (1 << 20)) return 2;
+    std::vector<int> order((size_t)M * P, -1), sub((size_t)M * P), n(M), ep(M), tr(M);
+    std::vector<unsigned> scratch((size_t)M * P, 0xABCDu), seeds(M);
+    for (int m = 0; m < M; ++m) {
+        if (scanf("%d %u %d %d", &n[m], &seeds[m], &ep[m], &tr[m]) != 4) return 2;
+        for (int i = 0; i < P; ++i) if (scanf("%d", &sub[(size_t)m * P + i]) != 1) return 2;
+    }
+    blockDim = {(unsigned)T, 1, 1};
+    for (int m = 0; m < M; ++m) {
+        blockIdx = {(unsigned)m, 0, 0};
+        rounds = 0;
+        for (int t = 0; t < T; ++t) atomics_by[t] = 0;
+        pthread_barrier_init(&barrier, nullptr, T);
+        std::vector<pthread_t> th(T);
+        std::vector<Args> args(T);
+        for (int t = 0; t < T; ++t) {
+            args[t] = {order.data(), sub.data(), n.data(), ep.data(), tr.data(), scratch.data(), seeds.data(), P,
+                       shared, (unsigned)t};
+            pthread_create(&th[t], nullptr, run, &args[t]);
+        }
+        for (int t = 0; t < T; ++t) pthread_join(th[t], nullptr);
+        pthread_barrier_destroy(&barrier);
+        int busy = 0;
+        for (int t = 0; t < T; ++t) busy += atomics_by[t];
+        fprintf(stderr, "rounds %d threads %d\n", rounds, busy);
+    }
+    for (int m = 0; m < M; ++m) {
+        for (int i = 0; i < P; ++i) printf("%d ", order[(size_t)m * P + i]);
+        printf("\n");
+    }
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def host_permutation(tmp_path_factory):
+    """rng.cu's permutation kernel built for the host (g++, pthreads): run(subsets, seeds, epochs, trained,
+    use_shared, threads) -> (order rows (M, P), [(rounds, threads that reserved)] per block)."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not found")
+    d = tmp_path_factory.mktemp("host_cuda")
+    (d / "kernel.cu").write_text(gpu.source("rng"))
+    (d / "host.cpp").write_text(_HOST_CUDA)
+    defines = [o for o in gpu.compile_options(np.float32) if o.startswith("-D")]
+    r = subprocess.run([gxx, "-O2", "-std=c++17", "-pthread", *defines, "-o", str(d / "host"), str(d / "host.cpp")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def run(subsets, seeds, epochs, trained, use_shared, threads):
+        M, P = len(subsets), max(len(s) for s in subsets)
+        lines = [f"{M} {P} {int(use_shared)} {threads}"]
+        for s, seed, epoch, tr in zip(subsets, seeds, epochs, trained):
+            row = np.zeros(P, np.int64)
+            row[:len(s)] = s
+            lines.append(f"{len(s)} {seed} {epoch} {tr} " + " ".join(map(str, row)))
+        r = subprocess.run([str(d / "host")], input="\n".join(lines), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        order = np.array([[int(v) for v in line.split()] for line in r.stdout.splitlines()])
+        stats = [tuple(int(w) for w in line.split()[1::2]) for line in r.stderr.splitlines()]
+        return order, stats
+
+    return run
+
+
+@pytest.mark.parametrize("use_shared, threads", [(1, 64), (0, 64), (0, 7), (1, 1), (0, 256)],
+                         ids=["shared-64", "global-64", "global-7", "shared-1", "global-256"])
+def test_minibatch_order_kernel_on_the_host_equals_the_cpus(host_permutation, use_shared, threads):
+    """The kernel's rows are rng.permute_into's, bit for bit, for either variant and any block size (7 threads:
+    groups of four steps split unevenly), with every thread reserving: the shuffle no longer runs on one thread,
+    and it takes O(log n) rounds (at most 50 at n = 30,000) instead of n sequential steps."""
+    g = np.random.default_rng(1)
+    lengths = [1, 2, 3, 4, 5, 37, 1000, 7001, 0, 30000, 6]
+    seeds = [0, 2**32 - 1, 5, 77, 123, 9, 4, 8, 1, 3, 2**31]
+    epochs = [0, 3, 1, 2, 10, 0, 7, 5, 1, 2, 2**31 - 1]
+    trained = [1] * len(lengths)
+    trained[5] = 0                                             # a stopped network: its row is left alone
+    subsets = [np.sort(g.choice(10**5, n, replace=False)) for n in lengths]
+    order, stats = host_permutation(subsets, seeds, epochs, trained, use_shared, threads)
+    for m, s in enumerate(subsets):
+        if not trained[m]:
+            assert (order[m] == -1).all() and stats[m] == (0, 0)
+            continue
+        np.testing.assert_array_equal(order[m, :len(s)], s[rng.permutation_np(len(s), seeds[m], epochs[m])],
+                                      err_msg=f"n = {len(s)}")
+        rounds, busy = stats[m]
+        if len(s) >= 4 * threads:                              # every thread has a group of four steps
+            assert busy == threads, stats[m]
+    big = lengths.index(30000)
+    assert 10 <= stats[big][0] <= 50, stats[big]
+
+
+def _order_in_rounds(subset, seed, epoch):
+    """NumPy model of kernels/rng.cu's permutation: the epoch's Fisher-Yates swaps carried out in rounds of
+    reservations (reserve with a max, commit the steps that hold both positions, release) -> (order, rounds)."""
+    n = len(subset)
+    done = np.uint32(0xFFFFFFFF)
+    p = np.array(subset, dtype=np.int64)
+    R = np.zeros(n, np.uint32)                                  # 0: free; i: held by step i; done: step i done
+    words = rng.words_np(n, seed, STREAM_ORDER, epoch, 0).reshape(-1)[:n].astype(np.uint64)
+    j = ((words * np.arange(1, n + 1, dtype=np.uint64)) >> np.uint64(32)).astype(np.int64)   # j_i in [0, i]
+    steps = np.arange(1, n)
+    rounds = 0
+    while True:
+        left = steps[R[steps] != done]
+        if not left.size:
+            return p, rounds
+        rounds += 1
+        np.maximum.at(R, left, left.astype(np.uint32))          # reserve
+        np.maximum.at(R, j[left], left.astype(np.uint32))
+        win = left[(R[left] == left) & (R[j[left]] == left)]    # commit: disjoint positions, so all at once
+        p[win], p[j[win]] = p[j[win]], p[win].copy()
+        R[win] = done
+        R[R != done] = 0                                        # release
+
+
+def test_minibatch_order_in_rounds_equals_the_cpus():
+    """The algorithm of the order kernel, modelled in NumPy: rng.permutation_np's order for every n up to 300 and
+    at the sizes that matter, in a number of rounds that grows like log n."""
+    cases = [(n, n % 7, n % 3) for n in range(301)]
+    cases += [(n, seed, epoch) for n in (1000, 6144, 7001, 30000) for seed, epoch in ((0, 0), (2**32 - 1, 9))]
+    for n, seed, epoch in cases:
+        got, rounds = _order_in_rounds(np.arange(n) * 3 + 1, seed, epoch)
+        np.testing.assert_array_equal(got, rng.permutation_np(n, seed, epoch) * 3 + 1, err_msg=f"n = {n}")
+        assert rounds <= 6 * np.log(n + 1) + 2, (n, rounds)
+
+
 def test_wheel_ships_the_kernels(tmp_path):
     """A wheel built from the project holds fastmlp/gpu/kernels/*.cu*, and an install of it finds them there."""
     pytest.importorskip("setuptools")
@@ -171,6 +364,301 @@ def test_train_backend_gpu_without_a_gpu_exits_2_with_one_line():
     assert r.exit_code == 2 and r.stderr.strip().splitlines() == [f"fastmlp: error: {backend.NO_GPU}"]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is usable here")
+def test_gpu_check_stops_before_the_tests_when_the_engine_cannot_train(tmp_path):
+    """bench/gpu_check.sh where the GPU engine cannot run (here: no CuPy): it stops at the smoke step, which builds
+    a GpuEngine and trains one epoch, with the reason, before the GPU tests (which would all skip and pass)."""
+    python = tmp_path / "python"                          # pip refuses (no install here); the checkout is used
+    python.write_text(f'#!/bin/sh\nif [ "$1" = "-m" ] && [ "$2" = "pip" ]; then exit 1; fi\n'
+                      f'exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "WHEELS", "PYTHONPATH")}
+    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], capture_output=True, text=True, timeout=300,
+                       env={**env, "PYTHON": str(python), "OUT": str(out), "WHEELS": str(tmp_path / "no-wheels")})
+    log = r.stdout + r.stderr
+    assert r.returncode == 2, log[-3000:]
+    assert "STOPPED at step 'smoke'" in log and "the GPU backend cannot run here: CuPy is not importable" in log, log
+    assert "gpu-tests" not in log and not (out / "gpu_tests.xml").exists()
+    status = json.loads((out / "gpu_check.json").read_text())
+    assert status["status"] == "stopped" and status["stopped_at"] == "smoke"
+    assert [(s["step"], s["status"]) for s in status["steps"]] == [
+        ("environment", "passed"), ("install", "passed"), ("preflight", "passed"), ("smoke", "stopped")]
+    assert json.loads((out / "info.json").read_text())["gpu_stack"]["problem"].startswith("CuPy is not importable")
+
+
+# ------------------------------------------------------------ everywhere: the GPU stack, with fakes of CuPy and cuBLAS
+class _FakeArray:
+    def __init__(self, n):
+        self.values = [0] * n
+        self.data = types.SimpleNamespace(ptr=0x7F0000)
+
+    def get(self):
+        return np.array(self.values)
+
+
+def _fake_cupy(runtime=13000, driver=13000, devices=1, nvrtc=True):
+    """A stand-in for CuPy: CUDA versions, a device count, and NVRTC that compiles the probe kernel (which then
+    writes its values) or fails as it does without the NVRTC wheel."""
+    cp = types.ModuleType("cupy")
+    cp.__version__ = "14.2.0"
+    cp.int32, cp.uint8 = np.int32, np.uint8
+    missing = RuntimeError(f"libnvrtc.so.{runtime // 1000}: cannot open shared object file")
+
+    def nvrtc_version():
+        if not nvrtc:
+            raise missing
+        return (runtime // 1000, 0)
+
+    class RawKernel:
+        def __init__(self, code, name):
+            assert name in code
+            if not nvrtc:
+                raise missing
+
+        def __call__(self, grid, block, args):
+            args[0].values = [7 * t + 1 for t in range(block[0])]
+
+    cp.cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(runtimeGetVersion=lambda: runtime, driverGetVersion=lambda: driver,
+                                      getDeviceCount=lambda: devices,
+                                      getDeviceProperties=lambda i: {"name": b"NVIDIA H200"}),
+        nvrtc=types.SimpleNamespace(getVersion=nvrtc_version))
+    cp.zeros = lambda n, dtype=None: _FakeArray(n)
+    cp.empty = lambda n, dtype=None: _FakeArray(0)
+    cp.RawKernel = RawKernel
+    return cp
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """install(**kw): a fake CuPy (_fake_cupy) in sys.modules, probed afresh; no cuda.pathfinder unless a test
+    installs one."""
+    monkeypatch.setattr(provenance, "_PROBED", [], raising=False)   # (absent before the probe existed)
+    monkeypatch.setitem(sys.modules, "cuda", None)             # `from cuda import pathfinder` raises ImportError
+
+    def install(**kw):
+        cp = _fake_cupy(**kw)
+        monkeypatch.setitem(sys.modules, "cupy", cp)
+        return cp
+
+    return install
+
+
+def _fake_cdll(monkeypatch, found):
+    """ctypes.CDLL opening only the names for which found(name) holds (a fake cuBLAS, version N.1.0 for a name
+    ending in N): returns the list of names asked for."""
+    tried = []
+
+    class Lib:
+        def __init__(self, name, *args, **kw):
+            tried.append(name)
+            if not found(name):
+                raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+            self.major = int(name.rsplit(".", 1)[-1])
+
+        def __getattr__(self, fn):
+            if fn.startswith("__"):
+                raise AttributeError(fn)
+
+            def call(*args):
+                if fn == "cublasGetProperty":
+                    args[1]._obj.value = (self.major, 1, 0)[args[0]]
+                return 0
+
+            setattr(self, fn, call)
+            return call
+
+    monkeypatch.setattr(ctypes, "CDLL", Lib)
+    return tried
+
+
+def _fake_pathfinder(monkeypatch, path=None):
+    """A cuda.pathfinder that finds cuBLAS at `path` (None: finds nothing); returns the names asked for."""
+    asked = []
+    pf = types.ModuleType("cuda.pathfinder")
+
+    class DynamicLibNotFoundError(RuntimeError):
+        pass
+
+    def load_nvidia_dynamic_lib(name):
+        asked.append(name)
+        if path is None:
+            raise DynamicLibNotFoundError(f"Failure finding lib{name}.so")
+        return types.SimpleNamespace(abs_path=path, was_already_loaded_from_elsewhere=False)
+
+    pf.DynamicLibNotFoundError, pf.load_nvidia_dynamic_lib = DynamicLibNotFoundError, load_nvidia_dynamic_lib
+    cuda = types.ModuleType("cuda")
+    cuda.__path__, cuda.pathfinder = [], pf
+    monkeypatch.setitem(sys.modules, "cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cuda.pathfinder", pf)
+    return asked
+
+
+def _fake_cupy_backends(monkeypatch):
+    """CuPy's package cupy_backends.cuda.libs as older CuPy has it: its cuBLAS module is a submodule, not an
+    attribute, until imported. Returns the list of submodules imported."""
+    imported = []
+    for name in ("cupy_backends", "cupy_backends.cuda", "cupy_backends.cuda.libs"):
+        mod = types.ModuleType(name)
+        mod.__path__ = []
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs.cublas", None)
+    del sys.modules["cupy_backends.cuda.libs.cublas"]          # absent now; monkeypatch restores what was there
+
+    class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, fullname, path, target=None):
+            if fullname == "cupy_backends.cuda.libs.cublas":
+                return importlib.util.spec_from_loader(fullname, self)
+            return None
+
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, module):
+            imported.append(module.__name__)
+
+    monkeypatch.setattr(sys, "meta_path", [Finder(), *sys.meta_path])
+    return imported
+
+
+def test_the_gpu_extras_bring_nvrtc_and_cublas():
+    """CuPy brings NVRTC and cuBLAS only with [ctk]; a CUDA 12 driver gets its own extra."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert [d.split(">")[0] for d in extras["gpu"]] == ["cupy-cuda13x[ctk]"]
+    assert [d.split(">")[0] for d in extras["gpu-cuda12"]] == ["cupy-cuda12x[ctk]"]
+    assert provenance.GPU_EXTRAS == {13: "gpu", 12: "gpu-cuda12"}
+
+
+def test_available_with_nvrtc_and_cublas(fake_gpu, monkeypatch):
+    fake_gpu()
+    _fake_cdll(monkeypatch, found=lambda name: name == "libcublas.so.13")
+    assert gpu.available() and backend.gpu_available()
+    info = provenance.gpu_info()
+    assert (info["device"], info["devices"], info["nvrtc"], info["cublas"]) == ("NVIDIA H200", 1, "13.0", "13.1.0")
+    assert (info["cuda_runtime"], info["cuda_driver"]) == (13000, 13000)
+
+
+@pytest.mark.parametrize("missing", ["nvrtc", "cublas"])
+def test_available_means_the_engine_can_be_built_and_run(fake_gpu, monkeypatch, missing):
+    """cupy-cuda13x without [ctk]: CuPy imports and sees the device, but cannot compile a kernel or find cuBLAS.
+    The backend is then unusable, in one line that names the extra, and never fails later inside the engine."""
+    fake_gpu(nvrtc=missing != "nvrtc")
+    _fake_cdll(monkeypatch, found=lambda name: missing != "cublas")
+    assert not gpu.available() and not backend.gpu_available()
+    problem = provenance.gpu_report()["problem"]
+    assert ("NVRTC" if missing == "nvrtc" else "cuBLAS") in problem
+    assert "cupy-cuda13x[ctk]" in problem and "pip install 'fastmlp[gpu]'" in problem and "\n" not in problem
+    with pytest.raises(UsageError) as e:
+        engine_class("gpu")
+    assert str(e.value) == backend.NO_GPU
+
+
+def test_a_missing_cublas_says_what_to_install(fake_gpu, monkeypatch):
+    """GpuEngine's cuBLAS loader, where cuBLAS is not found: one line naming cupy-cudaNNx[ctk] and the extra."""
+    from fastmlp.gpu import cublas
+    for runtime, extra in ((13000, "gpu"), (12040, "gpu-cuda12")):
+        fake_gpu(runtime=runtime, driver=13000)
+        _fake_cdll(monkeypatch, found=lambda name: False)
+        with pytest.raises(UsageError) as e:
+            cublas._load_cublas()
+        msg = str(e.value)
+        assert f"cupy-cuda{runtime // 1000}x[ctk]" in msg and f"pip install 'fastmlp[{extra}]'" in msg, msg
+        assert f"libcublas.so.{runtime // 1000}" in msg and "reinstall" not in msg and "\n" not in msg
+
+
+def test_cublas_gets_the_stream_before_its_workspace(fake_gpu, monkeypatch):
+    """cublasSetStream resets the workspace to cuBLAS's own pool, so the handle's 32 MiB workspace is set after."""
+    from fastmlp.gpu import cublas
+    fake_gpu()
+    calls = []
+
+    class Lib:
+        def __getattr__(self, fn):
+            def call(*args):
+                calls.append((fn, args[1:]))
+                return 0
+            return call
+
+    monkeypatch.setattr(cublas, "_load_cublas", Lib)
+    h = cublas.Cublas(types.SimpleNamespace(ptr=0x5151), tf32=True)
+    assert [fn for fn, _ in calls] == ["cublasCreate_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2",
+                                       "cublasSetMathMode"]
+    assert calls[1][1] == (0x5151,)
+    assert calls[2][1] == (h.workspace.data.ptr, cublas.CUBLAS_WORKSPACE_BYTES)
+    assert calls[3][1] == (cublas.Cublas.TF32_TENSOR_OP_MATH,)
+
+
+@pytest.mark.parametrize("runtime", [12080, 13000])
+def test_without_pathfinder_cupys_cublas_module_is_imported_and_the_soname_follows_cuda(fake_gpu, monkeypatch,
+                                                                                       runtime):
+    """A CuPy without cuda.pathfinder: its cuBLAS module (a submodule) is imported, which links libcublas, and the
+    library is opened by the soname of CuPy's CUDA major version only."""
+    from fastmlp.gpu import cublas
+    fake_gpu(runtime=runtime)
+    imported = _fake_cupy_backends(monkeypatch)
+    soname = f"libcublas.so.{runtime // 1000}"
+    tried = _fake_cdll(monkeypatch, found=lambda name: name == soname)
+    cublas._load_cublas()
+    assert imported == ["cupy_backends.cuda.libs.cublas"]
+    assert tried == [soname]
+
+
+def test_with_pathfinder_cublas_comes_from_where_it_finds_it(fake_gpu, monkeypatch):
+    cp = fake_gpu()
+    wheel = "/site-packages/nvidia/cu13/lib/libcublas.so.13"
+    asked = _fake_pathfinder(monkeypatch, wheel)
+    tried = _fake_cdll(monkeypatch, found=lambda name: name == wheel)
+    assert provenance.cuda_library("cublas", cp)[1] == wheel and asked == ["cublas"] and tried == [wheel]
+    assert provenance.gpu_report()["cublas_path"] == wheel
+    asked = _fake_pathfinder(monkeypatch, None)                 # pathfinder finds nothing: the soname, then a line
+    tried = _fake_cdll(monkeypatch, found=lambda name: False)
+    with pytest.raises(OSError) as e:
+        provenance.cuda_library("cublas", cp)
+    assert tried == ["libcublas.so.13"] and "cuda.pathfinder: Failure finding libcublas.so" in str(e.value)
+
+
+def test_info_names_cupy_cuda_and_the_driver_and_why_the_gpu_is_unusable(fake_gpu, monkeypatch):
+    """A CUDA 12 driver under cupy-cuda13x: `fastmlp info` says so, with the versions it found and the fix."""
+    fake_gpu(runtime=13000, driver=12040)
+    monkeypatch.setattr(provenance, "cupy_package", lambda: "cupy-cuda13x")
+    r = CliRunner().invoke(main, ["info"])
+    assert r.exit_code == 0, r.output
+    line = next(line for line in r.stdout.splitlines() if line.startswith("gpu backend:"))
+    assert "supports CUDA up to 12.4" in line and "built for CUDA 13.0" in line, line
+    assert "pip install 'fastmlp[gpu-cuda12]'" in line, line
+    assert "found: CuPy cupy-cuda13x 14.2.0, CUDA runtime 13.0, driver for CUDA 12.4" in r.stdout, r.stdout
+    out = json.loads(CliRunner().invoke(main, ["info", "--json"]).stdout)
+    assert out["backends"]["gpu"] is None
+    assert (out["gpu_stack"]["cupy"], out["gpu_stack"]["cuda_runtime"], out["gpu_stack"]["cuda_driver"]) == (
+        "cupy-cuda13x 14.2.0", 13000, 12040)
+    assert not gpu.available()
+
+
+def test_info_on_a_usable_cuda_12_gpu(fake_gpu, monkeypatch):
+    fake_gpu(runtime=12080, driver=12080)
+    monkeypatch.setattr(provenance, "cupy_package", lambda: "cupy-cuda12x")
+    _fake_cdll(monkeypatch, found=lambda name: name == "libcublas.so.12")
+    r = CliRunner().invoke(main, ["info"])
+    line = next(line for line in r.stdout.splitlines() if line.startswith("gpu backend:"))
+    assert line == ("gpu backend: NVIDIA H200 (1 device(s)); CuPy cupy-cuda12x 14.2.0, CUDA runtime 12.8, driver for "
+                    "CUDA 12.8, NVRTC 12.0, cuBLAS 12.1.0"), line
+
+
+@pytest.mark.parametrize("devices, problem", [(0, "no CUDA device"), (RuntimeError("cudaErrorNoDevice"),
+                                                                       "CUDA cannot reach a device")])
+def test_no_device_is_one_line(fake_gpu, monkeypatch, devices, problem):
+    cp = fake_gpu()
+    if isinstance(devices, Exception):
+        def count():
+            raise devices
+        cp.cuda.runtime.getDeviceCount = count
+    else:
+        cp.cuda.runtime.getDeviceCount = lambda: devices
+    assert provenance.gpu_report()["problem"].startswith(problem) and not gpu.available()
+
+
 # ------------------------------------------------------------------------------------------ GPU: randomness
 @pytest.mark.gpu
 def test_philox_words_equal_the_cpus():
@@ -205,8 +693,8 @@ def test_datasets_equal_the_cpus(task, D):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("lengths", [[1, 2, 5, 37, 1000, 6144 // 2], [3, 7000, 64]],
-                         ids=["shared", "global"])            # 2 * 7000 words do not fit shared memory
+@pytest.mark.parametrize("lengths", [[1, 2, 5, 37, 1000, 6144 // 2], [3, 7000, 64], [16000, 30000, 2]],
+                         ids=["shared", "global", "paper"])   # 2 * 7000 words do not fit shared memory
 def test_minibatch_order_equals_the_cpus(lengths):
     import cupy as cp
     g = np.random.default_rng(1)
@@ -220,14 +708,15 @@ def test_minibatch_order_equals_the_cpus(lengths):
     n = np.array([len(s) for s in subsets], np.int32)
     trained = np.ones(M, np.int32)
     trained[-1] = 0                                            # a stopped network: its row is left alone
-    order = cp.full((M, P), -1, dtype=cp.int32)
-    gpu.permutation(order, cp.zeros((M, P), cp.uint32), cp.asarray(table), cp.asarray(n), cp.asarray(seeds),
-                    cp.asarray(epochs), cp.asarray(trained), M)
-    got = order.get()
-    for m in range(M - 1):
-        expected = subsets[m][rng.permutation_np(len(subsets[m]), int(seeds[m]), int(epochs[m]))]
-        np.testing.assert_array_equal(got[m, :n[m]], expected)
-    assert (got[-1] == -1).all()
+    order, scratch = cp.full((M, P), -1, dtype=cp.int32), cp.zeros((M, P), cp.uint32)
+    for epoch in (epochs, epochs + 1):                         # the second epoch reuses the rows as the engine does
+        gpu.permutation(order, scratch, cp.asarray(table), cp.asarray(n), cp.asarray(seeds), cp.asarray(epoch),
+                        cp.asarray(trained), M)
+        got = order.get()
+        for m in range(M - 1):
+            expected = subsets[m][rng.permutation_np(len(subsets[m]), int(seeds[m]), int(epoch[m]))]
+            np.testing.assert_array_equal(got[m, :n[m]], expected)
+        assert (got[-1] == -1).all()
 
 
 # -------------------------------------------------------------------------------------- GPU: single kernels
@@ -263,10 +752,11 @@ def test_bias_relu_and_gather_rows(dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_xent_step(dtype):
-    """Loss, dlogits, the scaled gradient and the output-bias update against reference.softmax_xent; a short
-    minibatch, a network past its rows, and a diverging network that updates nothing."""
+def test_softmax_xent_step(dtype, loss):
+    """Loss, dlogits, the scaled gradient and the output-bias update against reference.output_loss, for every
+    loss; a short minibatch, a network past its rows, and a diverging network that updates nothing."""
     import cupy as cp
     g = np.random.default_rng(3)
     S, B, L, H, P = 4, 17, 2, 5, 40
@@ -285,15 +775,16 @@ def test_softmax_xent_step(dtype):
     steps = cp.zeros(S, cp.int32)
     diverged = cp.zeros(S, cp.int32)
     gpu.softmax_xent(dz, dzs, dbo, loss_sum, steps, diverged, act, cp.asarray(zc), cp.asarray(Y),
-                     cp.asarray(order), cp.asarray(n), cp.ones(S, cp.int32), cp.asarray(lrs), s, P, start, S, B)
+                     cp.asarray(order), cp.asarray(n), cp.ones(S, cp.int32), cp.asarray(lrs), s, P, start, S, B,
+                     LOSSES.index(loss))
     dz, dzs = dz.get().reshape(S, B, 2), dzs.get().reshape(S, B, 2)
     np.testing.assert_array_equal(steps.get(), [1, 1, 0, 1])
     np.testing.assert_array_equal(diverged.get(), [0, 0, 0, 1])
     for m, nb in ((0, 17), (1, 3)):
         z = (zc[m, :nb] + s * bo[m]).astype(np.float64)[None]
         y = Y[order[m, start:start + nb]]
-        loss, dlogits = reference.softmax_xent(z, y)
-        assert_close(loss_sum.get()[m], loss[0], "loss", dtype)
+        value, dlogits = reference.output_loss(z, y, loss)
+        assert_close(loss_sum.get()[m], value[0], "loss", dtype)
         assert_close(dz[m, :nb], dlogits[0], "forward", dtype)
         np.testing.assert_array_equal(dz[m, nb:], 0)
         assert_close(dzs[m], -lrs[m] * dz[m], "forward", dtype)

@@ -297,6 +297,68 @@ def test_cli_ntk_bad_input_exits_2_with_one_line(args, option):
     assert len(lines) == 1 and lines[0].startswith("fastmlp: error:") and option in lines[0]
 
 
+# ------------------------------------------------------------------------------- finite, or refused
+@pytest.mark.parametrize("args", [
+    ["--sigma-w2", "1e300"],                         # overflows at once
+    ["--sigma-w2", "1e-300"],                        # underflows at once (was a LinAlgError traceback)
+    ["--sigma-w2", "3", "--L", "1000"],              # (3/2)^1000: a deep kernel that overflows
+    ["--sigma-w2", "10", "--L", "300", "--kind", "nngp"],
+    ["--sigma-w2", "0.001", "--L", "200"],           # a deep kernel that underflows
+    ["--sigma-b2", "1e300"],
+])
+def test_a_kernel_out_of_float64_range_is_refused_naming_the_settings(args):
+    r = CliRunner().invoke(main, ["ntk", "1-local", "--D", "10", "--N", "100", "--n-test", "100", "--repeats", "1",
+                                  "--json", *args])
+    assert r.exit_code == 2, r.output
+    assert r.stdout == ""                                                 # no record, no number
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastmlp: error:"), lines
+    assert "--sigma-w2" in lines[0] and "--L" in lines[0] and "float64" in lines[0]
+
+
+def test_deep_kernels_within_range_still_run():
+    for depth, sigma_w2, sigma_b2 in ((2000, 2.1, 0.0), (10**6, 2.0, 0.1), (10**9, 1.9, 0.1), (50, 0.5, 1.0)):
+        ntk.check_config(100, depth, sigma_w2, sigma_b2, 100, 1, 0)      # refuses nothing that fits float64
+    fit = ntk.kernel_regression(_inputs(60), np.arange(60) % 2, 300, sigma_w2=2.2)
+    assert np.isfinite(fit.alpha).all() and np.isfinite(fit.predict(_inputs(20, seed=1))).all()
+
+
+def test_a_kernel_of_inputs_out_of_range_is_refused_not_returned():
+    x = _inputs(30) * 1e80                 # x.x / D ~ 1e160: the recursion's products overflow
+    with pytest.raises(UsageError, match="--L 2.*not finite"):
+        ntk.ntk_kernel(x, None, 2)
+    with pytest.raises(UsageError, match="not finite"):
+        ntk.ntk_kernel(x[:5], x[5:12], 2)
+    with pytest.raises(UsageError, match="not finite"):
+        ntk.kernel_regression(x, np.arange(30) % 2, 2)
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_a_factorization_that_fails_is_a_usage_error_naming_the_settings(monkeypatch, inplace):
+    monkeypatch.setattr(ntk, "_JITTER_STEPS", [])           # no jitter to rescue a singular Gram matrix
+    x = np.repeat(_inputs(1), 12, axis=0)                   # twelve copies of one sample: rank one
+    with pytest.raises(UsageError, match="--L 3, --sigma-w2 2, --sigma-b2 0: the 12 x 12 Gram matrix cannot be"):
+        ntk.kernel_regression(x, np.arange(12) % 2, 3, inplace=inplace)
+
+
+def test_non_finite_predictions_are_refused():
+    fit = ntk.kernel_regression(_inputs(40), np.arange(40) % 2, 2)
+    fit.alpha = fit.alpha.copy()
+    fit.alpha[3] = np.inf
+    with pytest.raises(UsageError, match="predictions are not finite"):
+        fit.predict(_inputs(10, seed=2))
+    with pytest.raises(UsageError, match="predictions are not finite"):
+        fit.test_error([(_inputs(10, seed=2), np.zeros(10))])
+
+
+def test_a_sweep_of_an_overflowing_kernel_exits_2_before_anything_runs(tmp_path):
+    (tmp_path / "s.toml").write_text('command = "ntk"\ntask = "1-local"\nD = 10\nN = 50\nrepeats = 1\n'
+                                     'n-test = 50\nL = [1, 1000]\nsigma-w2 = 3.0\n')
+    r = CliRunner().invoke(main, ["sweep", str(tmp_path / "s.toml"), "--store", str(tmp_path / "store")])
+    assert r.exit_code == 2 and "L = 1000" in r.output and "overflows float64" in r.output, r.output
+    assert not (tmp_path / "store").exists()
+
+
 # ------------------------------------------------------------------------------------------------ the GPU
 @pytest.mark.gpu
 def test_cupy_kernel_and_regression_match_numpy():

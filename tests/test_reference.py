@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from fastmlp import reference
+from fastmlp.constants import LOSSES
 from fastmlp.errors import UsageError
 from conftest import assert_close, make_data
 
@@ -23,14 +24,15 @@ def _masks(params, scales, x):
     return [a > 0 for a in acts]
 
 
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("L", [1, 3])
 @pytest.mark.parametrize("param", ["standard", "ntk"])
-def test_loss_and_grads_against_central_differences(param, L):
+def test_loss_and_grads_against_central_differences(param, L, loss):
     M, B, D, H = 2, 7, 5, 6
     x, y = make_data(B, D, seed=10 + L)
     scales = reference.layer_scales(D, H, L, param, sigma_w2=2.0, sigma_b2=0.5)   # sigma_b > 0: biases matter
     params = _random_biases(reference.init_params(D, H, L, [11, 12], param), seed=L)
-    _, grads = reference.loss_and_grads(params, scales, x, y)
+    _, grads = reference.loss_and_grads(params, scales, x, y, loss)
     base = _masks(params, scales, x)
 
     n_checked = n_total = 0
@@ -38,17 +40,17 @@ def test_loss_and_grads_against_central_differences(param, L):
         for t in range(2):                                        # W, then b
             tensor, dtensor = params[l][t], grads[l][t]
             for idx in np.ndindex(tensor.shape[1:]):
-                loss = {}
+                value = {}
                 ok = np.ones(M, bool)
                 for sign in (1, -1):
                     # perturb the same coordinate of every network: network m's loss depends on its own only
                     pert = [(W.copy(), b.copy()) for W, b in params]
                     pert[l][t][(slice(None),) + idx] += sign * H_FD
-                    loss[sign], _ = reference.loss_and_grads(pert, scales, x, y)
+                    value[sign], _ = reference.loss_and_grads(pert, scales, x, y, loss)
                     # a ReLU that switches inside [w - h, w + h] makes the difference quotient meaningless
                     for a, a0 in zip(_masks(pert, scales, x), base):
                         ok &= (a == a0).all(axis=(1, 2))
-                fd = (loss[1] - loss[-1]) / (2 * H_FD)                  # (M,)
+                fd = (value[1] - value[-1]) / (2 * H_FD)                # (M,)
                 n_total += M
                 n_checked += ok.sum()
                 assert_close(fd[ok], dtensor[(slice(None),) + idx][ok], "fd", np.float64)
@@ -72,6 +74,38 @@ def test_softmax_xent_against_central_differences():
         m = idx[0]
         fd[idx] = (reference.softmax_xent(z_plus, y)[0][m] - reference.softmax_xent(z_minus, y)[0][m]) / (2 * H_FD)
     assert_close(fd, dlogits, "fd", np.float64)
+
+
+@pytest.mark.parametrize("loss", ["mse", "hinge2"])
+def test_squared_losses_against_their_formulas_and_central_differences(loss):
+    g = np.random.default_rng(5)
+    M, B = 3, 11
+    logits = 1.5 * g.standard_normal((M, B, 2))
+    y = g.integers(0, 2, B)
+    value, dlogits = reference.output_loss(logits, y, loss)
+    f, t = logits[..., 1] - logits[..., 0], 2.0 * y - 1.0
+    per = (f - t) ** 2 / 2 if loss == "mse" else np.maximum(0.0, 1.0 - t * f) ** 2 / 2
+    assert_close(value, per.mean(axis=1), "loss", np.float64)
+    if loss == "hinge2":
+        assert (t * f > 1).any() and (per == 0).any()             # some samples beyond the margin: no loss
+    fd = np.zeros_like(logits)
+    for idx in np.ndindex(logits.shape):
+        z_plus, z_minus = logits.copy(), logits.copy()
+        z_plus[idx] += H_FD
+        z_minus[idx] -= H_FD
+        m = idx[0]
+        fd[idx] = (reference.output_loss(z_plus, y, loss)[0][m] - reference.output_loss(z_minus, y, loss)[0][m]) \
+            / (2 * H_FD)
+    assert_close(fd, dlogits, "fd", np.float64)
+    np.testing.assert_array_equal(dlogits[..., 0], -dlogits[..., 1])   # a function of f = z_1 - z_0 alone
+
+
+def test_every_loss_predicts_by_the_sign_of_f():
+    logits = np.array([[[0.3, -0.2], [-1.0, 2.0], [0.5, 0.5]]])
+    y = np.array([0, 1, 1])
+    errors = {loss: reference.evaluate([(np.eye(2)[None], np.zeros((1, 2)))], (np.ones(1), np.ones(1)),
+                                       logits[0], y, loss)[0] for loss in LOSSES}
+    assert errors == {loss: np.array([1 / 3]) for loss in LOSSES}       # a tie (f = 0) is class 0
 
 
 def test_sgd_step_uses_each_networks_learning_rate():

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -131,20 +132,41 @@ def test_job_identity_is_the_resolved_configuration(tmp_path):
 
 
 def test_initialization_is_part_of_identity_and_he_at_scale_1_keeps_the_first_releases_ids(tmp_path):
-    base = {j.id for j in jobs_of(TINY, tmp_path)}
+    base = {j.id for j in jobs_of('init = "he"\n' + TINY, tmp_path)}
     he = jobs_of('init = "he"\ninit-scale = 1.0\n' + TINY, tmp_path)
     assert {j.id for j in he} == base and "init" not in he[0].config
+    assert jobs_of(TINY, tmp_path)[0].config["init"] == "torch"   # the default now, named in the identity
     assert "--init he --init-scale 1.0" in he[0].command_line()   # the command line says what ran
     ids = [base]
-    for text in ('init = "torch"', 'init = "lecun"', "init-scale = 0.5", 'init = "torch"\ninit-scale = 0.5'):
+    for text in ('init = "torch"', 'init = "lecun"', 'init = "he"\ninit-scale = 0.5', "init-scale = 0.5"):
         ids.append({j.id for j in jobs_of(text + "\n" + TINY, tmp_path)})
     assert all(not a & b for i, a in enumerate(ids) for b in ids[:i])   # every setting its own jobs
-    # a real store of the first release: every job of examples/repro-k2.toml keeps its id
+
+
+
+@pytest.mark.parametrize("name", ["repro-k1", "repro-k2", "repro-k3", "repro-temperature", "repro-k2-wide",
+                                  "pilot-local", "repro-lazy", "repro-lr"])
+def test_every_job_of_the_first_reproduction_keeps_its_id(name):
+    """The stores of the first release (their ids in docs/results/NAME-jobs.csv) are found by the files that made
+    them, which name init = "he" since the default became torch."""
     root = Path(__file__).parent.parent
-    jobs, _ = sweep.read_sweep(root / "examples" / "repro-k2.toml", SCHEMAS)
-    with open(root / "docs" / "results" / "repro-k2-jobs.csv") as f:
+    jobs, _ = sweep.read_sweep(root / "examples" / f"{name}.toml", SCHEMAS)
+    with open(root / "docs" / "results" / f"{name}-jobs.csv") as f:
         stored = {row["id"] for row in csv.DictReader(f)}
-    assert {j.id for j in jobs} == stored and len(stored) == 60
+    assert {j.id for j in jobs} == stored and stored
+
+
+def test_the_loss_and_the_stop_rule_are_part_of_identity_and_their_defaults_are_not(tmp_path):
+    base = {j.id for j in jobs_of(TINY, tmp_path)}
+    defaults = 'loss = "xent"\nstop = "zero-error"\n'
+    assert {j.id for j in jobs_of(defaults + TINY, tmp_path)} == base
+    ids = [base]
+    for text in ('loss = "mse"', 'loss = "hinge2"', 'stop = "loss"\ntarget-loss = 0.01',
+                 'loss = "mse"\nstop = "loss"\ntarget-loss = 0.001'):
+        ids.append({j.id for j in jobs_of(text + "\n" + TINY, tmp_path)})
+    assert all(not a & b for i, a in enumerate(ids) for b in ids[:i])
+    with pytest.raises(UsageError, match="--target-loss"):
+        jobs_of('stop = "loss"\n' + TINY, tmp_path)
 
 
 def test_init_with_the_ntk_parameterization_is_refused_and_scale_kept(tmp_path):
@@ -307,6 +329,7 @@ def test_failed_jobs_are_stored_skipped_and_retried_on_request(tmp_path, monkeyp
     assert skipped.exit_code == 1 and "1 failed (skipped; --retry-failed to rerun), 0 to run" in skipped.output
     retried = cli("sweep", path, "--store", store, "--retry-failed")
     assert retried.exit_code == 0 and "1 done already, 1 to run" in retried.output, retried.output
+    assert "warning" not in retried.output                # replacing the failed record it retries is no surprise
     assert all(r["status"] == "done" for r in Store(store, create=False).records())
 
 
@@ -415,6 +438,143 @@ def test_a_sweep_killed_with_sigkill_resumes_without_rerunning_or_losing_anythin
     calls = log.read_text().split()
     assert calls.count(str(second.pid)) == sum(r["record"]["throughput"]["engine_calls"] for r in rerun)
     assert len(kept) <= calls.count(str(first.pid)) <= len(kept) + 1     # + the job it was killed in
+
+
+# ------------------------------------------------------------------------------- a store several sweeps share
+# Twelve jobs of about a third of a second each (lr 1e-5 never reaches zero training error: each runs to the cap).
+TWELVE = SLOW.replace("N = [1000, 1001, 1002]", "N = [1000, 1001, 1002, 1003, 1004, 1005]").replace(
+    "max-epochs = 6000", "max-epochs = 2000")
+
+
+def start_sweeps(n, path, store, log, *args):
+    env = {**os.environ, "CALL_LOG": str(log), "NUMBA_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", COUNTING_FASTMLP, "sweep", str(path), "--store", str(store), *map(str, args)]
+    return [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+
+
+def check_each_job_computed_once(tmp_path, store, log, procs, killed=None):
+    """Every job of TWELVE has one done record, every engine call made is one a record reports (plus, for a killed
+    sweep, the job it was killed in), and no claim or temporary file is left."""
+    records = [json.loads(f.read_text()) for f in record_files(store)]
+    assert sorted(r["id"] for r in records) == sorted(j.id for j in jobs_of(TWELVE, tmp_path))
+    assert all(r["status"] == "done" and r["record"]["throughput"]["engine_calls"] == 1 for r in records)
+    calls = log.read_text().split()
+    for p in procs:
+        mine = sum(r["worker"]["pid"] == p.pid for r in records)
+        assert calls.count(str(p.pid)) == mine + (p is killed), (p.pid, calls)
+    assert len(calls) == 12 + (killed is not None)
+    assert not list(store.glob("*.claim")) and not list(store.glob(".tmp-*"))
+    return records
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_sweeps", [2, 3])
+def test_sweeps_started_at_once_on_one_store_divide_the_jobs(tmp_path, n_sweeps):
+    path, store, log = write(tmp_path / "s.toml", TWELVE), tmp_path / "store", tmp_path / "calls.log"
+    procs = start_sweeps(n_sweeps, path, store, log)
+    outputs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n_sweeps, outputs
+    records = check_each_job_computed_once(tmp_path, store, log, procs)
+    assert {r["worker"]["pid"] for r in records} == {p.pid for p in procs}        # each did a share
+    ran = [int(re.search(r"ran (\d+) in", out).group(1)) for out in outputs]
+    assert sum(ran) == 12 and all("12/12 jobs done" in out for out in outputs)
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_mid_job_has_its_claim_taken_over_and_the_job_finished(tmp_path):
+    path, store, log = write(tmp_path / "s.toml", TWELVE), tmp_path / "store", tmp_path / "calls.log"
+    procs = start_sweeps(3, path, store, log, "--claim-timeout", 20)
+    by_pid = {p.pid: p for p in procs}
+    deadline = time.monotonic() + 120
+    victim = job_id = None
+    while victim is None:
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "no sweep got to a job"
+        for claim in store.glob("*.claim") if store.exists() else ():
+            holder = Store(store, create=False).claim_of(claim.stem) or {}
+            if holder.get("pid") in by_pid and not (store / f"{claim.stem}.json").exists() and len(
+                    record_files(store)) >= 2:
+                victim, job_id = by_pid[holder["pid"]], claim.stem
+                break
+        time.sleep(0.02)
+    time.sleep(0.2)                                                     # into its job
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    rest = [p for p in procs if p is not victim]
+    outputs = [p.communicate(timeout=600)[1] for p in rest]
+    assert [p.returncode for p in rest] == [0, 0], outputs
+    records = check_each_job_computed_once(tmp_path, store, log, procs, killed=victim)
+    taken_over = next(r for r in records if r["id"] == job_id)
+    assert taken_over["worker"]["pid"] in {p.pid for p in rest}
+
+
+def test_a_claim_of_another_machine_is_respected_until_it_goes_stale(tmp_path, count_engine_calls):
+    path, store = write(tmp_path / "s.toml", TINY), tmp_path / "store"
+    jobs = jobs_of(TINY, tmp_path)
+    store.mkdir()
+    live, dead = jobs[0].id, jobs[1].id
+    for job_id, age in ((live, 0), (dead, 3600)):                       # node7 is working / was lost an hour ago
+        (store / f"{job_id}.claim").write_text(json.dumps({"id": job_id, "host": "node7", "pid": 4242,
+                                                           "token": "t", "claimed": "2026-01-01T00:00:00+00:00"}))
+        os.utime(store / f"{job_id}.claim", (time.time() - age,) * 2)
+    listed = cli("sweep", path, "--store", store, "--dry-run", "--claim-timeout", 3).output
+    assert f"{live}  claimed by node7:4242 " in listed and f"{dead}  claimed by node7:4242 (stale) " in listed
+    assert "6 to run (2 of them claimed by running sweeps)" in listed
+    t0 = time.monotonic()
+    result = cli("sweep", path, "--store", store, "--claim-timeout", 3)
+    assert result.exit_code == 0, result.output
+    assert "1 job is claimed by other processes (node7:4242): waiting for it; a claim not renewed for 3s" \
+        in result.output
+    assert time.monotonic() - t0 > 2                                   # the live claim was waited for
+    records = Store(store, create=False).records()
+    assert len(records) == 6 and {r["worker"]["pid"] for r in records} == {os.getpid()}
+    assert len(count_engine_calls) == 6 and not list(store.glob("*.claim"))
+
+
+def test_claims_are_exclusive_and_a_stale_one_is_taken_over_once(tmp_path):
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    store = Store(tmp_path / "store")
+    for stale in (False, True):
+        if stale:                                  # a claim of a lost process, which all of them see stale at once
+            (store.path / "job.claim").write_text(json.dumps({"host": "node7", "pid": 1, "token": "t"}))
+            os.utime(store.path / "job.claim", (time.time() - 3600,) * 2)
+        barrier, done, results = ctx.Barrier(8), ctx.Barrier(8), ctx.Queue()
+
+        def contend():
+            barrier.wait()
+            claim = store.claim("job", timeout=60)
+            done.wait()                            # alive until all have tried: a claim of a process gone is stale
+            results.put(None if claim is None else claim.token)
+        procs = [ctx.Process(target=contend) for _ in range(8)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        won = [t for t in (results.get(timeout=10) for _ in procs) if t is not None]
+        assert len(won) == 1                                            # exactly one process holds the job
+        assert json.loads((store.path / "job.claim").read_text())["token"] == won[0]
+        assert not list(store.path.glob(".tmp-*"))
+        (store.path / "job.claim").unlink()
+
+
+def test_a_record_replaced_meanwhile_is_a_warning(tmp_path, monkeypatch):
+    from fastmlp import protocol
+    text = TINY.replace("N = [40, 60, 80]", "N = 40").replace("L = [1, 2]", "L = 1")
+    path, store = write(tmp_path / "s.toml", text), tmp_path / "store"
+    (job,) = jobs_of(text, tmp_path)
+    real = protocol.run
+
+    def racing(spec, **kwargs):        # another process (whose claim went stale, say) finishes the job meanwhile
+        rec = real(spec, **kwargs)
+        other = sweep.job_record(job, "done", rec, None, rec["provenance"], "t", 1.0)
+        Store(store).write(other | {"worker": {"host": "node7", "pid": 4242}, "finished": "2026-01-01T00:00:00"})
+        return rec
+    monkeypatch.setattr(protocol, "run", racing)
+    result = cli("sweep", path, "--store", store)
+    assert result.exit_code == 0, result.output
+    assert (f"sweep: warning: replaced the done record of job {job.id} that node7:4242 wrote at "
+            f"2026-01-01T00:00:00 while this process ran the job too") in result.output
+    assert Store(store, create=False).load(job.id)["worker"]["pid"] == os.getpid()
 
 
 # --------------------------------------------------------------------------------------------------- Dask

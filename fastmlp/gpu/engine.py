@@ -65,11 +65,11 @@ class GpuEngine(EngineBase):
 
     def __init__(self, x, y, hidden_width, depth, batch_size, lrs, seeds, subsets=None, param="standard",
                  dtype=np.float32, sigma_w2=2.0, sigma_b2=0.0, threads=None, init=reference.DEFAULT_INIT,
-                 init_scale=1.0, *, graphs=None, tf32=False):
+                 init_scale=1.0, loss="xent", stop="zero-error", target_loss=None, *, graphs=None, tf32=False):
         cp = cupy_module()
         lrs, seeds, self.dtype, subsets = check_engine_args(
             tuple(x.shape), tuple(y.shape), hidden_width, depth, batch_size, lrs, seeds, subsets, param, dtype,
-            sigma_w2, sigma_b2, init, init_scale)
+            sigma_w2, sigma_b2, init, init_scale, loss, stop, target_loss)
         N, D = x.shape
         H, L, B, M = int(hidden_width), int(depth), int(batch_size), len(lrs)
         if M > MAX_NETWORKS:
@@ -86,7 +86,7 @@ class GpuEngine(EngineBase):
         self.graph_launches = 0          # epochs run as one graph launch
         self.n_train = np.array([len(s) for s in subsets])
 
-        self._init_stop_state()
+        self._init_training(loss, stop, target_loss)
 
         P = int(self.n_train.max())
         self.P = P
@@ -240,7 +240,7 @@ class GpuEngine(EngineBase):
                 self._step(S, s)
             if check:
                 self._check(S, n_check)
-            epoch_end(self._report, st, check, max_epochs, S)
+            epoch_end(self._report, st, check, max_epochs, S, self.target_loss if self.stop == "loss" else None)
 
         self._run(key, body)
         rep = self._report[:S].get()                            # one transfer per epoch; waits for the epoch
@@ -322,7 +322,7 @@ class GpuEngine(EngineBase):
         self._forward(S, self._xb, B * D, B, acts, self._zc)
         softmax_xent(self._dlog, self._dlog_s, b[L], st["loss_sum"], st["steps"], st["diverged"], self._act,
                      self._zc, self._Y, self._order, st["n"], st["trained"], st["lrs"], self._s[L], self.P, start,
-                     S, B)
+                     S, B, self.loss_kind)
         dz, dzs, F = self._dlog, self._dlog_s, C
         for l in range(L, 0, -1):
             da = self._dz[(L - l) % 2]
@@ -355,7 +355,7 @@ class GpuEngine(EngineBase):
             gather_rows(xe, self._X, st["sub"], st["n"], st["trained"], st["diverged"], self.P, start, r, S)
             self._forward(S, xe, r * self.D, r, acts, ez)
             evaluate(st["err"], st["eloss"], ez, self._b[self.L], self._s[self.L], self._Y, st["sub"], st["n"],
-                     st["trained"], st["diverged"], self.P, start, r, S)
+                     st["trained"], st["diverged"], self.P, start, r, S, self.loss_kind)
 
     # ----------------------------------------------------------------------------------------- evaluation
     def _device_xy(self, x, y):
@@ -379,7 +379,7 @@ class GpuEngine(EngineBase):
             r = min(R, n - start)
             self._forward(M, x[start:start + r], 0, r, acts, ez)
             evaluate(err, loss, ez, self._b[self.L], self._s[self.L], y, idx, n_rows, self._ones, self._zeros, 0,
-                     start, r, M)
+                     start, r, M, self.loss_kind)
 
     def evaluate(self, x, y):
         """Error counts (M,) and summed losses (M,) of every network on x (n, D), y (n,): host NumPy arrays."""

@@ -11,6 +11,7 @@ from .device import cupy_module, kernel
 
 REPORT = ("epochs", "converged", "diverged", "stopped", "train_loss", "train_error")   # epoch_end's report columns
 SHARED_WORDS = 48 * 1024 // 4     # 32-bit words of shared memory a block gets without opting in
+ORDER_THREADS = 256               # threads of each network's block in `permutation`
 
 
 def need(name, a, dtype, shape=None, size=None):
@@ -81,7 +82,10 @@ def gaussian_rows(z, seed, stream, start):
 
 
 def permutation(order, scratch, subsets, n_sub, seeds, epochs, trained, S):
-    """order[m] (P,) = the epoch's Fisher-Yates shuffle of subsets[m, :n_sub[m]] for networks m < S that train."""
+    """order[m] (P,) = the epoch's Fisher-Yates shuffle of subsets[m, :n_sub[m]] for networks m < S that train,
+    bit for bit rng.permute_into's: one block of ORDER_THREADS per network, all of them carrying out the shuffle's
+    swaps in rounds (kernels/rng.cu). The row and its reservations (2 P words) live in shared memory where they fit;
+    else in order and scratch (M, P) uint32, which may be None when they fit."""
     M, P = subsets.shape
     for name, a, dt in (("order", order, np.int32), ("subsets", subsets, np.int32)):
         need(name, a, dt, shape=(M, P))
@@ -93,8 +97,9 @@ def permutation(order, scratch, subsets, n_sub, seeds, epochs, trained, S):
         scratch = order.view(np.uint32)   # not read in this variant; the kernel still takes a pointer
     need("scratch", scratch, np.uint32, shape=(M, P))
     if S:
-        kernel("permutation")((S,), (256,), (order, scratch, subsets, n_sub, seeds, epochs, trained, i32(P),
-                                                i32(use_shared)), shared_mem=8 * P if use_shared else 0)
+        kernel("permutation")((S,), (ORDER_THREADS,), (order, scratch, subsets, n_sub, seeds, epochs, trained,
+                                                        i32(P), i32(use_shared)),
+                              shared_mem=8 * P if use_shared else 0)
 
 
 def gather_rows(out, X, idx, n, trained, diverged, idx_stride, start, R, S):
@@ -124,9 +129,9 @@ def bias_relu(z, bias, s, relu, S, R):
 
 
 def softmax_xent(dz, dzs, bo, loss_sum, steps, diverged, act, zc, Y, idx, n, trained, lrs, s, idx_stride, start,
-                 S, B):
-    """Loss and gradient of one step at the output (see kernels/softmax_xent.cu); act (L, M, B, H) is zeroed for a
-    network that diverges in this step."""
+                 S, B, loss_kind=0):
+    """Loss and gradient of one step at the output (see kernels/softmax_xent.cu; loss_kind: the loss's index in
+    constants.LOSSES); act (L, M, B, H) is zeroed for a network that diverges in this step."""
     dt = bo.dtype
     L, M, Bb, H = act.shape
     if Bb != B:
@@ -144,7 +149,8 @@ def softmax_xent(dz, dzs, bo, loss_sum, steps, diverged, act, zc, Y, idx, n, tra
     if S:
         kernel("softmax_xent", dt)((S,), (128,), (dz, dzs, bo, loss_sum, steps, diverged, act, zc, Y, idx, n,
                                                    trained, lrs, real(s, dt), i32(idx_stride), i32(start),
-                                                   i32(B), i32(L), i32(H), np.int64(M * B * H)))
+                                                   i32(B), i32(L), i32(H), np.int64(M * B * H),
+                                                   i32(loss_kind)))
 
 
 def relu_backward(dz, dzs, bias, a, lrs, s, S, R):
@@ -160,8 +166,9 @@ def relu_backward(dz, dzs, bias, a, lrs, s, S, R):
                                      (dz, dzs, bias, a, lrs, real(s, dt), i32(R), i32(K)))
 
 
-def evaluate(err, loss, zc, bo, s, Y, idx, n, trained, diverged, idx_stride, start, R, S):
-    """err[m] += errors and loss[m] += summed cross-entropy of the chunk's rows, for live networks m < S."""
+def evaluate(err, loss, zc, bo, s, Y, idx, n, trained, diverged, idx_stride, start, R, S, loss_kind=0):
+    """err[m] += errors and loss[m] += summed loss (of code loss_kind) of the chunk's rows, for live networks
+    m < S."""
     dt = bo.dtype
     need("err", err, np.int64, size=S)
     need("loss", loss, np.float64, size=S)
@@ -173,7 +180,7 @@ def evaluate(err, loss, zc, bo, s, Y, idx, n, trained, diverged, idx_stride, sta
         need(name, a, np.int32, size=S)
     if S and R:
         kernel("evaluate", dt)((S,), (256,), (err, loss, zc, bo, real(s, dt), Y, idx, n, trained, diverged,
-                                               i32(idx_stride), i32(start), i32(R)))
+                                               i32(idx_stride), i32(start), i32(R), i32(loss_kind)))
 
 
 def epoch_begin(st, S):
@@ -184,13 +191,15 @@ def epoch_begin(st, S):
                                                              i32(S)))
 
 
-def epoch_end(report, st, check, max_epochs, S):
-    """The stop rule (check) or train_epochs' bookkeeping for networks m < S; report (M, 6) float64."""
+def epoch_end(report, st, check, max_epochs, S, target_loss=None):
+    """The stop rule (check) or train_epochs' bookkeeping for networks m < S; report (M, 6) float64.  A target_loss
+    stops a network at a mean training loss at most target_loss (the loss rule), None at zero training error."""
     need("report", report, np.float64, size=S * len(REPORT))
     if S:
         kernel("epoch_end")((blocks(S, 128),), (128,),
                              (report, st["epochs"], st["active"], st["stopped"], st["converged"], st["diverged"],
                               st["train_loss"], st["train_error"], st["trained"], st["loss_sum"], st["steps"],
-                              st["err"], st["eloss"], st["n"], i32(bool(check)), i32(max_epochs), i32(S)))
+                              st["err"], st["eloss"], st["n"], i32(bool(check)), i32(max_epochs),
+                              i32(target_loss is not None), np.float64(target_loss or 0.0), i32(S)))
 
 

@@ -1,11 +1,12 @@
 // softmax_xent.cu: loss and gradient of one training step at the output, fused with the output bias's SGD update;
-// twin of reference.softmax_xent (+ the bias half of reference.sgd_step for the output layer).
+// twin of reference.output_loss (+ the bias half of reference.sgd_step for the output layer). The file keeps the
+// name of its first loss; loss_kind chooses any of fastmlp.constants.LOSSES (common.cuh, out_loss).
 //
 //   softmax_xent  one block per network m, threads over the B rows of the step's minibatch (rows start..start+B-1
 //                 of the network's epoch order). With logits z = zc + s bo[m] (zc (S, B, C) from the GEMM),
 //                 nb = the rows network m really has in this step (0 if it is not live):
-//                   loss   = sum_{b < nb} xent(z_b, y_b) / nb                          (float64, added to loss_sum[m])
-//                   dz     (S, B, C) = (softmax(z_b) - onehot(y_b)) / nb, zero on rows b >= nb
+//                   loss   = sum_{b < nb} l(z_b, y_b) / nb                             (float64, added to loss_sum[m])
+//                   dz     (S, B, C) = dl/dz_b / nb, zero on rows b >= nb  (xent: softmax(z_b) - onehot(y_b))
 //                   dzs    (S, B, C) = -lr[m] dz       the SGD step's scaled gradient: the weight-update GEMM
 //                                                      W += c a^T dzs (beta = 1) applies the update in place
 //                   bo[m] -= lr[m] s sum_b dz_b
@@ -13,13 +14,14 @@
 //                 A non-finite loss marks the network diverged (no more steps this epoch) and, like the CPU, the
 //                 step updates nothing: dz and dzs are zeroed and so are the network's hidden activations `act`
 //                 (L, S, B, H), which the weight-update GEMMs of this step still read (0 * inf would be NaN).
-//                 Float64 inside, as fastmlp.cpu._xent: z is cast from REAL, the gradient rounded back to REAL.
+//                 Float64 inside, as fastmlp.cpu._loss: z is cast from REAL, the gradient rounded back to REAL.
 #include "common.cuh"
 
 extern "C" __global__ void softmax_xent(REAL* dz, REAL* dzs, REAL* bo, double* loss_sum, int* steps, int* diverged,
                                         REAL* act, const REAL* zc, const signed char* Y, const int* idx,
                                         const int* n, const int* trained, const REAL* lrs, REAL s, int idx_stride,
-                                        int start, int B, int L, int H, long long act_layer_stride) {
+                                        int start, int B, int L, int H, long long act_layer_stride,
+                                        int loss_kind) {
     __shared__ double red[32];
     __shared__ int bad;
     const int m = blockIdx.x;
@@ -35,9 +37,9 @@ extern "C" __global__ void softmax_xent(REAL* dz, REAL* dzs, REAL* bo, double* l
         REAL d0 = REAL(0), d1 = REAL(0);
         if (b < nb) {
             const int y = Y[idx[(long long)m * idx_stride + start + b]];
-            double p1;
-            lsum += xent2((double)(zc[o] + s * b0), (double)(zc[o + 1] + s * b1), y, &p1);
-            const double g1 = (p1 - (double)y) / nb;
+            double d1;
+            lsum += out_loss((double)(zc[o] + s * b0), (double)(zc[o + 1] + s * b1), y, loss_kind, &d1);
+            const double g1 = d1 / nb;
             d0 = (REAL)(-g1);
             d1 = (REAL)g1;
         }

@@ -10,15 +10,17 @@
 //                  last  = epochs + 1 >= max_epochs; epochs += 1
 //                  check: the stop check scanned the whole training subset (n[m] rows): err, eloss.
 //                    diverged  |= non-finite check loss
-//                    converged  = !diverged && err == 0
-//                    train_error = err / n if (converged or last) and not diverged, else NaN
-//                    train_loss  = eloss / n if (err == 0 or last or the check loss is non-finite) and the network
-//                                  did not diverge while training, else the mean minibatch loss
+//                    converged  = !diverged && err == 0                  (stop_loss = 0: the zero-error rule)
+//                               = !diverged && eloss / n <= target_loss     (stop_loss = 1: the loss rule)
+//                    train_error = err / n if (converged or last or stop_loss) and not diverged, else NaN
+//                    train_loss  = eloss / n if (err == 0 or last or stop_loss or the check loss is non-finite)
+//                                  and the network did not diverge while training, else the mean minibatch loss
 //                    stopped = converged || diverged || epochs >= max_epochs;   active = !stopped
 //                  no check: train_loss = mean minibatch loss; active = !diverged.
 //                The reported train_error / train_loss follow the CPU engine's: exact values over the whole subset
 //                once a network stops, NaN error and the minibatch loss while it trains (the CPU's check stops at
-//                the first wrong sample; here the check always scans the whole subset, one batched pass).
+//                the first wrong sample under the zero-error rule; here the check always scans the whole subset,
+//                one batched pass). Under the loss rule both scan the whole subset and report exact values.
 //                Then every network m < S writes its report row (epochs, converged, diverged, stopped,
 //                train_loss, train_error) as float64, which the host copies in one transfer per epoch.
 //   One thread per network.
@@ -41,7 +43,8 @@ extern "C" __global__ void epoch_begin(int* trained, int* diverged, double* loss
 extern "C" __global__ void epoch_end(double* report, int* epochs, int* active, int* stopped, int* converged,
                                      int* diverged, double* train_loss, double* train_error, const int* trained,
                                      const double* loss_sum, const int* steps, const long long* err,
-                                     const double* eloss, const int* n, int check, int max_epochs, int S) {
+                                     const double* eloss, const int* n, int check, int max_epochs, int stop_loss,
+                                     double target_loss, int S) {
     const int m = blockIdx.x * blockDim.x + threadIdx.x;
     if (m >= S) return;
     if (trained[m]) {
@@ -58,10 +61,10 @@ extern "C" __global__ void epoch_end(double* report, int* epochs, int* active, i
                 const double ls = eloss[m];
                 const long long e = err[m];
                 const bool bad = !isfinite(ls);
-                if (e == 0 || last || bad) tl = ls / n[m];
+                if (e == 0 || last || bad || stop_loss) tl = ls / n[m];
                 div = bad;
-                conv = !div && e == 0;
-                if (!div && (e == 0 || last)) te = (double)e / n[m];
+                conv = !div && (stop_loss ? ls / n[m] <= target_loss : e == 0);
+                if (!div && (e == 0 || last || stop_loss)) te = (double)e / n[m];
             }
             converged[m] = conv;
             train_error[m] = te;
