@@ -40,9 +40,9 @@ TEST_CHUNK = 2048    # test samples per chunk: the test kernel is never larger t
 _WORK_TILES = 8      # tile-sized float64 arrays alive at once while one tile is computed (with slack)
 _JITTER_STEPS = [10.0 ** k for k in range(-12, -3)]   # diagonal jitter, relative to mean(diag), tried in order
 # OpenBLAS's threaded Cholesky (dpotrf) crashes the process on large matrices: with 2 threads it segfaulted at
-# N = 32,000 (N = 16,000 ran fine), and OpenMathLib/OpenBLAS#2562 reports N = 32,768.  Above this N it runs on
-# one thread (at N = 32,000: 175 s on one core of a 2-core EPYC).
-POTRF_THREADED_MAX_N = 16384
+# N = 32,000, and in a later sweep at N = 16,000 (which had run fine before); OpenMathLib/OpenBLAS#2562 reports
+# N = 32,768.  Above this N it runs on one thread (at N = 32,000: 175 s on one core of a 2-core EPYC).
+POTRF_THREADED_MAX_N = 8192
 
 
 # ------------------------------------------------------------------------------------------- array module
