@@ -183,3 +183,17 @@ max-epochs = 30
 [[grid]]
 command = "ntk"
 """
+
+
+@pytest.fixture
+def engine_calls(monkeypatch):
+    """The M of every CPU Engine.fit call made in this process (a list that grows as they happen)."""
+    from fastmlp import cpu_engine
+    calls = []
+    fit = cpu_engine.Engine.fit
+
+    def counted(self, *args, **kwargs):
+        calls.append(self.M)
+        return fit(self, *args, **kwargs)
+    monkeypatch.setattr(cpu_engine.Engine, "fit", counted)
+    return calls

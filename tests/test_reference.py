@@ -57,6 +57,17 @@ def test_loss_and_grads_against_central_differences(param, L, loss):
     assert n_checked > 0.9 * n_total   # the kink mask must not hollow the test out
 
 
+def _central_differences(loss_of, logits):
+    """d loss_of(logits)[m] / d logits[m, b, c] (M, B, C) by central differences; loss_of -> (M,)."""
+    fd = np.zeros_like(logits)
+    for idx in np.ndindex(logits.shape):
+        z_plus, z_minus = logits.copy(), logits.copy()
+        z_plus[idx] += H_FD
+        z_minus[idx] -= H_FD
+        fd[idx] = (loss_of(z_plus)[idx[0]] - loss_of(z_minus)[idx[0]]) / (2 * H_FD)
+    return fd
+
+
 def test_softmax_xent_against_central_differences():
     g = np.random.default_rng(3)
     M, B = 3, 9
@@ -66,14 +77,7 @@ def test_softmax_xent_against_central_differences():
     # the loss itself: mean of log(1 + exp(z_other - z_y))
     margin = logits[:, np.arange(B), 1 - y] - logits[:, np.arange(B), y]
     assert_close(loss, np.log1p(np.exp(margin)).mean(axis=1), "loss", np.float64)
-    fd = np.zeros_like(logits)
-    for idx in np.ndindex(logits.shape):
-        z_plus, z_minus = logits.copy(), logits.copy()
-        z_plus[idx] += H_FD
-        z_minus[idx] -= H_FD
-        m = idx[0]
-        fd[idx] = (reference.softmax_xent(z_plus, y)[0][m] - reference.softmax_xent(z_minus, y)[0][m]) / (2 * H_FD)
-    assert_close(fd, dlogits, "fd", np.float64)
+    assert_close(_central_differences(lambda z: reference.softmax_xent(z, y)[0], logits), dlogits, "fd", np.float64)
 
 
 @pytest.mark.parametrize("loss", ["mse", "hinge2"])
@@ -88,14 +92,7 @@ def test_squared_losses_against_their_formulas_and_central_differences(loss):
     assert_close(value, per.mean(axis=1), "loss", np.float64)
     if loss == "hinge2":
         assert (t * f > 1).any() and (per == 0).any()             # some samples beyond the margin: no loss
-    fd = np.zeros_like(logits)
-    for idx in np.ndindex(logits.shape):
-        z_plus, z_minus = logits.copy(), logits.copy()
-        z_plus[idx] += H_FD
-        z_minus[idx] -= H_FD
-        m = idx[0]
-        fd[idx] = (reference.output_loss(z_plus, y, loss)[0][m] - reference.output_loss(z_minus, y, loss)[0][m]) \
-            / (2 * H_FD)
+    fd = _central_differences(lambda z: reference.output_loss(z, y, loss)[0], logits)
     assert_close(fd, dlogits, "fd", np.float64)
     np.testing.assert_array_equal(dlogits[..., 0], -dlogits[..., 1])   # a function of f = z_1 - z_0 alone
 

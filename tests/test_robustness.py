@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import NETWORKS_AND_NTK
 
-from fastmlp import cpu_engine, protocol, sweep
+from fastmlp import protocol, sweep
 from fastmlp.cli import main, ntk as ntk_command, run as run_command, sweep_keys
 from fastmlp.errors import UsageError
 from fastmlp.store import Store
@@ -34,19 +34,6 @@ def one_line_error(result, *words):
     for word in words:
         assert word in lines[0], (word, lines[0])
     return lines[0]
-
-
-@pytest.fixture
-def engine_calls(monkeypatch):
-    """Engine.fit calls made in this process."""
-    calls = []
-    fit = cpu_engine.Engine.fit
-
-    def counted(self, *args, **kwargs):
-        calls.append(self.M)
-        return fit(self, *args, **kwargs)
-    monkeypatch.setattr(cpu_engine.Engine, "fit", counted)
-    return calls
 
 
 def _writable(directory):

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import NETWORKS_AND_NTK
 
-from fastmlp import backend, cpu_engine, ntk, sweep
+from fastmlp import backend, ntk, sweep
 from fastmlp.cli import main, ntk as ntk_command, run as run_command, sweep_keys
 from fastmlp import store as store_mod
 from fastmlp.store import Store
@@ -86,19 +86,6 @@ def results_of(store_dir):
     """{id: (status, test errors of the repeats)} of a store."""
     return {r["id"]: (r["status"], r["record"]["final"]["test_error"]["values"] if r["record"] else None)
             for r in Store(store_dir, create=False).records()}
-
-
-@pytest.fixture
-def count_engine_calls(monkeypatch):
-    """Counts Engine.fit calls made in this process."""
-    calls = []
-    fit = cpu_engine.Engine.fit
-
-    def counted(self, *args, **kwargs):
-        calls.append(self.M)
-        return fit(self, *args, **kwargs)
-    monkeypatch.setattr(cpu_engine.Engine, "fit", counted)
-    return calls
 
 
 # ------------------------------------------------------------------------------------- files and identity
@@ -256,11 +243,11 @@ def test_bad_sweep_options_exit_2(tmp_path, args, message):
 
 
 # ------------------------------------------------------------------------------------- store and resume
-def test_sweep_stores_every_job_and_a_rerun_trains_nothing(tmp_path, count_engine_calls):
+def test_sweep_stores_every_job_and_a_rerun_trains_nothing(tmp_path, engine_calls):
     path, store = write(tmp_path / "s.toml", TINY), tmp_path / "store"
     first = cli("sweep", path, "--store", store)
     assert first.exit_code == 0, first.output
-    assert len(count_engine_calls) == 6                                  # one engine call per job (fixed lr)
+    assert len(engine_calls) == 6                                  # one engine call per job (fixed lr)
     records = Store(store, create=False).records()
     assert len(records) == 6 and all(r["status"] == "done" for r in records)
     for r in records:                                                    # the record `fastmlp run` would give
@@ -271,7 +258,7 @@ def test_sweep_stores_every_job_and_a_rerun_trains_nothing(tmp_path, count_engin
     before = {f.name: f.read_bytes() for f in store.iterdir()}
     again = cli("sweep", path, "--store", store)
     assert again.exit_code == 0 and "6 done already, 0 to run" in again.output
-    assert len(count_engine_calls) == 6 and {f.name: f.read_bytes() for f in store.iterdir()} == before
+    assert len(engine_calls) == 6 and {f.name: f.read_bytes() for f in store.iterdir()} == before
 
     # one job's record equals `fastmlp run` of its command line
     job = next(r for r in records if r["config"]["N"] == 60 and r["config"]["L"] == 2)
@@ -295,13 +282,13 @@ def test_a_long_job_reports_its_own_progress_in_the_log(tmp_path, monkeypatch):
                for line in lines), loud.output
 
 
-def test_extending_the_grid_runs_only_the_new_jobs(tmp_path, count_engine_calls):
+def test_extending_the_grid_runs_only_the_new_jobs(tmp_path, engine_calls):
     store = tmp_path / "store"
     assert cli("sweep", write(tmp_path / "s.toml", TINY), "--store", store).exit_code == 0
     before = {f.name: f.read_bytes() for f in store.iterdir()}
     result = cli("sweep", tmp_path / "s.toml", "--store", store, "--set", "N=40,60,80,100", "--set", "L=1,2,3")
     assert result.exit_code == 0 and "6 done already, 6 to run" in result.output
-    assert len(count_engine_calls) == 6 + 6
+    assert len(engine_calls) == 6 + 6
     after = {f.name: f.read_bytes() for f in store.iterdir()}
     assert len(after) == 12 and all(after[name] == data for name, data in before.items())
 
@@ -507,7 +494,7 @@ def test_a_sweep_killed_mid_job_has_its_claim_taken_over_and_the_job_finished(tm
     assert taken_over["worker"]["pid"] in {p.pid for p in rest}
 
 
-def test_a_claim_of_another_machine_is_respected_until_it_goes_stale(tmp_path, count_engine_calls):
+def test_a_claim_of_another_machine_is_respected_until_it_goes_stale(tmp_path, engine_calls):
     path, store = write(tmp_path / "s.toml", TINY), tmp_path / "store"
     jobs = jobs_of(TINY, tmp_path)
     store.mkdir()
@@ -527,7 +514,7 @@ def test_a_claim_of_another_machine_is_respected_until_it_goes_stale(tmp_path, c
     assert time.monotonic() - t0 > 2                                   # the live claim was waited for
     records = Store(store, create=False).records()
     assert len(records) == 6 and {r["worker"]["pid"] for r in records} == {os.getpid()}
-    assert len(count_engine_calls) == 6 and not list(store.glob("*.claim"))
+    assert len(engine_calls) == 6 and not list(store.glob("*.claim"))
 
 
 def test_claims_are_exclusive_and_a_stale_one_is_taken_over_once(tmp_path):
