@@ -179,17 +179,26 @@ def figure_against_n(fig, records):
     return points
 
 
+def _task_and_n(rec):
+    c = rec["config"]
+    return c["task"], c["D"], c["N"]
+
+
+def _panels_by_task_and_n(records):
+    """{(task, D, N): records}: the panels of the figures drawn at one N."""
+    panels = defaultdict(list)
+    for rec in records:
+        panels[_task_and_n(rec)].append(rec)
+    return panels
+
+
 def figure_against_lr(fig, records):
     """Test error against a fixed lr, a panel per (task, N), the NTK as horizontal lines -> points."""
-    runs = [r for r in records if r["command"] == "run" and r["config"]["lr"] is not None]
-    panels = defaultdict(list)
-    for rec in runs:
-        panels[(rec["config"]["task"], rec["config"]["D"], rec["config"]["N"])].append(rec)
+    panels = _panels_by_task_and_n([r for r in records if r["command"] == "run" and r["config"]["lr"] is not None])
     points = []
     for ax, (key, recs) in zip(_axes(fig, len(panels)), sorted(panels.items())):
         title = panel_title(recs[0]["config"], with_n=True)
-        ntk_recs = [r for r in records if r["command"] == "ntk"
-                    and (r["config"]["task"], r["config"]["D"], r["config"]["N"]) == key]
+        ntk_recs = [r for r in records if r["command"] == "ntk" and _task_and_n(r) == key]
         colour = depth_colours(recs + ntk_recs)
         _draw_curves(ax, title, recs, "lr", points, colour)
         _draw_ntk_lines(ax, title, ntk_recs, points, colour)
@@ -201,10 +210,7 @@ def figure_against_lr(fig, records):
 def figure_against_init_scale(fig, records):
     """Test error against the initial scale of the run jobs (searched or fixed lr), a panel per (task, N) ->
     points.  The NTK does not depend on the initialization and is not drawn."""
-    runs = [r for r in records if r["command"] == "run"]
-    panels = defaultdict(list)
-    for rec in runs:
-        panels[(rec["config"]["task"], rec["config"]["D"], rec["config"]["N"])].append(rec)
+    panels = _panels_by_task_and_n([r for r in records if r["command"] == "run"])
     points = []
     for ax, (_, recs) in zip(_axes(fig, len(panels)), sorted(panels.items())):
         title = panel_title(recs[0]["config"], with_n=True)
