@@ -59,17 +59,20 @@ class Engine(EngineBase):
 
     # ------------------------------------------------------------------------------------------ parameters
     def _pack(self, params):
+        """Parameters in the reference layout -> the kernels' padded, packed arrays (fastmlp.cpu)."""
         M, D, H, L, Dp, Hp, dt = self.M, self.D, self.H, self.L, self.Dp, self.Hp, self.dtype
-        self._W0 = np.zeros((M, Dp, Hp), dt)
+        W0 = np.zeros((M, Dp, Hp), dt)                          # (M, Dp, Hp) before packing
+        Wh = np.zeros((M, L - 1, Hp, Hp), dt)                   # (M, L-1, Hp, Hp)
         self._b0 = np.zeros((M, Hp), dt)
-        self._Wh = np.zeros((M, L - 1, Hp, Hp), dt)
         self._bh = np.zeros((M, L - 1, Hp), dt)
         self._Wo = np.zeros((M, N_CLASSES, Hp), dt)
         self._bo = np.zeros((M, N_CLASSES), dt)
-        self._W0[:, :D, :H], self._b0[:, :H] = params[0]
+        W0[:, :D, :H], self._b0[:, :H] = params[0]
         for l in range(1, L):
-            self._Wh[:, l - 1, :H, :H], self._bh[:, l - 1, :H] = params[l]
-        self._WhT = np.ascontiguousarray(self._Wh.transpose(0, 1, 3, 2))
+            Wh[:, l - 1, :H, :H], self._bh[:, l - 1, :H] = params[l]
+        self._W0 = cpu.pack(W0)                                  # (M, Dp*Hp)
+        self._Wh = cpu.pack(Wh)                                  # (M, L-1, Hp*Hp)
+        self._WhT = cpu.pack(np.ascontiguousarray(Wh.transpose(0, 1, 3, 2)))
         self._Wo[:, :, :H] = params[L][0].transpose(0, 2, 1)
         self._bo[:] = params[L][1]
 
@@ -79,9 +82,10 @@ class Engine(EngineBase):
 
     def params(self):
         """Every network's parameters in the reference layout, as float64 copies."""
-        D, H, L = self.D, self.H, self.L
-        out = [(self._W0[:, :D, :H], self._b0[:, :H])]
-        out += [(self._Wh[:, l - 1, :H, :H], self._bh[:, l - 1, :H]) for l in range(1, L)]
+        D, H, L, Dp, Hp = self.D, self.H, self.L, self.Dp, self.Hp
+        W0, Wh = cpu.unpack(self._W0, Dp, Hp), cpu.unpack(self._Wh, Hp, Hp)
+        out = [(W0[:, :D, :H], self._b0[:, :H])]
+        out += [(Wh[:, l - 1, :H, :H], self._bh[:, l - 1, :H]) for l in range(1, L)]
         out.append((self._Wo[:, :, :H].transpose(0, 2, 1), self._bo))
         return [(W.astype(np.float64), b.astype(np.float64)) for W, b in out]
 

@@ -1,16 +1,17 @@
 """The Numba kernels of cpu.py, driven through Engine, against the float64 reference.
 
 Shapes cross every tile edge on purpose: H = 13, 21 (not multiples of 8), H = 40 (one 32-wide panel plus one
-8-wide panel), B = 7, 17 (not multiples of the 5-row tile), D = 11 (odd), N = 37 (last minibatch short).
+8-wide panel), H = 72 (two 32-wide panels, so a packed block starts past the first), B = 7, 17 (not multiples of the
+5-row tile), D = 11 (odd), N = 37 (last minibatch short).
 """
 import numpy as np
 import pytest
 
-from fastmlp import reference
+from fastmlp import cpu, reference
 from fastmlp.cpu_engine import Engine
 from conftest import DTYPES, SIGMA_B2, assert_close, make_data, network as _network, scales as _scales, tol
 
-SHAPES = [(13, 1, 7), (21, 2, 17), (40, 3, 7)]   # (H, L, B)
+SHAPES = [(13, 1, 7), (21, 2, 17), (40, 3, 7), (72, 2, 7)]   # (H, L, B)
 PARAMS = ["standard", "ntk"]
 
 
@@ -109,3 +110,16 @@ def test_evaluate(data_medium, H, L, B, param, dtype):
     np.testing.assert_array_equal(err, np.rint(err_ref * n).astype(np.int64))
     assert 0 < err.min() and err.max() < n         # counts that could be wrong either way
     assert_close(loss, loss_ref * n, "evaluate", dtype)
+
+
+@pytest.mark.parametrize("K, J", [(16, 8), (16, 40), (11 * 8, 104), (8, 72)])
+def test_packed_weights_are_column_panels_one_after_another(K, J):
+    """pack's layout as codegen states it: panel (j0, w) is the (K, w) block at K * j0; unpack inverts it."""
+    W = np.random.default_rng(K + J).standard_normal((2, K, J))
+    P = cpu.pack(W)
+    assert P.shape == (2, K * J)
+    widths = [w for _, w in cpu.panel_widths(J)]
+    assert sum(widths) == J and set(widths) <= {32, 8} and widths == sorted(widths, reverse=True)
+    for j0, w in cpu.panel_widths(J):
+        assert np.array_equal(P[:, K * j0:K * (j0 + w)].reshape(2, K, w), W[:, :, j0:j0 + w])
+    assert np.array_equal(cpu.unpack(P, K, J), W)
