@@ -19,8 +19,8 @@ exits 1 when the committed file differs from what it would write.
 """
 import pathlib
 
-MR_ROWS = 5          # batch rows per tile in fwd / dinp (B = 50 splits into 10 tiles)
-MR_K = 8             # input features per tile in dweight (D and H are padded to multiples of 8)
+MR_ROWS = 5          # batch rows per tile in fwd and dinp_t (B = 50 splits into 10 tiles)
+MR_K = 8             # input features per tile in dweight and dinp (D and H are padded to multiples of 8)
 NR_WIDE = (32, 8)    # output-column panel widths; widths are multiples of 8, so these two cover every case
 
 
@@ -51,14 +51,16 @@ def _row_panel(MR, NR, row, K, W, epilogue):
 
 def _fwd(MR, NR):
     """Column panel j0..j0+NR of out[:nbp] = relu(c * A[rows[:nbp]] @ W + s * bias), MR rows per tile; W (K, J)
-    packed."""
+    packed.  With ``tr`` the tile is also stored transposed into outT (J, Bt): the ReLU mask of dinp."""
     def epilogue(i):
         out = [f"o = out[i0 + {i}, j0:j0 + {NR}]"]
         out += [f"v{j} = c * c{i}_{j} + s * bb[{j}]" for j in range(NR)]
-        out += [f"o[{j}] = v{j} * (v{j} > zero)" for j in range(NR)]   # relu without a branch, which SLP needs
+        out += [f"v{j} = v{j} * (v{j} > zero)" for j in range(NR)]   # relu without a branch, which SLP needs
+        out += [f"o[{j}] = v{j}" for j in range(NR)]
+        out += ["if tr:"] + [f"    outT[j0 + {j}, i0 + {i}] = v{j}" for j in range(NR)]
         return out
 
-    L = [f"def fwd_{MR}x{NR}(out, A, rows, nbp, W, j0, K, bias, c, s):"]
+    L = [f"def fwd_{MR}x{NR}(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s):"]
     L.append(f"    bb = bias[j0:j0 + {NR}]")
     L.append("    zero = c - c   # typed zero: a literal 0 would promote float32 to float64")
     return L + _row_panel(MR, NR, "A[rows[i0 + {i}]]", "K", "W", epilogue)
@@ -66,7 +68,8 @@ def _fwd(MR, NR):
 
 def _dweight(MR, NR, transposed=False):
     """Column panel j0..j0+NR of W -= scale * A[rows[:nb]]^T dZ[:nb], MR input features per tile: the weight
-    gradient fused with the SGD update, so dW is never stored.  W (K, J) packed: the panel is one (K, NR) block."""
+    gradient fused with the SGD update, so dW is never stored.  W (K, J) packed: the panel is one (K, NR) block.
+    ``transposed`` (dweight_t): the updated tile is also stored into W's transposed copy WT (J, K), packed."""
     if transposed:
         L = [f"def dweight_t_{MR}x{NR}(W, WT, j0, K, A, rows, dZ, nb, scale):"]
     else:
@@ -74,7 +77,7 @@ def _dweight(MR, NR, transposed=False):
     L.append("    zero = scale - scale")
     L.append("    wb = K * j0")
     if transposed:   # WT (J, K) packed too: its column panels are 32 wide up to K - K % 32, then 8
-        L.append(f"    J = W.shape[0] // K")
+        L.append("    J = W.shape[0] // K")
         L.append(f"    kwide = K - K % {NR_WIDE[0]}")
     L.append(f"    for k0 in range(0, K, {MR}):")
     L += [f"        c{i}_{j} = zero" for i in range(MR) for j in range(NR)]
@@ -97,12 +100,11 @@ def _dweight(MR, NR, transposed=False):
     return L
 
 
-def _dinp(MR, NR):
-    """Column panel j0..j0+NR of dZp[:nbp] = c * (dZ[:nbp] @ WT) * (Ap[:nbp] > 0), MR rows per tile.
-
-    WT (J, K), packed, is the transposed copy of the layer's weights that dweight_t keeps, so this is the forward
-    kernel's loop with a ReLU-mask epilogue: the gradient reaching the layer below.  (A dot-product form on W
-    itself would avoid the copy, but its lane sums defeat the SLP vectorizer and run 30x slower.)"""
+def _dinp_t(MR, NR):
+    """Column panel j0..j0+NR of dZp[:nbp] = c * (dZ[:nbp] @ WT) * (Ap[:nbp] > 0), MR rows per tile: the input
+    gradient of a narrow layer, from the transposed copy WT (J, K), packed, that dweight_t keeps.  This is the
+    forward kernel's loop with a ReLU-mask epilogue.  (A dot-product form on W itself would avoid the copy, but its
+    lane sums defeat the SLP vectorizer and run 30x slower.)"""
     def epilogue(i):
         out = [f"o = dZp[i0 + {i}, j0:j0 + {NR}]", f"ap = Ap[i0 + {i}, j0:j0 + {NR}]"]
         # all loads before any store: o may alias Ap as far as LLVM knows, and interleaving would stop SLP
@@ -110,9 +112,43 @@ def _dinp(MR, NR):
         out += [f"o[{j}] = v{j}" for j in range(NR)]
         return out
 
-    L = [f"def dinp_{MR}x{NR}(dZp, Ap, dZ, nbp, WT, j0, J, c):"]
+    L = [f"def dinp_t_{MR}x{NR}(dZp, Ap, dZ, nbp, WT, j0, J, c):"]
     L.append("    zero = c - c")
     return L + _row_panel(MR, NR, "dZ[i0 + {i}]", "J", "WT", epilogue)
+
+
+def _dinp(MR, NR):
+    """The (MR, NR) tile at (k0, b0) of dZp^T = c * (W @ dZ^T) * (Ap^T > 0): the input gradient of a wide layer,
+    computed from the layer's own packed W (K, J), the transposed gradient dZT (J, Bt) and the
+    transposed activations ApT (K, Bt) that fwd writes with ``tr``.  Narrower tiles than NR = 32 are not generated:
+    measured on one Zen 4 core at H = 500, 8 x 32 ran at 97 GFLOP/s, 8 x 24 at 75, 8 x 16 at 42 and 8 x 8 at 36, so
+    the minibatch is padded to 32 columns instead (B = 50: 64).
+
+    The reduction runs over j = 0..J-1 in order, through W's 32-wide panels and then its 8-wide ones (rows k0..k0+MR
+    of a panel are one contiguous block), so every output is the same FMA chain as c * sum_j dZ[b, j] W[k, j]
+    from j = 0.  The tile is stored twice: as rows of dZpT (K, Bt), the next dinp's operand, and transposed into
+    dZp (Bt, K), the next dweight's; that costs 1/H of transposing the weights, which a kernel reading W's
+    transpose would need after every update."""
+    wide, narrow = NR_WIDE
+    L = [f"def dinp_{MR}x{NR}(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c):"]
+    L.append("    zero = c - c")
+    L += [f"    c{i}_{n} = zero" for i in range(MR) for n in range(NR)]
+    for width, panels in ((wide, f"range(0, J - J % {wide}, {wide})"), (narrow, f"range(J - J % {wide}, J, {narrow})")):
+        L.append(f"    for j0 in {panels}:")
+        L.append(f"        wb = K * j0 + k0 * {width}")
+        L.append(f"        for jj in range({width}):")
+        L.append(f"            d = dZT[j0 + jj, b0:b0 + {NR}]")
+        for i in range(MR):
+            L.append(f"            x = W[wb + {i * width} + jj]")
+            L += [f"            c{i}_{n} += x * d[{n}]" for n in range(NR)]
+    for i in range(MR):
+        L.append(f"    o = dZpT[k0 + {i}, b0:b0 + {NR}]")
+        L.append(f"    ap = ApT[k0 + {i}, b0:b0 + {NR}]")
+        # branch-free ReLU mask; all loads before any store (o may alias ap as far as LLVM knows)
+        L += [f"    v{n} = c * c{i}_{n} * (ap[{n}] > zero)" for n in range(NR)]
+        L += [f"    o[{n}] = v{n}" for n in range(NR)]
+        L += [f"    dZp[b0 + {n}, k0 + {i}] = v{n}" for n in range(NR)]
+    return L
 
 
 def source():
@@ -128,8 +164,8 @@ def source():
         "",
     ]
     kernels = [_fwd(MR_ROWS, nr) for nr in NR_WIDE] + [_dweight(MR_K, nr) for nr in NR_WIDE]
-    kernels += [_dweight(MR_K, nr, transposed=True) for nr in NR_WIDE]
-    kernels += [_dinp(MR_ROWS, nr) for nr in NR_WIDE]
+    kernels += [_dweight(MR_K, nr, transposed=True) for nr in NR_WIDE] + [_dinp_t(MR_ROWS, nr) for nr in NR_WIDE]
+    kernels += [_dinp(MR_K, NR_WIDE[0])]   # its columns are minibatch rows, padded to a multiple of 32 (Bt)
     for lines in kernels:
         parts += ["", "@_jit"] + lines + [""]
     return "\n".join(parts)

@@ -17,11 +17,13 @@ class Engine(EngineBase):
     ``subsets``: None (every network trains on all N samples) or M index arrays into x (CV folds use this).
     ``init``, ``init_scale``: the initialization scheme and its scale (see reference.init_params).
     ``loss``: one of constants.LOSSES; ``stop``, ``target_loss``: the stop rule (see fastmlp.engine).
+    ``wide``: the input-gradient path of the hidden layers (fastmlp.cpu): None chooses by width (cpu.WIDE_H); the
+    two give the same numbers, bit for bit.
     """
 
     def __init__(self, x, y, hidden_width, depth, batch_size, lrs, seeds, subsets=None, param="standard",
                  dtype=np.float32, sigma_w2=2.0, sigma_b2=0.0, threads=None, init=reference.DEFAULT_INIT,
-                 init_scale=1.0, loss="xent", stop="zero-error", target_loss=None):
+                 init_scale=1.0, loss="xent", stop="zero-error", target_loss=None, wide=None):
         x = np.asarray(x)
         y = np.asarray(y)
         lrs, seeds, self.dtype, subsets = check_engine_args(x.shape, y.shape, hidden_width, depth, batch_size, lrs,
@@ -39,6 +41,7 @@ class Engine(EngineBase):
 
         self.Dp, self.Hp = cpu.round_up(D, cpu.PAD), cpu.round_up(H, cpu.PAD)
         self.Bp = cpu.round_up(B, cpu.MR_ROWS)
+        self.wide = bool(self.Hp >= cpu.WIDE_H if wide is None else wide)
         self._X = np.zeros((N, self.Dp), self.dtype)
         self._X[:, :D] = x
         self._Y = np.ascontiguousarray(y, dtype=np.int8)
@@ -48,12 +51,18 @@ class Engine(EngineBase):
         self._pack(reference.init_params(D, H, L, seeds, param, init=init, init_scale=init_scale))
 
         T, Hp, Bp = self.threads, self.Hp, self.Bp
+        Bt = cpu.round_up(Bp, 32)                              # columns of the transposed arrays (dinp's tile)
+        Ht = Hp if self.wide else 0                            # the transposed arrays: the wide path's alone
         self._act = np.zeros((T, L, Bp, Hp), self.dtype)       # hidden activations of the current minibatch
-        self._dz = np.zeros((T, 2, Bp, Hp), self.dtype)        # gradients w.r.t. pre-activations (ping-pong)
+        self._actT = np.zeros((T, L, Ht, Bt), self.dtype)      # the same, transposed (the masks of dinp)
+        self._dz = np.zeros((T, 2, Bt, Hp), self.dtype)        # gradients w.r.t. pre-activations (ping-pong)
+        self._dzT = np.zeros((T, 2, Ht, Bt), self.dtype)       # the same, transposed
         self._z = np.zeros((T, Bp, N_CLASSES), self.dtype)     # logits, then their gradients
         self._rows = np.zeros((T, Bp), np.int64)               # dataset rows of the current minibatch
         self._perm = np.zeros((T, int(self.n_train.max())), np.int64)
         self._ident = np.arange(Bp, dtype=np.int64)            # rows of an activation buffer, in order
+        self._pb = cpu.split_panels(Hp, T)                     # each thread's panels, when a network is split
+        self._kb = cpu.split_even(Hp // cpu.PAD, T)            # and its 8-row tiles of dinp
 
         self._init_training(loss, stop, target_loss)
 
@@ -72,7 +81,9 @@ class Engine(EngineBase):
             Wh[:, l - 1, :H, :H], self._bh[:, l - 1, :H] = params[l]
         self._W0 = cpu.pack(W0)                                  # (M, Dp*Hp)
         self._Wh = cpu.pack(Wh)                                  # (M, L-1, Hp*Hp)
-        self._WhT = cpu.pack(np.ascontiguousarray(Wh.transpose(0, 1, 3, 2)))
+        # the transposed copy of a narrow network's hidden weights, (M, L-1, Hp*Hp) packed (none when wide)
+        self._WhT = np.zeros((M, L - 1, 0), dt) if self.wide else cpu.pack(np.ascontiguousarray(
+            Wh.transpose(0, 1, 3, 2)))
         self._Wo[:, :, :H] = params[L][0].transpose(0, 2, 1)
         self._bo[:] = params[L][1]
 
@@ -103,15 +114,26 @@ class Engine(EngineBase):
         return time.perf_counter() - t0
 
     def _epoch(self, active, check, full=None):
+        """One epoch of the networks in active.  Threads take whole networks; the networks left over when fewer
+        remain than threads (all of them, when there are fewer networks than threads) then train one at a time,
+        each with every thread (cpu.train_epoch_split): the same numbers, bit for bit, either way."""
         loss = np.full(self.M, np.nan)
         err = np.zeros(self.M, np.int64)
         seen = np.zeros(self.M, np.int64)
         div = np.zeros(self.M, bool)
         full = np.ones(self.M, bool) if full is None else full
+        n_spread = len(active) - len(active) % self.threads
+        spread, split = active[:n_spread], active[n_spread:]
+        common = (self._X, self._Y, self._subsets, self._sub_off)
+        buffers = (self.seeds, self.epochs, self.B, self.loss_kind, self.wide, check, full, self._act, self._actT,
+                   self._dz, self._dzT, self._z, self._rows, self._perm, self._ident)
+        outputs = (loss, err, seen, div)
         with cpu.slp_vectorize():
-            cpu.train_epoch(self._X, self._Y, self._subsets, self._sub_off, active, *self._weights(), self._lrs,
-                            self.seeds, self.epochs, self.B, self.loss_kind, check, full, self._act, self._dz,
-                            self._z, self._rows, self._perm, self._ident, loss, err, seen, div)
+            if spread.size or not active.size:   # an empty call compiles (see compile)
+                cpu.train_epoch(*common, spread, *self._weights(), self._lrs, *buffers, *outputs)
+            if split.size or not active.size:
+                cpu.train_epoch_split(*common, split, *self._weights(), self._lrs, *buffers, self._pb, self._kb,
+                                      *outputs)
         self.epochs[active] += 1
         return loss, err, seen, div
 

@@ -45,13 +45,16 @@ def test_forward(data_small, H, L, B, param, dtype):
     assert_close(e.logits(x[:3]), ref[:, :3], "forward", dtype)          # fewer samples than one row tile
 
 
+@pytest.mark.parametrize("wide", [False, True], ids=["copy", "from-W"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("param", PARAMS)
 @pytest.mark.parametrize("H, L, B", SHAPES)
-def test_one_epoch(data_small, H, L, B, param, dtype):
-    """train_epochs(1) equals reference.train_steps over the epoch's ceil(N / B) minibatches, every network."""
+def test_one_epoch(data_small, H, L, B, param, dtype, wide):
+    """train_epochs(1) equals reference.train_steps over the epoch's ceil(N / B) minibatches, every network, on both
+    input-gradient paths (a transposed copy of the weights, or W itself; each width forced onto both)."""
     x, y = data_small
-    e = _engine(x, y, H, L, B, param, dtype)
+    e = _engine(x, y, H, L, B, param, dtype, wide=wide)
+    assert e.wide is wide
     init = e.params()
     e.train_epochs(1)
     got = e.params()
@@ -123,3 +126,36 @@ def test_packed_weights_are_column_panels_one_after_another(K, J):
     for j0, w in cpu.panel_widths(J):
         assert np.array_equal(P[:, K * j0:K * (j0 + w)].reshape(2, K, w), W[:, :, j0:j0 + w])
     assert np.array_equal(cpu.unpack(P, K, J), W)
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["copy", "from-W"])
+def test_one_network_split_over_threads_equals_it_on_one_thread(data_medium, wide):
+    """Fewer networks than threads: the leftover networks train one at a time with every thread (each GEMM split
+    by panels), and give the very numbers of one thread per network, through fit and its stop checks."""
+    x, y = data_medium
+    results = {}
+    for threads, M in ((1, 1), (2, 1), (3, 1), (1, 3), (2, 3)):
+        got = []
+        for H, L, B in ((40, 3, 17), (13, 4, 7), (264, 2, 50)):     # 264: eight 32-wide panels and one 8-wide
+            e = Engine(x, y, H, L, B, [0.05, 0.3, 0.1][:M], [1, 2, 3][:M], threads=threads, wide=wide)
+            res = e.fit(max_epochs=3)
+            got.append((e.params(), [(r.epochs, r.train_loss, r.train_error) for r in res]))
+        results[threads, M] = got
+    for M in (1, 3):
+        for (params, res), (params1, res1) in zip(results[1, M], results[2, M]):
+            for (W, b), (W1, b1) in zip(params, params1):
+                assert np.array_equal(W, W1) and np.array_equal(b, b1)
+            np.testing.assert_array_equal(np.array(res, float), np.array(res1, float))
+    for (params, _), (params3, _) in zip(results[1, 1], results[3, 1]):
+        assert all(np.array_equal(W, W3) for (W, _), (W3, _) in zip(params, params3))
+    # the networks moved: equal because the schedules agree, not because nothing happened
+    assert not np.array_equal(results[1, 1][2][0][0][0], Engine(x, y, 264, 2, 50, [0.05], [1]).params()[0][0])
+
+
+@pytest.mark.parametrize("J, T", [(8, 2), (40, 3), (104, 2), (504, 2), (504, 16)])
+def test_split_panels_cover_every_panel_once_and_evenly(J, T):
+    bounds = cpu.split_panels(J, T)
+    widths = [w for _, w in cpu.panel_widths(J)]
+    assert bounds[0] == 0 and bounds[-1] == len(widths) and np.all(np.diff(bounds) >= 0) and len(bounds) == T + 1
+    shares = [sum(widths[bounds[t]:bounds[t + 1]]) for t in range(T)]
+    assert sum(shares) == J and max(shares) - J / T <= 32     # no thread more than one panel above its share
