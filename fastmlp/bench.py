@@ -23,16 +23,20 @@ from .backend import gpu_available
 from .provenance import cpu_name
 from .reference import useful_flops_per_sample
 
-# name: (M, D, H, L, B, N)
+# name: (M, D, H, L, B, N).  W5 is the paper's width at the scale of a search batch; W6 has fewer networks than
+# cores (the final repeats' tail, one slow network left), where the engine splits each network over the threads.
 WORKLOADS = {
     "W1": dict(M=40, D=500, H=100, L=1, B=50, N=1000),
     "W2": dict(M=40, D=500, H=100, L=5, B=50, N=1000),
     "W3": dict(M=40, D=100, H=100, L=9, B=50, N=1000),
     "W4": dict(M=10, D=1000, H=500, L=3, B=50, N=5000),
+    "W5": dict(M=20, D=500, H=500, L=5, B=50, N=8000),
+    "W6": dict(M=1, D=500, H=500, L=3, B=50, N=5000),
 }
 
-# Epochs per timed call: about 0.5-2 s for the NumPy and PyTorch baselines on the project's 2-core CPU.
-DEFAULT_EPOCHS = {"W1": 15, "W2": 8, "W3": 7, "W4": 1}
+# Epochs per timed call: about 0.5-5 s for the NumPy and PyTorch baselines on the project's 2-core CPU.
+DEFAULT_EPOCHS = {"W1": 15, "W2": 8, "W3": 7, "W4": 1, "W5": 1, "W6": 3}
+SGEMM_N = 4096   # the machine's large-sgemm rate: one (N, N) @ (N, N) float32 product through NumPy's BLAS
 
 BENCH_LR = 0.01  # small enough that no network diverges: non-finite values would time a different code path
 C = 2            # output classes
@@ -121,6 +125,63 @@ def _numpy_epoch(x, onehot, params, rng, lr_w, lr_b, M, N, L, B):
             W -= dW
             db *= lr_b
             bias -= db
+
+
+def _numpy_process(x, y, M, H, L, B, lr, seed, start, done):
+    """One process of prepare_numpy_procs: its networks on one BLAS thread, timed from `start` (a barrier)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        run = prepare_numpy(x, y, M, H, L, B, lr, seed)
+        for n in iter(start.get, None):              # a number of epochs: one timed call; 0: send the parameters
+            t0 = time.perf_counter()
+            params = run(n)
+            done.put(time.perf_counter() - t0 if n else params)
+
+
+def prepare_numpy_procs(x, y, M, H, L, B, lr, seed, processes=None):
+    """The NumPy baseline split over single-threaded processes, one per thread (networks dealt out as evenly as they
+    go; process i trains prepare_numpy's networks of seed + i): what a careful user does with NumPy on several cores.
+    run(epochs) returns the slowest process's time for the call; run.params() every process's parameters."""
+    import multiprocessing as mp
+
+    processes = min(M, processes or _threads())
+    ctx = mp.get_context("spawn")    # not fork: this process already runs BLAS and Numba threads
+    starts, done = [ctx.Queue() for _ in range(processes)], ctx.Queue()   # a queue to each process, one back
+    shares = [M // processes + (i < M % processes) for i in range(processes)]
+    procs = [ctx.Process(target=_numpy_process, args=(x, y, m, H, L, B, lr, seed + i, starts[i], done),
+                         daemon=True) for i, m in enumerate(shares)]
+    for p in procs:
+        p.start()
+
+    def run(epochs):
+        for start in starts:
+            start.put(epochs)
+        return max(done.get() for _ in procs)
+
+    def params():
+        """Every process's parameters, in process order ([(W, b)] per process)."""
+        out = []
+        for start in starts:   # one at a time, so that the answer is this process's
+            start.put(0)
+            out.append(done.get())
+        return out
+
+    def close():
+        for start in starts:
+            start.put(None)
+        for p in procs:
+            p.join()
+
+    run.timed = True          # run() returns its own time: the processes' setup is outside it
+    run.info = lambda: {"processes": processes}
+    run.params, run.close = params, close
+    return run
+
+
+def _threads():
+    import numba
+    return numba.get_num_threads()
 
 
 def train_numpy(x, y, M, H, L, B, lr, epochs, seed, return_params=False):
@@ -242,7 +303,7 @@ def _torch_available():
 
 
 # name -> prepare(x, y, M, H, L, B, lr, seed) -> run(epochs)
-IMPLS = {"fastmlp-cpu": prepare_fastmlp_cpu, "numpy": prepare_numpy}
+IMPLS = {"fastmlp-cpu": prepare_fastmlp_cpu, "numpy": prepare_numpy, "numpy-procs": prepare_numpy_procs}
 if _torch_available():
     IMPLS["torch"] = prepare_torch
 # The CPU engine with the squared losses (asked for by name): their cost against cross-entropy's, side by side.
@@ -296,12 +357,16 @@ def bench_impl(name, prepare, workload, epochs, repeats, threads, lr=BENCH_LR, s
     x, y = workload_data(workload)
 
     run = prepare(x, y, M, H, L, B, lr, seed)
-    run(1)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(epochs)
-        times.append(time.perf_counter() - t0)
+    try:
+        run(1)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            own = run(epochs)
+            times.append(own if getattr(run, "timed", False) else time.perf_counter() - t0)
+    finally:
+        if callable(getattr(run, "close", None)):
+            run.close()
 
     median = statistics.median(times)
     rate = M * N * epochs / median
@@ -319,13 +384,30 @@ def bench_impl(name, prepare, workload, epochs, repeats, threads, lr=BENCH_LR, s
     }
 
 
-def run_bench(workloads=("W1", "W2", "W3", "W4"), impls=None, epochs=None, repeats=3, threads=None, emit=print,
-              networks=None):
+def bench_sgemm(threads, repeats=3, n=SGEMM_N):
+    """The machine's large-sgemm rate: the median of `repeats` (n, n) @ (n, n) float32 products through NumPy's BLAS on
+    `threads` threads, as one JSON-ready dict (the ceiling a GEMM on shapes made for it reaches here)."""
+    set_threads(threads)
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)   # (n, n)
+    b = a.T.copy()
+    a @ b                                                                     # warm-up: BLAS threads started
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return {"workload": f"sgemm {n}", "impl": "sgemm", "seconds_median": median, "gflops": 2 * n**3 / median / 1e9,
+            "repeats": repeats, "threads": threads, "dtype": "float32", "device": cpu_name()}
+
+
+def run_bench(workloads=tuple(WORKLOADS), impls=None, epochs=None, repeats=3, threads=None, emit=print,
+              networks=None, sgemm=True):
     """Every impl on every workload, side by side in this process; one JSON line per pair through `emit`.
 
     impls: names from IMPLS or GPU_IMPLS, or a dict name -> trainer (default: all of IMPLS, and fastmlp-gpu when
-    a GPU is usable). epochs: an
-    int for every workload, or None for DEFAULT_EPOCHS. networks: M for every workload instead of its own.
+    a GPU is usable). epochs: an int for every workload, or None for DEFAULT_EPOCHS. networks: M for every workload
+    instead of its own. sgemm: first a line with the machine's large-sgemm rate (bench_sgemm).
     """
     known = {**IMPLS, **LOSS_IMPLS, **GPU_IMPLS}
     if impls is None:
@@ -342,6 +424,8 @@ def run_bench(workloads=("W1", "W2", "W3", "W4"), impls=None, epochs=None, repea
         raise ValueError(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
     threads = threads or os.cpu_count()
 
+    if sgemm:   # the ceiling, measured in the same run as the workloads
+        emit(json.dumps(bench_sgemm(threads, repeats)))
     for workload in workloads:
         n_epochs = DEFAULT_EPOCHS[workload] if epochs is None else epochs
         for name, fn in impls.items():

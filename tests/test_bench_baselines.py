@@ -142,7 +142,9 @@ def test_run_bench_emits_one_line_per_pair():
     run_bench(workloads=("W1", "W3"), impls={"a": noop, "b": noop}, epochs=1, repeats=1, threads=1,
               emit=lines.append)
     recs = [json.loads(line) for line in lines]
-    assert [(r["workload"], r["impl"]) for r in recs] == [("W1", "a"), ("W1", "b"), ("W3", "a"), ("W3", "b")]
+    assert [(r["workload"], r["impl"]) for r in recs] == [("sgemm 4096", "sgemm"), ("W1", "a"), ("W1", "b"),
+                                                          ("W3", "a"), ("W3", "b")]
+    assert recs[0]["gflops"] > 1 and recs[0]["threads"] == 1     # the ceiling, measured in the same run
     with pytest.raises(ValueError, match="unknown workload"):
         run_bench(workloads=("W9",), impls=("numpy",), emit=lines.append)
 
@@ -159,5 +161,25 @@ def test_the_loss_impls_train_the_cpu_engine_with_that_loss(monkeypatch, loss):
     monkeypatch.setattr(cpu_engine.Engine, "__init__", spy)
     lines = []
     run_bench(workloads=("W1",), impls=[f"fastmlp-cpu-{loss}"], epochs=1, repeats=1, threads=1, emit=lines.append,
-              networks=2)
+              networks=2, sgemm=False)
     assert seen == [loss] and json.loads(lines[0])["impl"] == f"fastmlp-cpu-{loss}"
+
+
+def test_numpy_split_over_processes_trains_the_numpy_baselines_networks():
+    """numpy-procs deals the networks out to single-threaded processes: process i trains the NumPy baseline's
+    networks of its share with seed + i, so its parameters are prepare_numpy's for that share, epoch for epoch."""
+    from fastmlp.bench import prepare_numpy, prepare_numpy_procs
+    g = np.random.default_rng(1)
+    x = g.standard_normal((40, 6), dtype=np.float32)
+    y = (x[:, 0] * x[:, 1] > 0).astype(np.int8)
+    run = prepare_numpy_procs(x, y, 3, 8, 2, 10, 0.05, 7, processes=2)
+    try:
+        assert run(1) > 0 and run(2) > 0 and run.info() == {"processes": 2}
+        got = run.params()
+    finally:
+        run.close()
+    for (m, seed), params in zip([(2, 7), (1, 8)], got):
+        expected = prepare_numpy(x, y, m, 8, 2, 10, 0.05, seed)(3)
+        assert len(params) == len(expected) == 3
+        for (W, b), (W_ref, b_ref) in zip(params, expected):
+            assert np.array_equal(W, W_ref) and np.array_equal(b, b_ref)
