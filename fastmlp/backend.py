@@ -56,3 +56,22 @@ def array_module(backend):
         import cupy
         return cupy
     return np
+
+
+def set_cpu_threads(threads):
+    """Use `threads` threads in the CPU engine (Numba) and the BLAS behind NumPy (the NTK's factorizations).
+
+    Numba fixes its most threads when it loads (NUMBA_NUM_THREADS, all cores by default); fewer can be set at any
+    time, more only through that variable before the process starts, so more is a UsageError saying so.  An engine
+    given more threads than networks splits each network's layers over them (fastmlp.cpu)."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    if threads < 1:
+        raise UsageError(f"--threads must be at least 1 (got {threads})")
+    most = numba.config.NUMBA_NUM_THREADS
+    if threads > most:
+        raise UsageError(f"--threads {threads} is more than the {most} this process started with: set "
+                         f"NUMBA_NUM_THREADS={threads} in the environment before fastmlp starts")
+    numba.set_num_threads(threads)
+    threadpool_limits(limits=threads, user_api="blas")

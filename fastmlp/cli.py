@@ -26,46 +26,6 @@ def _fail(message):
     sys.exit(2)
 
 
-def _parse_floats(text, option):
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"{option} takes comma-separated numbers, e.g. 0.01,0.1 (got {text!r})") from None
-    if not values:
-        raise UsageError(f"{option} needs at least one value")
-    for v in values:
-        if not math.isfinite(v) or v <= 0:
-            raise UsageError(f"{option} values must be positive and finite (got {v:g})")
-    return values
-
-
-def int_ranges(text, option):
-    """'0-9', '0,3,5' or '0-4,10' -> [(lo, hi)] inclusive ranges, not yet expanded (so that their size can be
-    checked before a list of that size is made)."""
-    out = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, None)
-                lo, hi = int(lo), int(hi)
-                if hi < lo:
-                    raise ValueError
-                out.append((lo, hi))
-            elif part:
-                out.append((int(part), int(part)))
-    except (ValueError, TypeError):
-        raise UsageError(f"{option} takes integers and ranges like 0-9 or 0,3,5 (got {text!r})") from None
-    if not out:
-        raise UsageError(f"{option} needs at least one value")
-    return out
-
-
-def parse_int_list(text, option):
-    """'0-9', '0,3,5' or '0-4,10' -> list of ints."""
-    return [v for lo, hi in int_ranges(text, option) for v in range(lo, hi + 1)]
-
-
 def emit_json(obj):
     click.echo(json.dumps(json_safe(obj), allow_nan=False))
 
@@ -156,13 +116,20 @@ class FastmlpGroup(click.Group):
 
 @click.group(cls=FastmlpGroup)
 @click.version_option(__version__, prog_name="fastmlp")
-def main():
+@click.option("--threads", type=int, default=None, metavar="N",
+              help="CPU threads of the engines and of the NTK's BLAS, e.g. fastmlp --threads 4 run ... [default: "
+                   "NUMBA_NUM_THREADS, which is every core unless set]; with fewer networks than threads the "
+                   "engine splits each network's layers over them")
+def main(threads):
     """Train hundreds of small ReLU MLPs at once for depth-vs-generalization experiments.
 
     TASK is K-local, K-global (K = 1, 2, 3, ...) or temperature; see each command's --help.
     """
     from .provenance import git_commit
     git_commit()   # pinned now, with the code this process runs; records made later carry this commit
+    if threads is not None:
+        from .backend import set_cpu_threads
+        set_cpu_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------------- info
@@ -180,7 +147,8 @@ def info(as_json):
         return
     cpu = out["backends"]["cpu"]
     click.echo(f"fastmlp {__version__}")
-    click.echo(f"cpu backend: {cpu['device']}, {cpu['threads']} threads (NUMBA_NUM_THREADS to change)")
+    click.echo(f"cpu backend: {cpu['device']}, {cpu['threads']} threads (fastmlp --threads N for fewer, "
+               f"NUMBA_NUM_THREADS for more)")
     found = [f"{label} {value}" for label, value in (
         ("CuPy", report["cupy"]), ("CUDA runtime", cuda_version(report["cuda_runtime"])),
         ("driver for CUDA", cuda_version(report["cuda_driver"])), ("NVRTC", report["nvrtc"]),
@@ -246,14 +214,14 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
 
     spec = parse_task(task, D=D, indices=indices, beta1=beta1, beta2=beta2)
     _check_init_option(param)
-    lrs = _parse_floats(lr, "--lr")
-    ranges = int_ranges(seeds, "--seeds")
+    lrs = train_mod.parse_floats(lr, "--lr")
+    ranges = train_mod.int_ranges(seeds, "--seeds")
     train_mod.check_seeds(ranges)
     train_mod.check_config(N, L, H, B, max_epochs, n_test)
     check_outputs(("--save-params", save_params, "npz"), ("--save-outputs", save_outputs, "npz"))
     n_networks = len(lrs) * sum(hi - lo + 1 for lo, hi in ranges)
     train_mod.check_size(spec.D, n_networks, N, H, L, dtype, backend)   # before a list of that many seeds is made
-    net_seeds = [v for lo, hi in ranges for v in range(lo, hi + 1)]
+    net_seeds = train_mod.expand(ranges)
     bar = Progress(f"train {spec.name} M={len(lrs) * len(net_seeds)}", enabled=not as_json)
     out = train_mod.run(spec, lrs, net_seeds, N=N, L=L, H=H, B=B, seed=seed, max_epochs=max_epochs, n_test=n_test,
                         param=param, sigma_w2=sigma_w2, sigma_b2=sigma_b2, init=init, init_scale=init_scale,
@@ -410,14 +378,19 @@ def ntk(task, D, seed, indices, beta1, beta2, N, L, repeats, n_test, sigma_w2, s
 
 # -------------------------------------------------------------------------------------------------- sweep
 def sweep_keys(command):
-    """The sweep keys of the `run` or `ntk` command: its options without their dashes, and TASK as `task`."""
+    """The sweep keys of the `run`, `ntk` or `train` command: its options without their dashes, and TASK as `task`;
+    train's comma-separated lr and seeds are list keys, spelled one way in a job's identity."""
     from .sweep import Key
+    from .train import canonical_lrs, canonical_seeds
+    lists = {"lr": canonical_lrs, "seeds": canonical_seeds} if command.name == "train" else {}
     keys = {"task": Key("task", str, None)}
     for p in command.params:
         if not isinstance(p, click.Option) or p.name in ("as_json", "out", "save_outputs", "save_params"):
             continue
         name = max(p.opts, key=len).lstrip("-")
-        if isinstance(p.type, click.Choice):
+        if name in lists:
+            keys[name] = Key(name, str, p.default, canonical=lists[name])
+        elif isinstance(p.type, click.Choice):
             keys[name] = Key(name, str, p.default, tuple(p.type.choices))
         else:
             kind = {click.types.IntParamType: int, click.types.FloatParamType: float,
@@ -438,6 +411,20 @@ def sweep_keys(command):
                    "(pip install 'fastmlp[cluster]'); on a GPU machine, one per GPU")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="run on the existing Dask cluster whose scheduler is at ADDRESS, e.g. tcp://10.0.0.1:8786")
+@click.option("--slurm", "slurm_jobs", type=int, default=None, metavar="JOBS",
+              help="run on Dask workers in JOBS SLURM batch jobs, submitted with dask-jobqueue (pip install "
+                   "'fastmlp[cluster]'), kept queued or running until the sweep ends; records come back to this "
+                   "process, which alone writes the store")
+@click.option("--slurm-cores", type=int, default=None, metavar="N",
+              help="CPU cores of each SLURM job, shared among its workers [default: 1]")
+@click.option("--slurm-workers", type=int, default=None, metavar="N",
+              help="Dask worker processes in each SLURM job, one sweep job at a time each [default: 1]")
+@click.option("--slurm-memory", default=None, metavar="SIZE",
+              help="memory of each SLURM job, e.g. 8G [default: the largest job's estimate plus 1 GiB, per worker]")
+@click.option("--slurm-walltime", default=None, metavar="TIME",
+              help="time limit of each SLURM job, e.g. 12:00:00 or 2-00:00:00 [default: the partition's]")
+@click.option("--slurm-partition", default=None, metavar="NAME",
+              help="SLURM partition of the jobs [default: the cluster's default partition]")
 @click.option("--shard", default=None, metavar="i/K",
               help="run only the i-th of K slices of the jobs (0 <= i < K), for batch-system job arrays")
 @click.option("--retry-failed", is_flag=True, help="run again the jobs whose stored record is failed")
@@ -446,12 +433,13 @@ def sweep_keys(command):
                    "(that process was killed) [default: 600]")
 @click.option("--dry-run", is_flag=True, help="list the jobs, their ids, stored status and claims; run nothing")
 @click.option("--json", "as_json", is_flag=True, help="print a summary as one JSON object (progress stays off)")
-def sweep(sweep_file, store_dir, overrides, workers, scheduler, shard, retry_failed, claim_timeout, dry_run,
-          as_json):
-    """Run every job of a sweep file (a grid of `run` or `ntk` jobs) that the store does not hold yet.
+def sweep(sweep_file, store_dir, overrides, workers, scheduler, slurm_jobs, slurm_cores, slurm_workers, slurm_memory,
+          slurm_walltime, slurm_partition, shard, retry_failed, claim_timeout, dry_run, as_json):
+    """Run every job of a sweep file (a grid of `run`, `ntk` or `train` jobs) that the store does not hold yet.
 
-    The file's keys are the options of `fastmlp run` (or of `fastmlp ntk`, with command = "ntk") without their
-    dashes, TASK as task; list values are the axes of the grid, and [[grid]] tables add further grids.  A job is
+    The file's keys are the options of `fastmlp run` (or of `fastmlp ntk` or `fastmlp train`, with command = "ntk"
+    or "train") without their dashes, TASK as task; list values are the axes of the grid (a train job's lr and seeds
+    are its comma-separated lists, e.g. lr = "0.1,0.3", seeds = "0-9"), and [[grid]] tables add further grids.  A job is
     named by a hash of its resolved configuration, and its record is written to the store the moment it
     finishes.  Stop the sweep at any time and run the same command again: finished jobs are skipped, and so are
     failed ones unless --retry-failed.  Exit status 1 when a job of the sweep has a failed record.
@@ -465,7 +453,7 @@ def sweep(sweep_file, store_dir, overrides, workers, scheduler, shard, retry_fai
     from . import sweep as sw
     from .store import Store
 
-    schemas = {"run": sweep_keys(run), "ntk": sweep_keys(ntk)}
+    schemas = {"run": sweep_keys(run), "ntk": sweep_keys(ntk), "train": sweep_keys(train)}
     pairs = [sw.parse_override(text, schemas) for text in overrides]
     jobs, settings = sw.read_sweep(sweep_file, schemas, pairs)
     if shard:
@@ -479,28 +467,35 @@ def sweep(sweep_file, store_dir, overrides, workers, scheduler, shard, retry_fai
     if dry_run:
         from .store import is_stale
         claims = store.claims() if store else {}
-        retried = {job.id for job in todo}
+        retried = {job.id for job in todo} if retry_failed else ()   # failed jobs are retried only then
         lines = []
         for job in jobs:
             status = statuses.get(job.id, "pending")
-            if job.id in retried and status == "failed":
+            if status == "failed" and job.id in retried:
                 status = "failed, to retry"
-            holder = claims.get(job.id)
+            holder = claims.get(job.id) if claims else None
             if holder is not None and status != "done":
                 stale = is_stale(holder, **({} if claim_timeout is None else {"timeout": claim_timeout}))
                 status = f"claimed by {holder.get('host', '?')}:{holder.get('pid', '?')}{' (stale)' if stale else ''}"
-            lines.append(f"{job.id}  {status:<16} {job.command_line()}")
-        if lines:
-            click.echo("\n".join(lines))
+            lines.append(f"{job.id}  {status:<16} {job.command_line()}\n")
+            if len(lines) == 10000:   # in blocks: a million jobs never make one string
+                click.echo("".join(lines), nl=False)
+                lines = []
+        click.echo("".join(lines), nl=False)
         n_claimed = sum(job.id in claims for job in todo)
         click.echo(f"{len(jobs)} jobs: {len(done)} done, {len(failed)} failed (skipped), {len(todo)} to run"
                    + (f" ({n_claimed} of them claimed by running sweeps)" if n_claimed else "")
                    + f"; store {store_path}", err=True)
         return
     n_workers = workers if workers is not None else settings["workers"]
-    if todo and not scheduler and any(job.config["backend"] == "gpu" for job in todo):
+    slurm = _slurm_request(slurm_jobs, workers, scheduler, todo, cores=slurm_cores, workers=slurm_workers,
+                           memory=slurm_memory, walltime=slurm_walltime, partition=slurm_partition)
+    if slurm_jobs is not None:
+        n_workers = None        # the file's `workers` sizes a local cluster, which a sweep on SLURM does not start
+    here = not scheduler and slurm_jobs is None
+    if todo and here and any(job.config["backend"] == "gpu" for job in todo):
         _check_backend("gpu")   # this machine runs them: refuse now rather than fail every job
-    if todo and not scheduler and not n_workers:
+    if todo and here and not n_workers:
         sw.check_sizes(todo)    # they run here, in this process: refuse now what would not fit
     store = Store(store_path)   # created if missing, checked writable, cleaned of what killed writers left
     t0 = time.perf_counter()
@@ -513,7 +508,11 @@ def sweep(sweep_file, store_dir, overrides, workers, scheduler, shard, retry_fai
     if todo:
         import signal
         signal.signal(signal.SIGTERM, signal.default_int_handler)   # a batch system's SIGTERM: stop as on Ctrl-C
-        executor = sw.executor_for(n_workers, scheduler, job_progress=progress.job)
+        if slurm is not None:
+            from .slurm import SlurmExecutor
+            executor = SlurmExecutor(slurm, say=say)
+        else:
+            executor = sw.executor_for(n_workers, scheduler, job_progress=progress.job)
         say(f"running {executor.description}")
 
         def other(rec):
@@ -543,6 +542,22 @@ def sweep(sweep_file, store_dir, overrides, workers, scheduler, shard, retry_fai
             + ("; see the errors with `fastmlp collect`, rerun with --retry-failed" if n_failed else ""))
     if n_failed:
         sys.exit(1)
+
+
+def _slurm_request(jobs, local_workers, scheduler, todo, **options):
+    """The checked `fastmlp.slurm.Request` of the --slurm options (None without --slurm, or with no job to run), or
+    UsageError in one line before anything is submitted or the store is created."""
+    given = [f"--slurm-{name}" for name, value in options.items() if value is not None]
+    if jobs is None:
+        if given:
+            raise UsageError(f"{given[0]} applies to a sweep on SLURM: add --slurm JOBS")
+        return None
+    if local_workers is not None or scheduler:
+        raise UsageError("give one of --workers (a local cluster), --scheduler (an existing one) and --slurm")
+    if not todo:
+        return None
+    from .slurm import check_request
+    return check_request(jobs, todo, **options)
 
 
 # ------------------------------------------------------------------------------------------------ collect
@@ -598,20 +613,23 @@ def plot(store_dir, out, x):
 
 # -------------------------------------------------------------------------------------------------- bench
 @main.command()
-@click.option("--workload", "workloads", multiple=True, type=click.Choice(["W1", "W2", "W3", "W4"]),
-              help="workload(s) to run [default: all four]")
+@click.option("--workload", "workloads", multiple=True, type=click.Choice(["W1", "W2", "W3", "W4", "W5", "W6"]),
+              help="workload(s) to run [default: all six]")
 @click.option("--impl", "impls", multiple=True,
-              type=click.Choice(["fastmlp-cpu", "fastmlp-cpu-mse", "fastmlp-cpu-hinge2", "numpy", "torch",
-                                 "fastmlp-gpu", "fastmlp-gpu-nograph", "fastmlp-gpu-tf32"]),
-              help="implementation(s) [default: fastmlp-cpu, numpy, torch when importable, fastmlp-gpu when a GPU "
-                   "is usable]; fastmlp-cpu-mse and -hinge2 train with that loss instead of cross-entropy; "
+              type=click.Choice(["fastmlp-cpu", "fastmlp-cpu-mse", "fastmlp-cpu-hinge2", "numpy", "numpy-procs",
+                                 "torch", "fastmlp-gpu", "fastmlp-gpu-nograph", "fastmlp-gpu-tf32"]),
+              help="implementation(s) [default: fastmlp-cpu, numpy, numpy-procs, torch when importable, fastmlp-gpu "
+                   "when a GPU is usable]; numpy-procs splits the networks over one single-threaded NumPy process "
+                   "per thread; fastmlp-cpu-mse and -hinge2 train with that loss instead of cross-entropy; "
                    "-nograph launches every kernel on its own (no CUDA graphs), -tf32 lets cuBLAS use TF32")
 @click.option("--repeats", type=int, default=3, show_default=True, help="timed calls; the median is reported")
 @click.option("--epochs", type=int, default=None, help="epochs per timed call [default: per workload]")
 @click.option("--threads", type=int, default=None, help="threads for every implementation [default: all cores]")
 @click.option("--networks", type=int, default=None, help="networks M trained at once [default: the workload's]")
-def bench(workloads, impls, repeats, epochs, threads, networks):
-    """Throughput on the standard workloads W1-W4 (docs/design.md), one JSON line per (workload, impl).
+@click.option("--no-sgemm", is_flag=True, help="leave out the first line, the machine's large-sgemm rate")
+def bench(workloads, impls, repeats, epochs, threads, networks, no_sgemm):
+    """Throughput on the standard workloads W1-W6 (docs/design.md), one JSON line per (workload, impl), after a line
+    with the machine's large-sgemm rate (a 4096 x 4096 float32 product through NumPy's BLAS) in the same run.
 
     Every implementation trains the same networks for a fixed number of epochs (no early stop), side by side
     in one process; rates are network-samples/s and useful GFLOP/s (4DH + 6(L-1)H^2 + 12H per network-sample).
@@ -630,7 +648,7 @@ def bench(workloads, impls, repeats, epochs, threads, networks):
     if any(name.startswith("fastmlp-gpu") for name in impls):
         _check_backend("gpu")
     b.run_bench(workloads=workloads or tuple(b.WORKLOADS), impls=list(impls) or None, epochs=epochs,
-                repeats=repeats, threads=threads, emit=click.echo, networks=networks)
+                repeats=repeats, threads=threads, emit=click.echo, networks=networks, sgemm=not no_sgemm)
 
 
 if __name__ == "__main__":

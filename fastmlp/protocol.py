@@ -115,6 +115,22 @@ class GaussianProcessSearch(Search):
 
 
 # ------------------------------------------------------------------------------------------------ training
+def epoch_reporter(say, phase, max_epochs):
+    """An engine.fit per-epoch callback that tells ``say(text)`` the epoch and how many networks still train, at most
+    every EPOCH_PROGRESS_S seconds (None when there is no ``say``)."""
+    if say is None:
+        return None
+    last = time.perf_counter()
+
+    def report(epoch, n_active, n_networks):
+        nonlocal last
+        now = time.perf_counter()
+        if n_active and now - last >= EPOCH_PROGRESS_S:
+            last = now
+            say(f"{phase}: epoch {epoch} of at most {max_epochs}, {n_active} of {n_networks} networks still training")
+    return report
+
+
 class Trainer:
     """Trains lists of networks on the run's training set: all of them in one engine call (``per_call=None``),
     or ``per_call`` at a time (``per_call=1`` is the network-by-network baseline of the benchmark).
@@ -138,18 +154,7 @@ class Trainer:
 
     def _epoch_progress(self, phase):
         """engine.fit's per-epoch callback for phase (None without a progress receiver), throttled."""
-        if self.progress is None:
-            return None
-        last = time.perf_counter()
-
-        def report(epoch, n_active, n_networks):
-            nonlocal last
-            now = time.perf_counter()
-            if n_active and now - last >= EPOCH_PROGRESS_S:
-                last = now
-                self.progress(f"{phase}: epoch {epoch} of at most {self.max_epochs}, {n_active} of {n_networks} "
-                              f"networks still training")
-        return report
+        return epoch_reporter(self.progress, phase, self.max_epochs)
 
     def fit(self, lrs, seeds, subsets=None, phase="training"):
         """Train networks (lrs[i], seeds[i]) on training subsets (all samples when None) to their stop; returns

@@ -17,15 +17,18 @@ record that another process wrote meanwhile is reported as a warning.
 A stored job record (the keys, in this order):
   id              the job's identity: 16 hex digits of SHA-256 of its command and resolved configuration
   status          "done", or "failed" (the command raised; see error)
-  command         "run" or "ntk"
+  command         "run", "ntk" or "train"
+  protocol        the version of what the command computes (fastmlp.sweep.PROTOCOL); a record written before
+                  versions existed has none and reads as 1
   config          the resolved configuration: every option of the command, keys spelled as the options without
                   their dashes ("bo-calls"), the task's D and indices explicit, options the job does not use left
                   out (see fastmlp.sweep)
   command_line    the `fastmlp` command that recomputes this job on its own
-  record          what `fastmlp run --json` / `fastmlp ntk --json` prints for it; null when failed
+  record          what `fastmlp run --json` / `ntk --json` / `train --json` prints for it; null when failed
   error           null, or {type, message, traceback} of what the job raised, or of how its worker was lost
   provenance      versions, git commit, backend, device, threads (the record's own block, or the worker's)
-  worker          {host, pid} of the process that ran it
+  worker          {host, pid} of the process that ran it, and the SLURM job it ran in when SLURM started it:
+                  slurm_job_id (an array task's also slurm_array_job_id, slurm_array_task_id)
   started, finished, elapsed_s    UTC times (ISO 8601) and wall seconds
 """
 import csv
@@ -46,8 +49,9 @@ from .preflight import TMP_PREFIX, check_store
 from .sweep import COMMANDS, with_implicit
 
 STATUSES = ("done", "failed")
-RECORD_FIELDS = ("id", "status", "command", "config", "command_line", "record", "error", "provenance", "worker",
-                 "started", "finished", "elapsed_s")
+RECORD_FIELDS = ("id", "status", "command", "protocol", "config", "command_line", "record", "error", "provenance",
+                 "worker", "started", "finished", "elapsed_s")
+OPTIONAL_FIELDS = {"protocol": 1}   # absent from records written before it existed: read as this value
 CLAIM_TIMEOUT_S = 600.0   # default: a claim whose file nobody touched for this long is stale and taken over
 HEARTBEAT_S = 30.0        # a running job's claim is touched this often (at most a quarter of the timeout)
 TMP_MAX_AGE_S = 3600.0    # a temporary file this old was left by a killed writer: the next writer removes it
@@ -116,13 +120,16 @@ def check_job_record(rec):
     """What is wrong with a job record, in a few words, or None when it is valid: the one definition of a record
     that the sweep (what is done), collect and plot (what they read) and the writer all use.  It asks for what the
     readers use: every field of RECORD_FIELDS; a known status and command; a configuration with the task, D, N, L
-    (and lr for run); for a done job the record's test error {mean, std, values} and timing, and for run its
-    selected_lr, final counts and search; for a failed one its error's type and message."""
+    (and lr for run); for a done job the record's test error {mean, std, values} and timing, for run its
+    selected_lr, final counts and search, for train its summary; for a failed one its error's type and message."""
     if not isinstance(rec, dict):
         return "not a JSON object"
-    missing = _missing(rec, RECORD_FIELDS)
+    missing = _missing(rec, [k for k in RECORD_FIELDS if k not in OPTIONAL_FIELDS])
     if missing:
         return f"no {', '.join(missing)}"
+    protocol = rec.get("protocol", 1)
+    if type(protocol) is not int or protocol < 1:
+        return f"protocol {protocol!r} is not a version number"
     if rec["status"] not in STATUSES:
         return f"status {rec['status']!r} is not one of {', '.join(STATUSES)}"
     if rec["command"] not in COMMANDS:
@@ -145,7 +152,8 @@ def check_job_record(rec):
             missing.append("record.search.best.mean_error")
         te = (r.get("final") or {}).get("test_error")
     else:
-        missing = [f"record.{k}" for k in _missing(r, ("test_error", "timing"))]
+        needed = ("test_error", "timing") + (("summary",) if rec["command"] == "train" else ())
+        missing = [f"record.{k}" for k in _missing(r, needed)]
         te = r.get("test_error")
     if not missing:
         missing += [f"test_error.{k}" for k in _missing(te, ("mean", "std", "values"))]
@@ -279,7 +287,7 @@ class Store:
                 other = self.load(rec["id"])
             except UsageError:
                 other = {}
-        write_json_atomic(self.file_of(rec["id"]), {k: rec[k] for k in RECORD_FIELDS})
+        write_json_atomic(self.file_of(rec["id"]), {k: rec.get(k, OPTIONAL_FIELDS.get(k)) for k in RECORD_FIELDS})
         if other is None:
             return None
         worker = other.get("worker") or {}
@@ -311,6 +319,8 @@ class Store:
         problem = check_job_record(rec)
         if problem:
             raise UsageError(f"{file} is not a valid job record ({problem}); move it out of the store")
+        for key, value in OPTIONAL_FIELDS.items():   # a record written before the field existed
+            rec.setdefault(key, value)
         if isinstance(rec.get("config"), dict):   # settings its id leaves out, back in (init he, init-scale 1)
             rec["config"] = with_implicit(rec.get("command"), rec["config"])
         return rec
@@ -439,7 +449,7 @@ RESULT_COLUMNS = ("selected_lr", "test_error_mean", "test_error_std", "test_erro
 
 def flatten(rec):
     """One row (a flat dict) of a stored job record: identity, configuration, then results."""
-    row = {"id": rec["id"], "status": rec["status"], "command": rec["command"]}
+    row = {"id": rec["id"], "status": rec["status"], "command": rec["command"], "protocol": rec.get("protocol", 1)}
     row.update({k: v for k, v in rec["config"].items()})
     out = dict.fromkeys(RESULT_COLUMNS)
     r = rec["record"]
@@ -452,6 +462,8 @@ def flatten(rec):
             out.update(selected_lr=r["selected_lr"], converged=f["converged"], diverged=f["diverged"],
                        not_converged=f["not_converged"],
                        validation_error=r["search"]["best"]["mean_error"] if r["search"] else None)
+        elif rec["command"] == "train":
+            out.update({k: r["summary"][k] for k in ("converged", "diverged", "not_converged")})
     prov = rec.get("provenance") or {}
     out.update(device=prov.get("device"), fastmlp=(prov.get("versions") or {}).get("fastmlp"),
                git_commit=prov.get("git_commit"))
@@ -461,8 +473,8 @@ def flatten(rec):
     return row
 
 
-LEADING_COLUMNS = ("id", "status", "command", "task", "D", "indices", "beta1", "beta2", "seed", "N", "L", "H", "B",
-                   "lr")
+LEADING_COLUMNS = ("id", "status", "command", "protocol", "task", "D", "indices", "beta1", "beta2", "seed", "N", "L",
+                   "H", "B", "lr")
 
 
 def table(records):
@@ -470,7 +482,7 @@ def table(records):
     first, the other configuration keys in order of first appearance, then the results."""
     rows = [flatten(rec) for rec in records]
     present = {k for row in rows for k in row}
-    columns = [k for k in LEADING_COLUMNS if k in present or k in ("id", "status", "command")]
+    columns = [k for k in LEADING_COLUMNS if k in present or k in ("id", "status", "command", "protocol")]
     for row in rows:
         columns.extend(k for k in row if k not in columns and k not in RESULT_COLUMNS)
     columns.extend(RESULT_COLUMNS)

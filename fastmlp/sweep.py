@@ -1,9 +1,11 @@
-"""Sweeps: a grid of `run` or `ntk` jobs from one TOML file, each job named by a hash of its resolved
+"""Sweeps: a grid of `run`, `ntk` or `train` jobs from one TOML file, each job named by a hash of its resolved
 configuration, run in this process or on a Dask cluster, every result kept in a `fastmlp.store.Store`.
 
 Sweep file (TOML, read with the standard library's tomllib)
-  Keys are the options of `fastmlp run` (or of `fastmlp ntk`, with ``command = "ntk"``) without their dashes,
-  TASK included as ``task``::
+  Keys are the options of `fastmlp run` (or of `fastmlp ntk` or `fastmlp train`, with ``command = "ntk"`` or
+  ``"train"``) without their dashes, TASK included as ``task``.  A train job's ``lr`` and ``seeds`` are its
+  comma-separated lists (``lr = "0.03,0.1"``, ``seeds = "0-9"``: all its networks in one engine call; a list of
+  such strings is an axis), spelled one way in its identity (``1e-1, 0.3`` is ``0.1,0.3``)::
 
       task = ["2-local", "2-global"]     # a list is an axis of the grid
       N = [250, 500, 1000]
@@ -21,27 +23,30 @@ Job identity
   temperature task, the search's options with a fixed lr, sigma-w2 and sigma-b2 with the standard
   parameterization, init with the NTK parameterization), and the options added after the first release left out
   at the value every job had before they existed (IMPLICIT: init he, init-scale 1, loss xent, stop zero-error, no
-  target-loss), so that such jobs keep their ids.  Its id is the
-  first 16 hex digits of the SHA-256 of the command and that configuration as canonical JSON.  How a sweep is
+  target-loss), so that such jobs keep their ids.  Its id is the first 16 hex digits of the SHA-256 of the command,
+  that configuration and (from version 2 on) the command's PROTOCOL version as canonical JSON.  How a sweep is
   run (store, workers, scheduler, shard) is not part of it; backend and dtype are, since they change results (by
   rounding at least).  Growing a list re-uses every job already stored.
 
 Executors
   In process, one job after another (the default); a local Dask cluster of worker processes (--workers); an
-  existing Dask cluster by its scheduler's address (--scheduler).  Every job's record comes back to the sweep
-  process, which alone writes the store.  A job that raises is stored as failed with its error; a worker lost
-  mid-job has its job rescheduled by Dask on another worker.
+  existing Dask cluster by its scheduler's address (--scheduler); Dask workers in SLURM batch jobs (--slurm, see
+  fastmlp.slurm).  Every job's record comes back to the sweep process, which alone writes the store.  A job that
+  raises is stored as failed with its error; a worker lost mid-job has its job rescheduled by Dask on another worker.
 
 Several sweeps on one store
   `run_jobs` claims each job in the store before it runs (fastmlp.store: an atomic claim file with a heartbeat),
   so the same sweep started by several processes, on one machine or several, divides the jobs; each then waits for
   the jobs the others hold and takes over those whose claim goes stale.
 """
+import contextlib
 import functools
+import gc
 import hashlib
 import itertools
 import json
 import math
+import operator
 import os
 import socket
 import sys
@@ -55,12 +60,17 @@ from .errors import UsageError
 from .preflight import JOB_BYTES, check_memory
 from .tasks import parse_task
 
-COMMANDS = ("run", "ntk")
+COMMANDS = ("run", "ntk", "train")
 TASK_KEYS = ("task", "D", "indices", "beta1", "beta2")   # what parse_task takes; resolved into the spec
 SEARCH_KEYS = ("folds", "bo-calls", "bo-batch", "lr-min", "lr-max")
 # Settings added after the first release, left out of a `run` job's configuration at the value every job had before
 # them, so that a job that keeps that value keeps its id; a reader of the store puts them back.
 IMPLICIT = {"init": "he", "init-scale": 1.0, "loss": "xent", "stop": "zero-error", "target-loss": None}
+# The version of what each command computes from its configuration.  A change that makes a command compute something
+# else from the same settings (the optimizer's batch proposals spread out, say) raises its version, which then enters
+# the identity of its jobs: new ids, so new records never mix with old ones.  Version 1 stays out of identity, so the
+# jobs of a store written before versions existed keep their ids, and their records read as version 1.
+PROTOCOL = {"run": 1, "ntk": 1, "train": 1}
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class Key:
     kind: type             # int, float or str: the TOML type it takes
     default: object        # None: the command's own default (no value)
     choices: tuple = ()    # allowed strings, when the option is a choice
+    canonical: object = None   # a comma-separated list (train's lr and seeds): text -> its one spelling
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,10 @@ class Job:
     id: str
     command: str
     config: dict           # resolved; keys are sweep keys
+
+    @property
+    def protocol(self):
+        return PROTOCOL[self.command]
 
     @property
     def label(self):
@@ -114,6 +129,24 @@ def read_sweep(path, schemas, overrides=()):
     if workers is not None and (type(workers) is not int or workers < 1):
         raise UsageError(f"{where}: key 'workers' must be a positive integer (got {workers!r})")
     overrides = dict(overrides)
+    with _no_gc():   # a million Jobs: the cyclic collector would rescan them all, again and again
+        return _read_grids(doc, grids, where, schemas, overrides, workers)
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """The cyclic garbage collector off (Jobs and their configurations hold no cycles) for the block."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read_grids(doc, grids, where, schemas, overrides, workers):
+    """read_sweep's work once the file is parsed: every grid's jobs, in order, without repeats."""
     jobs, seen, applied = [], set(), {"command"}
     for i, grid in enumerate(grids):
         if "grid" in grid or "workers" in grid:
@@ -156,15 +189,22 @@ def grid_jobs(table, schemas, where, planned=0):
     n_jobs = math.prod(len(values) for values in axes.values())
     check_memory((n_jobs + planned) * JOB_BYTES, f"{where}: a grid of {n_jobs} jobs"
                  + (f" (after {planned} others)" if planned else ""), fix="use fewer values per key")
-    names = list(axes)
-    return [resolve(command, dict(zip(names, point)), schema, where)
-            for point in itertools.product(*(axes[n] for n in names))]
+    fixed = {name: values[0] for name, values in axes.items() if len(values) == 1}
+    names = [name for name in axes if name not in fixed]
+    resolver = Resolver(command, schema, fixed, names, where)
+    return [resolver(point) for point in itertools.product(*(axes[n] for n in names))]
 
 
 def check_value(key, value, where):
-    """One value of a key, type-checked (an int is a float where a float is asked for)."""
+    """One value of a key, type-checked (an int is a float where a float is asked for; a list key takes a number or
+    its comma-separated text, and spells it one way)."""
+    if key.canonical is not None and type(value) in (int, float, str):
+        try:
+            return key.canonical(value if type(value) is str else repr(value))
+        except UsageError as e:
+            raise UsageError(f"{where}: key {key.name!r}: {e}") from None
     if key.kind is float and type(value) in (int, float):
-        return float(value)
+        return float(value) + 0.0   # -0.0 is 0.0: one setting, one id
     if type(value) is not key.kind:
         kind = {int: "an integer", float: "a number", str: "a string"}[key.kind]
         raise UsageError(f"{where}: key {key.name!r} must be {kind} or a list of them (got {value!r})")
@@ -173,43 +213,135 @@ def check_value(key, value, where):
     return value
 
 
-def resolve(command, values, schema, where="sweep"):
-    """The Job of one grid point: defaults filled in, the task resolved, the settings checked."""
-    full = {name: key.default for name, key in schema.items()} | values
-    try:
-        spec = _task(full["task"], full["D"], full["indices"], full["beta1"], full["beta2"])
-        config = {"task": spec.name, "D": spec.D}
-        if spec.rule == "temperature":
-            config |= {"beta1": spec.beta1, "beta2": spec.beta2}
-        else:
-            config["indices"] = ",".join(map(str, spec.indices))
-        config |= {name: value for name, value in full.items() if name not in TASK_KEYS}
-        if command == "run" and "init" in values and config["param"] == "ntk":
+class Resolver:
+    """The Jobs of one grid: ``fixed`` keys with one value, ``varying`` keys whose values a point gives in order.
+
+    A sweep of a million jobs is listed by --dry-run in seconds, because a point costs only what differs between
+    points.  The task is parsed, and the keys a job leaves out found, once per distinct task and (lr given, param,
+    IMPLICIT values).  A job's id hashes its canonical JSON (what `job_id` hashes), put together from a template
+    per such combination, in which only the varying keys' fragments are filled in.  The command's checks run once
+    per distinct configuration *without its seed*, and once more for each new seed: a seed's check (its range)
+    involves no other key, so a job whose seed and whose other settings both passed in jobs of the grid passes as
+    a whole.  A failing check is always of a real job of the grid, which the error names."""
+
+    def __init__(self, command, schema, fixed, varying, where="sweep"):
+        self.command, self.where, self.varying = command, where, tuple(varying)
+        self.given = set(fixed) | set(varying)
+        defaults = {name: key.default for name, key in schema.items()} | fixed
+        self.defaults = defaults
+        self.rest = {name: v for name, v in defaults.items() if name not in TASK_KEYS}   # in the schema's order
+        self.task_at = [i for i, name in enumerate(varying) if name in TASK_KEYS]
+        self.rest_at = [(i, name) for i, name in enumerate(varying) if name not in TASK_KEYS]
+        self.seed_at = varying.index("seed") if "seed" in varying else None
+        self._heads, self._checked, self._seeds, self._unused, self._templates = {}, set(), set(), {}, {}
+        self._fragments = {name: {} for name in varying}
+
+    def __call__(self, point):
+        values = None
+        try:
+            if self.task_at:
+                values = dict(zip(self.varying, point))
+                task = _TASK_OF(self.defaults | values)
+            else:
+                task = _TASK_OF(self.defaults)
+            config = self._head(task) | self.rest
+            for i, name in self.rest_at:
+                config[name] = point[i]
+            self._check(task, point, config)
+        except UsageError as e:
+            values = self.defaults | dict(zip(self.varying, point))
+            shown = ", ".join(f"{k} = {v!r}" for k, v in values.items() if k in self.given)
+            raise UsageError(f"{self.where}: the job with {shown}: {e}") from None
+        unused = self._unused_keys(config)
+        for name in unused:
+            config.pop(name, None)
+        return Job(self._id(task, unused, config), self.command, config)
+
+    def _head(self, task):
+        """The configuration's task keys (name, D, then indices or the betas), once per distinct task."""
+        head = self._heads.get(task)
+        if head is None:
+            spec = parse_task(task[0], D=task[1], indices=task[2], beta1=task[3], beta2=task[4])
+            head = {"task": spec.name, "D": spec.D}
+            if spec.rule == "temperature":
+                head |= {"beta1": spec.beta1, "beta2": spec.beta2}
+            else:
+                head["indices"] = ",".join(map(str, spec.indices))
+            self._heads[task] = head
+        return head
+
+    def _check(self, task, point, config):
+        command = self.command
+        if command != "ntk" and "init" in self.given and config["param"] == "ntk":
             raise UsageError("key 'init' applies to param = \"standard\" only: with param = \"ntk\" every "
                              "parameter is N(0, 1) (init-scale scales them)")
+        at = self.seed_at
+        rest = (task, point) if at is None else (task, point[:at] + point[at + 1:])
+        seed = None if at is None else point[at]
+        if rest in self._checked and seed in self._seeds:
+            return
         check_job(command, config)
-    except UsageError as e:
-        point = ", ".join(f"{k} = {v!r}" for k, v in values.items())
-        raise UsageError(f"{where}: the job with {point}: {e}") from None
-    unused = unused_keys(command, config)
-    config = {name: value for name, value in config.items() if name not in unused}
-    return Job(job_id(command, config), command, config)
+        self._checked.add(rest)
+        self._seeds.add(seed)
+
+    def _unused_keys(self, config):
+        if self.command == "ntk":
+            return ()
+        key = (config["lr"] is None, config["param"], _IMPLICIT_OF(config))
+        unused = self._unused.get(key)
+        if unused is None:
+            unused = self._unused[key] = tuple(unused_keys(self.command, config))
+        return unused
+
+    def _id(self, task, unused, config):
+        """job_id(command, config) from the template of (task, unused keys)."""
+        template = self._templates.get((task, unused))
+        if template is None:
+            template = self._templates[task, unused] = self._template(config)
+        segments, slots = template
+        parts = [segments[0]]
+        for name, segment in zip(slots, segments[1:]):
+            fragments = self._fragments[name]
+            value = config[name]
+            fragment = fragments.get(value)
+            if fragment is None:
+                if len(fragments) >= 1 << 16:   # a million seeds would be a million fragments
+                    fragments.clear()
+                fragment = fragments[value] = _dumps(value)
+            parts += (fragment, segment)
+        return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
+
+    def _template(self, config):
+        """(segments, slots): the canonical JSON of configurations like this one is segments[0] + the fragment of
+        slots[0]'s value + segments[1] + ...; a slot is a varying key other than the task's."""
+        segments, slots, text = [], [], f'{{"command":"{self.command}","config":{{'
+        for n, name in enumerate(sorted(config)):
+            text += ("," if n else "") + _dumps(name) + ":"
+            if name in self._fragments and name not in TASK_KEYS:
+                segments.append(text)
+                slots.append(name)
+                text = ""
+            else:
+                text += _dumps(config[name])
+        segments.append(text + "}" + _protocol_field(self.command) + "}")
+        return segments, slots
 
 
-@functools.lru_cache(maxsize=1024)
-def _task(task, D, indices, beta1, beta2):
-    """parse_task, once per distinct task of a grid (a grid of a million jobs has a few)."""
-    return parse_task(task, D=D, indices=indices, beta1=beta1, beta2=beta2)
+_TASK_OF = operator.itemgetter(*TASK_KEYS)
+_IMPLICIT_OF = operator.itemgetter(*IMPLICIT)
 
 
 def unused_keys(command, config):
-    """Options a `run` job does not use, or holds at their implicit value, left out of its configuration (and so of
-    its identity): the search's with a fixed lr, sigma-w2 and sigma-b2 with the standard parameterization, init
-    with the NTK parameterization, and the IMPLICIT settings at the value every job had before they existed."""
-    if command != "run":
+    """Options a job does not use, or holds at their implicit value, left out of its configuration (and so of its
+    identity): for `run` and `train`, sigma-w2 and sigma-b2 with the standard parameterization and init with the NTK
+    parameterization; for `run` also the search's with a fixed lr, and the IMPLICIT settings at the value every job
+    had before they existed (train jobs came later: they name every setting)."""
+    if command == "ntk":
         return set()
-    unused = set(SEARCH_KEYS) if config["lr"] is not None else set()
-    unused |= {"sigma-w2", "sigma-b2"} if config["param"] == "standard" else {"init"}
+    unused = {"sigma-w2", "sigma-b2"} if config["param"] == "standard" else {"init"}
+    if command == "train":
+        return unused
+    unused |= set(SEARCH_KEYS) if config["lr"] is not None else set()
     return unused | {k for k, v in IMPLICIT.items() if config.get(k) == v}
 
 
@@ -242,15 +374,30 @@ def check_job(command, config):
                      init=c["init"], init_scale=c["init_scale"], dtype=c["dtype"], param=c["param"],
                      sigma_w2=c["sigma_w2"], sigma_b2=c["sigma_b2"], loss=c["loss"], stop=c["stop"],
                      target_loss=c["target_loss"])
+    elif command == "train":
+        from .train import check_settings
+        check_settings(**c)
     else:
         from .ntk import check_config
         check_config(c["N"], c["L"], c["sigma_w2"], c["sigma_b2"], c["n_test"], c["repeats"], c["seed"], c["kind"])
 
 
 def job_id(command, config):
-    """16 hex digits of SHA-256 over the canonical JSON of (command, resolved configuration)."""
-    canonical = json.dumps({"command": command, "config": config}, sort_keys=True, separators=(",", ":"))
+    """16 hex digits of SHA-256 over the canonical JSON of the command, its resolved configuration and, from version
+    2 on, its PROTOCOL version: ``json.dumps({"command": command, "config": config[, "protocol": version]},
+    sort_keys=True, separators=(",", ":"))``."""
+    version = PROTOCOL[command]
+    canonical = _dumps({"command": command, "config": config} | ({"protocol": version} if version != 1 else {}))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _protocol_field(command):
+    """The canonical JSON's protocol field (after config in key order), empty for version 1."""
+    version = PROTOCOL[command]
+    return "" if version == 1 else f',"protocol":{version}'
+
+
+_dumps = functools.partial(json.dumps, sort_keys=True, separators=(",", ":"))
 
 
 def parse_override(text, schemas):
@@ -291,12 +438,27 @@ def _now():
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# The SLURM job a process runs in, as its environment says: (record key, variable); an array task has all three.
+SLURM_JOB_VARIABLES = (("slurm_job_id", "SLURM_JOB_ID"), ("slurm_array_job_id", "SLURM_ARRAY_JOB_ID"),
+                       ("slurm_array_task_id", "SLURM_ARRAY_TASK_ID"))
+
+
+def worker_info():
+    """{host, pid} of this process, and the SLURM job it runs in (slurm_job_id; slurm_array_job_id and
+    slurm_array_task_id for an array task) when SLURM started it."""
+    info = {"host": socket.gethostname(), "pid": os.getpid()}
+    for key, variable in SLURM_JOB_VARIABLES:
+        value = os.environ.get(variable, "").strip()
+        if value:
+            info[key] = int(value) if value.isdigit() else value
+    return info
+
+
 def job_record(job, status, record, error, provenance, started, elapsed_s):
     """The stored record of a job (see fastmlp.store)."""
-    return {"id": job.id, "status": status, "command": job.command, "config": job.config,
+    return {"id": job.id, "status": status, "command": job.command, "protocol": job.protocol, "config": job.config,
             "command_line": job.command_line(), "record": record, "error": error, "provenance": provenance,
-            "worker": {"host": socket.gethostname(), "pid": os.getpid()}, "started": started, "finished": _now(),
-            "elapsed_s": elapsed_s}
+            "worker": worker_info(), "started": started, "finished": _now(), "elapsed_s": elapsed_s}
 
 
 def error_of(exc):
@@ -308,7 +470,7 @@ def execute(job, progress=None):
     """Run one job where this is called (this process or a Dask worker) -> its stored record.  Never raises for
     an error of the job itself: that is recorded as status failed.  ``progress(text)`` receives the job's own
     progress lines (search batches, final repeats; NTK repeats)."""
-    from . import ntk, protocol
+    from . import ntk, protocol, train
     from .provenance import git_commit, record as provenance
     git_commit()   # on a worker: pinned at its first job, when it imports this code
     started, t0 = _now(), time.perf_counter()
@@ -317,7 +479,8 @@ def execute(job, progress=None):
     try:
         spec = parse_task(c["task"], **{k: c[k] for k in TASK_KEYS[1:] if k in c})
         kwargs = _arguments({k: v for k, v in c.items() if k not in TASK_KEYS})
-        rec = (protocol.run if job.command == "run" else ntk.run)(spec, **kwargs, progress=progress)
+        run = {"run": protocol.run, "ntk": ntk.run, "train": train.run_job}[job.command]
+        rec = run(spec, **kwargs, progress=progress)
     except Exception as e:   # any failure of the job is its result: stored, shown, retried on request
         return job_record(job, "failed", None, error_of(e), _safe_provenance(c["backend"], provenance), started,
                           time.perf_counter() - t0)
@@ -413,7 +576,7 @@ class DaskExecutor:
 
 def executor_for(workers=None, scheduler=None, job_progress=None):
     """The executor the options ask for (in process when neither is given; only that one reports
-    ``job_progress(job, text)`` from inside jobs)."""
+    ``job_progress(job, text)`` from inside jobs).  SLURM's, which builds on this module, is fastmlp.slurm's."""
     if workers is not None and scheduler:
         raise UsageError("give --workers (a local cluster) or --scheduler (an existing one), not both")
     if workers is not None and workers < 1:
@@ -444,6 +607,11 @@ def job_bytes(job):
         from .protocol import memory_bytes
         return memory_bytes(c["D"], c["N"], c["H"], c["L"], c.get("folds", 0), c.get("bo_batch", 0), c["repeats"],
                             c["lr"], c["dtype"])
+    if job.command == "train":
+        from .preflight import engine_bytes
+        from .train import expand, int_ranges, parse_floats
+        M = len(parse_floats(c["lr"], "--lr")) * len(expand(int_ranges(c["seeds"], "--seeds")))
+        return engine_bytes(M, c["N"], c["D"], c["H"], c["L"], 8 if c["dtype"] == "float64" else 4)
     from .ntk import regression_bytes
     return regression_bytes(c["N"], c["D"], copy=c["backend"] == "gpu")
 

@@ -5,11 +5,14 @@ Record keys:
   command "train"; task (the task spec and its name); config (every setting, the lists as given)
   networks      one per (lr, seed), lr-major: the engine's NetworkResult, test_error and test_loss; a diverged
                 network's test error is protocol.DIVERGED_ERROR (0.5) and its test loss null, as in `run`
+  test_error    {mean, std (ddof = 1; null for one network), values}: the networks' test errors; all null with
+                n_test = 0
   summary       {n_networks, converged, diverged, not_converged}
   timing        {data_s, compile_s, train_s, test_s, wall_s}
   throughput    {train_network_samples, network_samples_per_s, gflops, note}
   provenance    versions, git commit, backend, device, threads, argv
 """
+import math
 import time
 
 import numpy as np
@@ -17,8 +20,68 @@ import numpy as np
 from .engine import check_training
 from .errors import UsageError
 from .preflight import check_dtype_values, check_memory, check_outputs, check_sample_counts, engine_bytes
-from .protocol import DIVERGED_ERROR
-from .reference import DEFAULT_INIT
+from .protocol import DIVERGED_ERROR, epoch_reporter
+from .reference import DEFAULT_INIT, check_init
+
+
+def parse_floats(text, option):
+    """'0.01,0.1' -> [0.01, 0.1]: positive, finite numbers, comma-separated."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{option} takes comma-separated numbers, e.g. 0.01,0.1 (got {text!r})") from None
+    if not values:
+        raise UsageError(f"{option} needs at least one value")
+    for v in values:
+        if not math.isfinite(v) or v <= 0:
+            raise UsageError(f"{option} values must be positive and finite (got {v:g})")
+    return values
+
+
+def int_ranges(text, option):
+    """'0-9', '0,3,5' or '0-4,10' -> [(lo, hi)] inclusive ranges, not yet expanded (so that their size can be
+    checked before a list of that size is made)."""
+    out = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, None)
+                lo, hi = int(lo), int(hi)
+                if hi < lo:
+                    raise ValueError
+                out.append((lo, hi))
+            elif part:
+                out.append((int(part), int(part)))
+    except (ValueError, TypeError):
+        raise UsageError(f"{option} takes integers and ranges like 0-9 or 0,3,5 (got {text!r})") from None
+    if not out:
+        raise UsageError(f"{option} needs at least one value")
+    return out
+
+
+def expand(ranges):
+    """[(lo, hi)] inclusive ranges -> the list of their integers."""
+    return [v for lo, hi in ranges for v in range(lo, hi + 1)]
+
+
+def canonical_lrs(text):
+    """A --lr list spelled one way ('1e-3, 0.1' -> '0.001,0.1'): one setting, one job identity in a sweep."""
+    return ",".join(repr(v) for v in parse_floats(text, "--lr"))
+
+
+def canonical_seeds(text):
+    """A --seeds list spelled one way ('0 - 3, 4, 7' -> '0-4,7': runs of consecutive seeds joined), its seeds
+    checked."""
+    ranges = int_ranges(text, "--seeds")
+    check_seeds(ranges)
+    runs = [list(ranges[0])]
+    for lo, hi in ranges[1:]:
+        if lo == runs[-1][1] + 1:
+            runs[-1][1] = hi
+        else:
+            runs.append([lo, hi])
+    return ",".join(f"{lo}-{hi}" if hi > lo else f"{lo}" for lo, hi in runs)
 
 
 def check_config(N, L, H, B, max_epochs, n_test):
@@ -27,6 +90,21 @@ def check_config(N, L, H, B, max_epochs, n_test):
         if value < 1:
             raise UsageError(f"{name} must be at least 1 (got {value})")
     check_sample_counts(N, n_test)
+
+
+def check_settings(N, L, H, B, lr, seeds, seed=0, max_epochs=2000, n_test=10000, param="standard", sigma_w2=2.0,
+                   sigma_b2=0.0, init=DEFAULT_INIT, init_scale=1.0, loss="xent", stop="zero-error", target_loss=None,
+                   dtype="float32", **_):
+    """UsageError for a `train` job's settings as a sweep gives them (lr and seeds as their comma-separated text),
+    before anything runs; the rest of the keyword arguments (backend) are not checked here."""
+    check_config(N, L, H, B, max_epochs, n_test)
+    lrs = parse_floats(lr, "--lr")
+    check_seeds(int_ranges(seeds, "--seeds"))
+    if not 0 <= seed < 2**32:
+        raise UsageError(f"--seed must be in [0, 2**32) (got {seed})")
+    check_dtype_values(dtype, param, lrs, init_scale, sigma_w2, sigma_b2)
+    check_init(init, init_scale)
+    check_training(loss, stop, target_loss)
 
 
 def check_seeds(seeds, option="--seeds"):
@@ -111,6 +189,7 @@ def run(spec, lrs, seeds, N=1000, L=1, H=100, B=50, seed=0, max_epochs=2000, n_t
                    "target_loss": target_loss, "dtype": dtype, "backend": backend, "save_params": save_params,
                    "save_outputs": save_outputs},
         "networks": networks,
+        "test_error": _summary([n["test_error"] for n in networks] if n_test > 0 else None),
         "summary": {"n_networks": engine.M, "converged": int(engine.converged.sum()),
                     "diverged": int(engine.diverged.sum()),
                     "not_converged": int((~engine.converged & ~engine.diverged).sum())},
@@ -123,3 +202,19 @@ def run(spec, lrs, seeds, N=1000, L=1, H=100, B=50, seed=0, max_epochs=2000, n_t
                        "note": "training steps only; the per-epoch stop check is extra forward work"},
         "provenance": record(backend),
     }
+
+
+def _summary(values):
+    """{mean, std (ddof = 1; null for one value), values} of test errors (all null for None)."""
+    if values is None:
+        return {"mean": None, "std": None, "values": None}
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+            "values": values}
+
+
+def run_job(spec, lr, seeds, progress=None, **settings):
+    """`run` for a sweep's train job: lr and seeds as their comma-separated text (canonical_lrs, canonical_seeds);
+    ``progress(text)`` hears of the phases and, at most every protocol.EPOCH_PROGRESS_S, of the epochs."""
+    lrs, net_seeds = parse_floats(lr, "--lr"), expand(int_ranges(seeds, "--seeds"))
+    epochs = epoch_reporter(progress, f"{len(lrs) * len(net_seeds)} networks", settings.get("max_epochs", 2000))
+    return run(spec, lrs, net_seeds, progress=epochs, note=progress, **settings)

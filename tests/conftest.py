@@ -1,22 +1,39 @@
-"""Shared tolerances, small data sets and engine helpers for the tests, and the one rule for GPU tests: a test
-marked `gpu` is skipped where the GPU backend cannot run (fastmlp.backend.gpu_available)."""
+"""Shared tolerances, small data sets and engine helpers for the tests, and the one rule for GPU and SLURM tests: a
+test marked `gpu` is skipped where the GPU backend cannot run (fastmlp.backend.gpu_available), one marked `slurm`
+where no SLURM cluster answers (fastmlp.slurm.environment_ok; the tests never start one)."""
 import numpy as np
 import pytest
 
 from fastmlp import reference
 
 
-def pytest_collection_modifyitems(config, items):
-    """Skip every test marked gpu, with one reason, where no GPU is usable (asked once, only if one is marked)."""
-    marked = [item for item in items if item.get_closest_marker("gpu")]
-    if not marked:
-        return
+def _usable_gpu():
     from fastmlp.backend import gpu_available
-    if gpu_available():
-        return
-    skip = pytest.mark.skip(reason="needs CuPy and a CUDA device (fastmlp.backend.gpu_available() is False)")
-    for item in marked:
-        item.add_marker(skip)
+    return gpu_available()
+
+
+def _usable_slurm():
+    from fastmlp.slurm import environment_ok
+    return environment_ok()
+
+
+SKIPPED = {   # marker: (whether it can run here, the reason when not)
+    "gpu": (_usable_gpu, "needs CuPy and a CUDA device (fastmlp.backend.gpu_available() is False)"),
+    "slurm": (_usable_slurm, "needs a SLURM cluster whose sinfo shows a usable node (for the one-node cluster of the "
+                             "tests: sudo bash bench/slurm_local.sh start)"),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip every test marked gpu or slurm, with one reason, where that is not usable (asked once per marker, only
+    if a test has it)."""
+    for marker, (usable, reason) in SKIPPED.items():
+        marked = [item for item in items if item.get_closest_marker(marker)]
+        if not marked or usable():
+            continue
+        skip = pytest.mark.skip(reason=reason)
+        for item in marked:
+            item.add_marker(skip)
 
 # (atol, rtol) per operation and dtype; a check passes when |actual - expected| <= atol + rtol * |expected|.
 # float32 values have been through a reduction over D or H (and, for "step", 20 SGD steps of them); float64 ones

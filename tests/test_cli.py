@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from fastmlp import reference
-from fastmlp.cli import main, parse_int_list
+from fastmlp.cli import main
+from fastmlp.train import expand, int_ranges
 from fastmlp.tasks import generate, parse_task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +25,22 @@ def test_info_json_lists_cpu_backend():
     out = json.loads(r.stdout)
     assert out["backends"]["cpu"]["threads"] >= 1
     assert "numba" in out["versions"]
+
+
+def test_threads_sets_the_engines_threads_and_refuses_more_than_numba_started_with():
+    import numba
+    most = numba.config.NUMBA_NUM_THREADS
+    try:
+        r = run("--threads", 1, "train", "1-local", "--D", 10, "--N", 60, "--H", 8, "--lr", 0.1, "--seeds", "0-2",
+                "--max-epochs", 5, "--n-test", 50, "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["provenance"]["threads"] == 1 and numba.get_num_threads() == 1
+        r = run("--threads", most + 1, "info")
+        assert r.exit_code == 2 and f"NUMBA_NUM_THREADS={most + 1}" in r.stderr and len(r.stderr.splitlines()) == 1
+        assert run("--threads", 0, "info").exit_code == 2
+    finally:
+        from fastmlp.backend import set_cpu_threads
+        set_cpu_threads(most)     # Numba's threads and the BLAS's, for the tests after this one
 
 
 def test_data_writes_the_samples_train_uses(tmp_path):
@@ -124,8 +141,8 @@ def test_bad_input_exits_2_with_one_line(args, option):
 
 
 def test_int_list_parsing():
-    assert parse_int_list("0-3,7", "--seeds") == [0, 1, 2, 3, 7]
-    assert parse_int_list("5", "--seeds") == [5]
+    assert expand(int_ranges("0-3,7", "--seeds")) == [0, 1, 2, 3, 7]
+    assert expand(int_ranges("5", "--seeds")) == [5]
 
 
 def test_ci_runs_exactly_the_readme_test_command():

@@ -238,7 +238,9 @@ def _incomplete(rec):
     yield {**rec, "record": {k: v for k, v in r.items() if k != "timing"}}, "record.timing"
     yield {**rec, "config": {k: v for k, v in rec["config"].items() if k != "N"}}, "no config N"
     yield {**rec, "status": "failed", "error": None}, "a failed job without error type, message"
-    yield {**rec, "command": "train"}, "command 'train'"
+    yield {**rec, "command": "bench"}, "command 'bench'"
+    yield {**rec, "command": "train"}, "record.summary"      # a run's record is not a train job's
+    yield {**rec, "protocol": "1"}, "protocol '1'"
 
 
 def test_sweep_collect_and_plot_agree_on_what_a_record_is(tmp_path, tiny_store, engine_calls):

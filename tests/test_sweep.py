@@ -19,12 +19,12 @@ from click.testing import CliRunner
 from conftest import NETWORKS_AND_NTK
 
 from fastmlp import backend, ntk, sweep
-from fastmlp.cli import main, ntk as ntk_command, run as run_command, sweep_keys
+from fastmlp.cli import main, ntk as ntk_command, run as run_command, sweep_keys, train as train_command
 from fastmlp import store as store_mod
 from fastmlp.store import Store
 from fastmlp.errors import UsageError
 
-SCHEMAS = {"run": sweep_keys(run_command), "ntk": sweep_keys(ntk_command)}
+SCHEMAS = {"run": sweep_keys(run_command), "ntk": sweep_keys(ntk_command), "train": sweep_keys(train_command)}
 
 # Six tiny jobs: a fixed lr, two repeats, 30 epochs at most; well under a second each once compiled.
 TINY = """\
@@ -143,6 +143,93 @@ def test_every_job_of_the_first_reproduction_keeps_its_id(name):
     assert {j.id for j in jobs} == stored and stored
 
 
+def canonical_id(command, config, protocol=1):
+    """A job's id as its definition states it: SHA-256 of the canonical JSON, written out here independently."""
+    doc = {"command": command, "config": config} | ({"protocol": protocol} if protocol != 1 else {})
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    import hashlib
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+MIXED = """\
+seed = [0, 1, 2]
+task = ["2-local", "1-global", "temperature"]
+N = [100, 200]
+L = [1, 2]
+[[grid]]
+lr = 0.1
+param = ["standard", "ntk"]
+init-scale = [1.0, -0.0, 0.5]
+[[grid]]
+lr-max = [1.0, 3.0]
+loss = ["xent", "mse"]
+sigma-b2 = [0.0, -0.0]
+param = "ntk"
+[[grid]]
+command = "ntk"
+sigma-b2 = [0.0, 0.1]
+"""
+
+
+def test_the_ids_of_a_grid_are_the_canonical_hash_of_each_configuration(tmp_path):
+    """The grid resolver puts ids together from templates and fragments; each must equal the plain definition, with
+    the task, the parameterization, the keys left out and the implicit settings varying across one grid."""
+    jobs = jobs_of(MIXED.replace("init-scale = [1.0, -0.0, 0.5]", "init-scale = [1.0, 0.5]"), tmp_path)
+    # sigma-b2 = [0.0, -0.0] is one setting: its grid has 4 jobs per point, not 8
+    assert len(jobs) == 3 * 3 * 2 * 2 * (2 * 2 + 2 * 2 + 2) and len({j.id for j in jobs}) == len(jobs)
+    assert {j.config["task"] for j in jobs} == {"2-local", "1-global", "temperature"}
+    for key in ("sigma-w2", "folds", "loss", "init"):      # left out of some jobs' configurations, kept in others
+        assert any(key in j.config for j in jobs) and any(key not in j.config for j in jobs), key
+    for job in jobs:
+        assert job.id == canonical_id(job.command, job.config) == sweep.job_id(job.command, job.config)
+    # -0.0 is the setting 0.0: one id, spelled 0.0
+    zero = jobs_of("task = \"1-local\"\nlr = 0.1\nparam = \"ntk\"\nsigma-b2 = [0.0, -0.0]", tmp_path)
+    assert len(zero) == 1 and json.dumps(zero[0].config["sigma-b2"]) == "0.0"
+
+
+def test_a_protocol_version_above_1_enters_identity_and_records(tmp_path, monkeypatch):
+    base = jobs_of(TINY, tmp_path)
+    assert all(j.id == canonical_id("run", j.config) and j.protocol == 1 for j in base)
+    monkeypatch.setitem(sweep.PROTOCOL, "run", 2)
+    bumped = jobs_of(TINY, tmp_path)
+    assert [j.config for j in bumped] == [j.config for j in base]
+    assert all(j.id == canonical_id("run", j.config, protocol=2) and j.protocol == 2 for j in bumped)
+    assert not {j.id for j in bumped} & {j.id for j in base}            # new ids: never mixed with old records
+    rec = sweep.job_record(bumped[0], "failed", None, {"type": "E", "message": "m"}, None, "t", 0.0)
+    assert rec["protocol"] == 2 and store_mod.check_job_record(rec) is None
+    assert "protocol 0" in store_mod.check_job_record(rec | {"protocol": 0})
+
+
+def test_a_record_written_before_protocol_versions_reads_as_version_1(tmp_path):
+    store = tmp_path / "s"
+    assert cli("sweep", write(tmp_path / "t.toml", TINY), "--store", store).exit_code == 0
+    for f in record_files(store):               # as the release before versions wrote them
+        rec = json.loads(f.read_text())
+        assert rec.pop("protocol") == 1
+        f.write_text(json.dumps(rec))
+    assert {r["protocol"] for r in Store(store, create=False).records()} == {1}
+    result = cli("sweep", tmp_path / "t.toml", "--store", store, "--dry-run")
+    assert result.exit_code == 0 and "6 done" in result.stderr                   # nothing to recompute
+    rows = list(csv.DictReader(io.StringIO(cli("collect", store).stdout)))
+    assert len(rows) == 6 and {row["protocol"] for row in rows} == {"1"}
+
+
+def test_checks_run_once_per_setting_and_once_per_seed_and_still_find_every_bad_job(tmp_path, monkeypatch):
+    calls = []
+    check = sweep.check_job
+    monkeypatch.setattr(sweep, "check_job", lambda command, config: calls.append(config["seed"]) or check(command,
+                                                                                                      config))
+    text = "task = \"1-local\"\nlr = 0.1\nseed = [%s]\nN = [%s]\nL = [1, 2]\n"
+    jobs = jobs_of(text % (", ".join(map(str, range(200))), "100, 200, 300"), tmp_path)
+    assert len(jobs) == 1200 and len(calls) == 6 + 199          # every setting at seed 0, then each new seed once
+    for seeds, Ns, message in (("0, 1, 99999999999", "100, 200", "--seed must lie"),   # a bad seed, last
+                               ("0, 1, 2", "100, 0", "--N must be at least 1"),       # a bad setting, last
+                               ("0, 1, 2", "100, 20000000000", "--N")):
+        with pytest.raises(UsageError, match=message) as e:
+            jobs_of(text % (seeds, Ns), tmp_path)
+        assert "the job with" in str(e.value)
+
+
 def test_the_loss_and_the_stop_rule_are_part_of_identity_and_their_defaults_are_not(tmp_path):
     base = {j.id for j in jobs_of(TINY, tmp_path)}
     defaults = 'loss = "xent"\nstop = "zero-error"\n'
@@ -213,7 +300,7 @@ def test_overrides_parse_like_toml(text, expected):
     (TINY.replace("N = [40, 60, 80]", 'N = [40, 60.5]'), "key 'N' must be an integer"),
     (TINY.replace("L = [1, 2]", "L = []"), "key 'L' is an empty list"),
     (TINY + 'dtype = "float16"\n', "key 'dtype' must be one of float32, float64"),
-    (TINY + 'command = "train"\n', "key 'command' must be one of run, ntk"),
+    (TINY + 'command = "bench"\n', "key 'command' must be one of run, ntk, train"),
     (TINY.replace('task = "1-local"', ""), "key 'task' is missing"),
     (TINY.replace('task = "1-local"', 'task = "4-nonlocal"'), "unknown task"),
     (TINY.replace("lr = 0.1", "folds = 50"), "--folds must lie in [2, N]"),
@@ -293,6 +380,57 @@ def test_extending_the_grid_runs_only_the_new_jobs(tmp_path, engine_calls):
     assert len(after) == 12 and all(after[name] == data for name, data in before.items())
 
 
+TRAIN = """\
+command = "train"
+task = "1-local"
+D = 10
+H = 8
+N = [40, 60]
+L = [1, 2]
+lr = ["0.1,1", "0.3"]
+seeds = "0-2"
+n-test = 200
+max-epochs = 30
+"""
+
+
+def test_train_jobs_run_in_sweeps_as_the_train_command_runs_them(tmp_path):
+    jobs = jobs_of(TRAIN, tmp_path)
+    assert len(jobs) == 8 and {j.config["lr"] for j in jobs} == {"0.1,1.0", "0.3"}
+    # one setting, one id, however the lists are spelled; sigma-w2 is not a setting of a standard network
+    respelled = TRAIN.replace('["0.1,1", "0.3"]', '["1e-1, 1.0", 0.3]').replace('"0-2"', '"0 - 1, 2"')
+    assert [j.id for j in jobs_of(respelled, tmp_path)] == [j.id for j in jobs] and "sigma-w2" not in jobs[0].config
+    store = tmp_path / "s"
+    result = cli("sweep", write(tmp_path / "t.toml", TRAIN), "--store", store)
+    assert result.exit_code == 0, result.output
+    records = {r["id"]: r for r in Store(store, create=False).records()}
+    assert set(records) == {j.id for j in jobs}
+    job = next(j for j in jobs if j.config["lr"] == "0.1,1.0" and j.config["N"] == 60 and j.config["L"] == 2)
+    stored = records[job.id]["record"]
+    assert stored["summary"]["n_networks"] == 6 and len(stored["test_error"]["values"]) == 6
+    # the job's own command line computes the same networks
+    alone = cli(*job.command_line().split()[1:], "--json")
+    assert alone.exit_code == 0, alone.output
+    assert [n["test_error"] for n in json.loads(alone.stdout)["networks"]] == stored["test_error"]["values"]
+    assert stored["test_error"]["mean"] == sum(stored["test_error"]["values"]) / 6
+    rows = list(csv.DictReader(io.StringIO(cli("collect", store).stdout)))
+    row = next(r for r in rows if r["id"] == job.id)
+    assert row["command"] == "train" and int(row["converged"]) == stored["summary"]["converged"]
+    assert float(row["test_error_mean"]) == stored["test_error"]["mean"]
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('lr = ["0.1,1", "0.3"]', 'lr = "0.1,-1"', "'lr': --lr values must be positive"),
+    ('seeds = "0-2"', 'seeds = "2-0"', "'seeds': --seeds takes integers and ranges"),
+    ('seeds = "0-2"', 'seeds = "0-99999999999"', "--seeds must lie in"),
+    ("H = 8", "H = 0", "--H must be at least 1"),
+    ("H = 8", 'H = 8\ninit = "he"\nparam = "ntk"', "'init' applies to param"),
+])
+def test_a_bad_train_job_is_refused_before_anything_runs(tmp_path, old, new, message):
+    result = cli("sweep", write(tmp_path / "t.toml", TRAIN.replace(old, new)), "--store", tmp_path / "s")
+    assert result.exit_code == 2 and message in result.stderr and not (tmp_path / "s").exists(), result.output
+
+
 def test_failed_jobs_are_stored_skipped_and_retried_on_request(tmp_path, monkeypatch):
     text = 'command = "ntk"\ntask = "1-local"\nD = 10\nN = [40, 60]\nrepeats = 2\nn-test = 200\n'
     path, store = write(tmp_path / "s.toml", text), tmp_path / "store"
@@ -356,7 +494,9 @@ def test_collect_flattens_the_store(tmp_path):
     rows = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
     lines = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
     assert len(rows) == len(lines) == 4
-    assert list(rows[0])[:11] == ["id", "status", "command", "task", "D", "indices", "seed", "N", "L", "H", "B"]
+    assert list(rows[0])[:12] == ["id", "status", "command", "protocol", "task", "D", "indices", "seed", "N", "L", "H",
+                                  "B"]
+    assert {row["protocol"] for row in rows} == {"1"}
     records = {r["id"]: r for r in Store(store, create=False).records()}
     for row, line in zip(rows, lines):
         rec = records[row["id"]]
@@ -366,7 +506,7 @@ def test_collect_flattens_the_store(tmp_path):
         assert line["N"] == rec["config"]["N"] and line["error"] is None
         assert (line["H"] == 8) if rec["command"] == "run" else (line["H"] is None and row["H"] == "")
     stdout = cli("collect", store, "--status", "failed")
-    assert stdout.exit_code == 0 and stdout.stdout.splitlines() == [",".join(["id", "status", "command"] +
+    assert stdout.exit_code == 0 and stdout.stdout.splitlines() == [",".join(["id", "status", "command", "protocol"] +
                                                                              list(store_mod.RESULT_COLUMNS))]
 
 
