@@ -53,7 +53,7 @@ import sys
 import time
 import tomllib
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .errors import UsageError
@@ -88,6 +88,7 @@ class Job:
     id: str
     command: str
     config: dict           # resolved; keys are sweep keys
+    line: tuple = field(default=None, compare=False, repr=False)   # a Resolver's command-line template, if any
 
     @property
     def protocol(self):
@@ -101,6 +102,12 @@ class Job:
 
     def command_line(self):
         """The `fastmlp` command that computes this job alone."""
+        if self.line is not None:
+            segments, names = self.line
+            parts = [segments[0]]
+            for name, segment in zip(names, segments[1:]):
+                parts += (f"{self.config[name]}", segment)
+            return "".join(parts)
         c = with_implicit(self.command, self.config)
         args = [f"--{k} {v}" for k, v in c.items() if k != "task" and v is not None]
         return " ".join(["fastmlp", self.command, c["task"], *args])
@@ -217,92 +224,96 @@ class Resolver:
     """The Jobs of one grid: ``fixed`` keys with one value, ``varying`` keys whose values a point gives in order.
 
     A sweep of a million jobs is listed by --dry-run in seconds, because a point costs only what differs between
-    points.  The task is parsed, and the keys a job leaves out found, once per distinct task and (lr given, param,
-    IMPLICIT values).  A job's id hashes its canonical JSON (what `job_id` hashes), put together from a template
-    per such combination, in which only the varying keys' fragments are filled in.  The command's checks run once
-    per distinct configuration *without its seed*, and once more for each new seed: a seed's check (its range)
-    involves no other key, so a job whose seed and whose other settings both passed in jobs of the grid passes as
-    a whole.  A failing check is always of a real job of the grid, which the error names."""
+    points.  What the task and the keys that decide which settings a job leaves out (lr given, param, the IMPLICIT
+    values) make of a configuration is worked out once per distinct combination of them (an `_Entry`): the task
+    parsed, the keys left out, and templates of the job's canonical JSON (what `job_id` hashes) and of its command
+    line, in which only the other varying keys are filled in.  The command's checks run once per distinct
+    configuration *without its seed*, and once more for each new seed: a seed's check (its range) involves no other
+    key, so a job whose seed and whose other settings both passed in jobs of the grid passes as a whole.  A failing
+    check is always of a real job of the grid, which the error names."""
 
     def __init__(self, command, schema, fixed, varying, where="sweep"):
         self.command, self.where, self.varying = command, where, tuple(varying)
         self.given = set(fixed) | set(varying)
-        defaults = {name: key.default for name, key in schema.items()} | fixed
-        self.defaults = defaults
-        self.rest = {name: v for name, v in defaults.items() if name not in TASK_KEYS}   # in the schema's order
-        self.task_at = [i for i, name in enumerate(varying) if name in TASK_KEYS]
+        self.defaults = {name: key.default for name, key in schema.items()} | fixed
+        self.rest = {name: v for name, v in self.defaults.items() if name not in TASK_KEYS}   # the schema's order
         self.rest_at = [(i, name) for i, name in enumerate(varying) if name not in TASK_KEYS]
+        self.task_at = [(TASK_KEYS.index(name), i) for i, name in enumerate(varying) if name in TASK_KEYS]
+        deciding = ("lr", "param", *IMPLICIT) if command != "ntk" else ()
+        self.sig_at = [i for i, name in enumerate(varying) if name in deciding]
         self.seed_at = varying.index("seed") if "seed" in varying else None
-        self._heads, self._checked, self._seeds, self._unused, self._templates = {}, set(), set(), {}, {}
+        self.fixed_task = _TASK_OF(self.defaults)
+        self._entries, self._checked, self._seeds = {}, set(), set()
         self._fragments = {name: {} for name in varying}
 
     def __call__(self, point):
-        values = None
+        task = self.fixed_task
+        if self.task_at:
+            task = list(task)
+            for k, i in self.task_at:
+                task[k] = point[i]
+            task = tuple(task)
+        sig = (task, tuple(point[i] for i in self.sig_at)) if self.sig_at else task
         try:
-            if self.task_at:
-                values = dict(zip(self.varying, point))
-                task = _TASK_OF(self.defaults | values)
-            else:
-                task = _TASK_OF(self.defaults)
-            config = self._head(task) | self.rest
-            for i, name in self.rest_at:
-                config[name] = point[i]
-            self._check(task, point, config)
+            entry = self._entries.get(sig) or self._entry(sig, task, point)
+            self._check(entry, task, point)
         except UsageError as e:
             values = self.defaults | dict(zip(self.varying, point))
             shown = ", ".join(f"{k} = {v!r}" for k, v in values.items() if k in self.given)
             raise UsageError(f"{self.where}: the job with {shown}: {e}") from None
-        unused = self._unused_keys(config)
-        for name in unused:
-            config.pop(name, None)
-        return Job(self._id(task, unused, config), self.command, config)
+        config = entry.base.copy()
+        for i, name in entry.kept:
+            config[name] = point[i]
+        return Job(self._id(entry, point), self.command, config, entry.line)
 
-    def _head(self, task):
-        """The configuration's task keys (name, D, then indices or the betas), once per distinct task."""
-        head = self._heads.get(task)
-        if head is None:
-            spec = parse_task(task[0], D=task[1], indices=task[2], beta1=task[3], beta2=task[4])
-            head = {"task": spec.name, "D": spec.D}
-            if spec.rule == "temperature":
-                head |= {"beta1": spec.beta1, "beta2": spec.beta2}
-            else:
-                head["indices"] = ",".join(map(str, spec.indices))
-            self._heads[task] = head
-        return head
+    def _full(self, entry, point):
+        """The whole configuration of a point, before the keys it leaves out are dropped."""
+        config = entry.full.copy()
+        for i, name in self.rest_at:
+            config[name] = point[i]
+        return config
 
-    def _check(self, task, point, config):
-        command = self.command
-        if command != "ntk" and "init" in self.given and config["param"] == "ntk":
+    def _entry(self, sig, task, point):
+        """The _Entry of a (task, deciding values) combination, from its first point."""
+        spec = parse_task(task[0], D=task[1], indices=task[2], beta1=task[3], beta2=task[4])
+        head = {"task": spec.name, "D": spec.D}
+        if spec.rule == "temperature":
+            head |= {"beta1": spec.beta1, "beta2": spec.beta2}
+        else:
+            head["indices"] = ",".join(map(str, spec.indices))
+        entry = _Entry(full=head | self.rest)
+        config = self._full(entry, point)
+        if self.command != "ntk" and "init" in self.given and config["param"] == "ntk":
             raise UsageError("key 'init' applies to param = \"standard\" only: with param = \"ntk\" every "
                              "parameter is N(0, 1) (init-scale scales them)")
+        unused = unused_keys(self.command, config)
+        entry.base = {k: v for k, v in entry.full.items() if k not in unused}
+        entry.kept = [(i, name) for i, name in self.rest_at if name not in unused]
+        kept = {name for _, name in entry.kept}
+        job = {k: v for k, v in config.items() if k not in unused}
+        entry.key = self._template(job, kept)
+        entry.line = _line_template(self.command, job, kept)
+        entry.slots = [self.varying.index(name) for name in entry.key[1]]
+        self._entries[sig] = entry
+        return entry
+
+    def _check(self, entry, task, point):
         at = self.seed_at
         rest = (task, point) if at is None else (task, point[:at] + point[at + 1:])
         seed = None if at is None else point[at]
         if rest in self._checked and seed in self._seeds:
             return
-        check_job(command, config)
+        check_job(self.command, self._full(entry, point))
         self._checked.add(rest)
         self._seeds.add(seed)
 
-    def _unused_keys(self, config):
-        if self.command == "ntk":
-            return ()
-        key = (config["lr"] is None, config["param"], _IMPLICIT_OF(config))
-        unused = self._unused.get(key)
-        if unused is None:
-            unused = self._unused[key] = tuple(unused_keys(self.command, config))
-        return unused
-
-    def _id(self, task, unused, config):
-        """job_id(command, config) from the template of (task, unused keys)."""
-        template = self._templates.get((task, unused))
-        if template is None:
-            template = self._templates[task, unused] = self._template(config)
-        segments, slots = template
+    def _id(self, entry, point):
+        """job_id(command, config), from the entry's template and the point's fragments."""
+        segments, names = entry.key
         parts = [segments[0]]
-        for name, segment in zip(slots, segments[1:]):
+        for name, i, segment in zip(names, entry.slots, segments[1:]):
             fragments = self._fragments[name]
-            value = config[name]
+            value = point[i]
             fragment = fragments.get(value)
             if fragment is None:
                 if len(fragments) >= 1 << 16:   # a million seeds would be a million fragments
@@ -311,24 +322,50 @@ class Resolver:
             parts += (fragment, segment)
         return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
 
-    def _template(self, config):
-        """(segments, slots): the canonical JSON of configurations like this one is segments[0] + the fragment of
-        slots[0]'s value + segments[1] + ...; a slot is a varying key other than the task's."""
-        segments, slots, text = [], [], f'{{"command":"{self.command}","config":{{'
+    def _template(self, config, slots):
+        """(segments, slot names): the canonical JSON of configurations like this one is segments[0] + the fragment
+        of the first slot's value + segments[1] + ..."""
+        segments, names, text = [], [], f'{{"command":"{self.command}","config":{{'
         for n, name in enumerate(sorted(config)):
             text += ("," if n else "") + _dumps(name) + ":"
-            if name in self._fragments and name not in TASK_KEYS:
+            if name in slots:
                 segments.append(text)
-                slots.append(name)
+                names.append(name)
                 text = ""
             else:
                 text += _dumps(config[name])
         segments.append(text + "}" + _protocol_field(self.command) + "}")
-        return segments, slots
+        return segments, names
+
+
+class _Entry:
+    """What a Resolver works out once per combination of a task and the values that decide the keys left out."""
+    __slots__ = ("full", "base", "kept", "key", "line", "slots")
+
+    def __init__(self, full):
+        self.full = full
+
+
+def _line_template(command, config, slots):
+    """(segments, slot names) of the command lines of configurations like this one: Job.command_line's text is
+    segments[0] + str(first slot's value) + segments[1] + ...  (values of slots are never None: TOML has none)."""
+    c = with_implicit(command, config)
+    segments, names, text = [], [], f"fastmlp {command} {c['task']}"
+    for name, value in c.items():
+        if name == "task" or (value is None and name not in slots):
+            continue
+        text += f" --{name} "
+        if name in slots:
+            segments.append(text)
+            names.append(name)
+            text = ""
+        else:
+            text += f"{value}"
+    segments.append(text)
+    return segments, names
 
 
 _TASK_OF = operator.itemgetter(*TASK_KEYS)
-_IMPLICIT_OF = operator.itemgetter(*IMPLICIT)
 
 
 def unused_keys(command, config):

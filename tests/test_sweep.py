@@ -168,6 +168,11 @@ param = "ntk"
 [[grid]]
 command = "ntk"
 sigma-b2 = [0.0, 0.1]
+[[grid]]
+command = "train"
+lr = ["0.1,0.3", "1"]
+seeds = "0-2"
+param = ["standard", "ntk"]
 """
 
 
@@ -176,12 +181,16 @@ def test_the_ids_of_a_grid_are_the_canonical_hash_of_each_configuration(tmp_path
     the task, the parameterization, the keys left out and the implicit settings varying across one grid."""
     jobs = jobs_of(MIXED.replace("init-scale = [1.0, -0.0, 0.5]", "init-scale = [1.0, 0.5]"), tmp_path)
     # sigma-b2 = [0.0, -0.0] is one setting: its grid has 4 jobs per point, not 8
-    assert len(jobs) == 3 * 3 * 2 * 2 * (2 * 2 + 2 * 2 + 2) and len({j.id for j in jobs}) == len(jobs)
+    assert len(jobs) == 3 * 3 * 2 * 2 * (2 * 2 + 2 * 2 + 2 + 2 * 2) and len({j.id for j in jobs}) == len(jobs)
+    assert {j.command for j in jobs} == {"run", "ntk", "train"}
     assert {j.config["task"] for j in jobs} == {"2-local", "1-global", "temperature"}
     for key in ("sigma-w2", "folds", "loss", "init"):      # left out of some jobs' configurations, kept in others
         assert any(key in j.config for j in jobs) and any(key not in j.config for j in jobs), key
     for job in jobs:
         assert job.id == canonical_id(job.command, job.config) == sweep.job_id(job.command, job.config)
+        # and the command line from the grid's template is the one spelled out from the configuration
+        assert job.line is not None
+        assert job.command_line() == sweep.Job(job.id, job.command, job.config).command_line()
     # -0.0 is the setting 0.0: one id, spelled 0.0
     zero = jobs_of("task = \"1-local\"\nlr = 0.1\nparam = \"ntk\"\nsigma-b2 = [0.0, -0.0]", tmp_path)
     assert len(zero) == 1 and json.dumps(zero[0].config["sigma-b2"]) == "0.0"
