@@ -1,10 +1,20 @@
-"""Shared tolerances, small data sets and engine helpers for the tests, and the one rule for GPU and SLURM tests: a
-test marked `gpu` is skipped where the GPU backend cannot run (fastmlp.backend.gpu_available), one marked `slurm`
-where no SLURM cluster answers (fastmlp.slurm.environment_ok; the tests never start one)."""
+"""Shared tolerances, small data sets and engine helpers for the tests, the package every process a test starts
+imports, and the one rule for GPU and SLURM tests: a test marked `gpu` is skipped where the GPU backend cannot run
+(fastmlp.backend.gpu_available), one marked `slurm` where no SLURM cluster answers (fastmlp.slurm.environment_ok;
+the tests never start one)."""
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+import fastmlp
 from fastmlp import reference
+
+# Every process a test starts (the CLI, Dask workers, batch jobs) imports the package the tests import: they test
+# the same code, and they share its Numba cache (an installed copy elsewhere would compile its own, minutes).
+PACKAGE_ROOT = str(Path(fastmlp.__file__).resolve().parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])
 
 
 def _usable_gpu():

@@ -2,13 +2,17 @@
 first run says on stderr that it compiles."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from click.testing import CliRunner
 
 from fastmlp import jitcache
+from fastmlp.cli import main
 
 
 def _fake_dispatcher(path):
@@ -51,13 +55,33 @@ def test_first_compile_says_so_once_then_stamps(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "fastmlp-warm-engine-float32").exists()
 
 
+def _cache_without_warm_stamps(cache_root):
+    """A NUMBA_CACHE_DIR of `cache_root` holding this process's compiled kernels and the sources' digest but none of
+    first_compile's stamps: to the package a first run (the notice is due), to Numba a warm cache (loads in seconds,
+    where compiling again would take minutes)."""
+    from numba.core.caching import UserProvidedCacheLocator
+    from fastmlp import cpu
+    here = Path(cpu.train_epoch._cache._cache_path)
+    there = Path(cache_root) / UserProvidedCacheLocator.get_suitable_cache_subpath(cpu.__file__)
+    there.mkdir(parents=True)
+    for f in here.glob("*"):
+        if f.is_file() and not f.name.startswith("fastmlp-warm-"):
+            shutil.copy2(f, there / f.name)
+    assert (there / "fastmlp-kernels.sha256").exists()   # else drop_stale would empty it
+    return there
+
+
 @pytest.mark.slow
 def test_the_first_run_says_it_compiles_on_stderr_and_json_stays_one_object(tmp_path):
-    cmd = [sys.executable, "-m", "fastmlp.cli", "train", "1-local", "--D", "8", "--N", "40", "--H", "8",
-           "--lr", "0.1", "--n-test", "50", "--max-epochs", "3", "--json"]
+    args = ["train", "1-local", "--D", "8", "--N", "40", "--H", "8", "--lr", "0.1", "--n-test", "50",
+            "--max-epochs", "3", "--json"]
+    assert CliRunner().invoke(main, args).exit_code == 0   # compiles here unless an earlier test did, and stamps
+    there = _cache_without_warm_stamps(tmp_path / "cache")
+    cmd = [sys.executable, "-m", "fastmlp.cli", *args]
     env = os.environ | {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     assert jitcache.COMPILING in first.stderr.splitlines() and json.loads(first.stdout)["command"] == "train"
+    assert list(there.glob("fastmlp-warm-engine-*"))        # stamped where the subprocess's cache is
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and jitcache.COMPILING not in again.stderr
