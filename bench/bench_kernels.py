@@ -1,0 +1,151 @@
+"""The CPU engine's layer kernels one by one, on one thread, at a workload's shapes: where a step's time goes.
+
+For a standard workload (bench.WORKLOADS), each kernel of one SGD step of one network runs many times over as many
+distinct weight matrices as the network has (so that, as in training, they do not all sit in the core's cache), and
+its useful rate is printed (GFLOP/s, counting the minibatch's B rows, not the padding), beside its share of a step's
+FLOPs.  The last line trains one network of the workload on one thread (the engine's own step, loss and output layer
+included) for the same comparison.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_kernels.py W5 --repeats 5
+
+Kernels: fwd0 / dweight0, the first layer (K = D, reading the minibatch's rows out of the dataset); fwd / dinp /
+dweight, a hidden layer (K = J = H) by the path the engine takes at that width (cpu.WIDE_H); output+loss, the
+output layer forward, the loss, the gradient below it and its update (12 B H FLOP).  Medians of --repeats.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import numba
+import numpy as np
+from numba import njit
+
+from fastmlp import bench, cpu
+from fastmlp.cpu_engine import Engine
+
+
+@njit(cache=False)
+def _fwd(reps, outs, outT, tr, A, rows, nbp, Ws, K, bias):
+    for r in range(reps):
+        for l in range(Ws.shape[0]):
+            cpu._fwd_layer(outs[l], outT, tr, A, rows, nbp, Ws[l], K, bias, np.float32(1), np.float32(1))
+
+
+@njit(cache=False)
+def _dweight(reps, Ws, WTs, transposed, K, bias, A, rows, dZ, nb):
+    for r in range(reps):
+        for l in range(Ws.shape[0]):
+            if transposed:
+                cpu._dweight_t_layer(Ws[l], WTs[l], K, bias, A, rows, dZ, nb, np.float32(1e-6), np.float32(1),
+                                     np.float32(1))
+            else:
+                cpu._dweight_layer(Ws[l], K, bias, A, rows, dZ, nb, np.float32(1e-6), np.float32(1), np.float32(1))
+
+
+@njit(cache=False)
+def _dinp(reps, dZp, dZpT, ApT, dZT, Ws, K):
+    for r in range(reps):
+        for l in range(Ws.shape[0]):
+            cpu._dinp_layer(dZp, dZpT, ApT, dZT, Ws[l], K, np.float32(1))
+
+
+@njit(cache=False)
+def _dinp_t(reps, dZp, Ap, dZ, WTs, J, nbp):
+    for r in range(reps):
+        for l in range(WTs.shape[0]):
+            cpu._dinp_t_layer(dZp, Ap, dZ, WTs[l], J, nbp, np.float32(1))
+
+
+@njit(cache=False)
+def _output(reps, Y, rows, nb, nbp, Wo, bo, c, s, wide, aL, g, gT, z):
+    for r in range(reps):
+        cpu._output_forward(z, aL, Wo, bo, nb, c[-1], s[-1])
+        cpu._loss_and_output(Y, rows, nb, nbp, Wo, bo, c, s, np.float32(1e-6), 0, wide, aL, g, gT, z)
+
+
+def timed(fn, args, reps, repeats):
+    fn(1, *args)   # compile
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(reps, *args)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workload", choices=list(bench.WORKLOADS))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=200, help="kernel calls per layer in one timed run")
+    args = ap.parse_args()
+    numba.set_num_threads(1)
+    w = bench.WORKLOADS[args.workload]
+    D, H, L, B, N = w["D"], w["H"], w["L"], w["B"], w["N"]
+    Dp, Hp = cpu.round_up(D, cpu.PAD), cpu.round_up(H, cpu.PAD)
+    Bp = cpu.round_up(B, cpu.MR_ROWS)
+    Bt = cpu.round_up(Bp, 32)
+    wide = Hp >= cpu.WIDE_H
+    nh = max(L - 1, 2)                                   # distinct hidden weight matrices to cycle through
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    X = rng.standard_normal((N, Dp), dtype=f32)
+    rows = rng.choice(N, Bp, replace=False).astype(np.int64)
+    ident = np.arange(Bp, dtype=np.int64)
+    W0 = (rng.standard_normal((1, Dp * Hp), dtype=f32) * f32(0.03))
+    Wh = (rng.standard_normal((nh, Hp * Hp), dtype=f32) * f32(0.05))
+    WhT = Wh.copy()
+    bias = np.zeros(Hp, f32)
+    act = np.abs(rng.standard_normal((nh, Bp, Hp), dtype=f32))
+    actT = np.zeros((Hp, Bt), f32)
+    dz = rng.standard_normal((Bt, Hp), dtype=f32) * f32(0.01)
+    dzT = np.ascontiguousarray(dz.T)
+    dz2, dz2T = np.zeros_like(dz), np.zeros_like(dzT)
+
+    flop_h = 2.0 * B * Hp * Hp
+    flop_0 = 2.0 * B * Dp * Hp
+    step_flop = 2 * flop_0 + (L - 1) * 3 * flop_h
+    results = [
+        ("fwd0", _fwd, (act[:1], actT, wide, X, rows, Bp, W0, Dp, bias), 1, flop_0),
+        ("dweight0", _dweight, (W0, W0, False, Dp, bias, X, rows, dz, B), 1, flop_0),
+    ]
+    if L > 1:
+        results += [("fwd", _fwd, (act, actT, wide, act[0], ident, Bp, Wh, Hp, bias), nh, flop_h)]
+        if wide:
+            results += [("dinp", _dinp, (dz2, dz2T, actT, dzT, Wh, Hp), nh, flop_h),
+                        ("dweight", _dweight, (Wh, Wh, False, Hp, bias, act[0], ident, dz, B), nh, flop_h)]
+        else:
+            results += [("dinp_t", _dinp_t, (dz2, act[0], dz, WhT, Hp, Bp), nh, flop_h),
+                        ("dweight_t", _dweight, (Wh, WhT, True, Hp, bias, act[0], ident, dz, B), nh, flop_h)]
+    Y = (X[:, 0] > 0).astype(np.int8)
+    Wo = rng.standard_normal((2, Hp), dtype=f32) * f32(0.05)
+    cs = np.ones(L + 1, f32)
+    results += [("output+loss", _output, (Y, rows, B, Bp, Wo, np.zeros(2, f32), cs, cs, wide, act[0], dz2, dz2T,
+                                          np.zeros((Bp, 2), f32)), 1, 12.0 * B * Hp)]
+    for name, fn, fargs, per_rep, flop in results:
+        sec = timed(fn, fargs, args.reps, args.repeats)
+        calls = args.reps * per_rep
+        share = flop * (L - 1 if name in ("fwd", "dinp", "dweight", "dinp_t", "dweight_t") else 1) / step_flop
+        print(json.dumps({"workload": args.workload, "kernel": name, "gflops": flop * calls / sec / 1e9,
+                          "us_per_call": sec / calls * 1e6, "share_of_step_flops": round(share, 3),
+                          "wide": wide}), flush=True)
+
+    # one network, one thread, the engine's whole step
+    x, y = bench.workload_data(args.workload)
+    eng = Engine(x, y, hidden_width=H, depth=L, batch_size=B, lrs=np.full(1, bench.BENCH_LR), seeds=np.arange(1),
+                 init="he", threads=1)
+    eng.compile()
+    eng.train_epochs(1)
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        eng.train_epochs(1)
+        times.append(time.perf_counter() - t0)
+    rate = N / statistics.median(times)
+    print(json.dumps({"workload": args.workload, "kernel": "engine, one network", "network_samples_per_s": rate,
+                      "gflops": rate * bench.useful_flops_per_sample(D, H, L) / 1e9}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
