@@ -24,10 +24,8 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from checkouts import checkouts, short
 
 # A worker: build the workload with the commit's own bench module, one warm-up epoch (compiles or loads the
 # kernels), then one timed call of `epochs` epochs per line read from stdin; its seconds on stdout.
@@ -71,11 +69,6 @@ class Worker:
         self.proc.wait()
 
 
-def short(commit):
-    return subprocess.run(["git", "rev-parse", "--short", commit], cwd=ROOT, capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
 def quartiles(xs):
     q = statistics.quantiles(xs, n=4)
     return q[0], q[2]
@@ -92,41 +85,25 @@ def main():
     workloads = args.workload or ["W1", "W2", "W3", "W4"]
     old = short(args.commit)
     new = short(args.new) if args.new else "checkout"
-    with tempfile.TemporaryDirectory() as tmp:
-        worktrees = []
-
-        def source(name, commit):
-            if commit is None:
-                return ROOT
-            path = Path(tmp) / name
-            subprocess.run(["git", "worktree", "add", "--detach", str(path), commit], cwd=ROOT, check=True,
-                           capture_output=True)
-            worktrees.append(path)
-            return path
-
-        try:
-            sides = [(old, source("old", old)), (new, source("new", args.new and new))]
-            for workload in workloads:
-                epochs = EPOCHS[workload]
-                workers = {name: Worker(src, workload, args.threads, epochs) for name, src in sides}
-                try:
-                    ratios = []
-                    for p in range(args.pairs):
-                        order = sides if p % 2 == 0 else sides[::-1]
-                        seconds = {name: workers[name].call() for name, _ in order}
-                        ratios.append(seconds[old] / seconds[new])    # rate ratio new / old
-                        print(json.dumps({"workload": workload, "pair": p, "seconds": seconds}), flush=True)
-                finally:
-                    for w in workers.values():
-                        w.close()
-                lo, hi = quartiles(ratios)
-                print(json.dumps({"workload": workload, "commit": new, "against": old,
-                                  "ratio": statistics.median(ratios), "q1": lo, "q3": hi, "pairs": args.pairs,
-                                  "epochs_per_call": epochs, "threads": args.threads}), flush=True)
-        finally:
-            for path in worktrees:
-                subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, capture_output=True)
-
+    with checkouts(old, args.new and new) as (old_src, new_src):
+        sides = [(old, old_src), (new, new_src)]
+        for workload in workloads:
+            epochs = EPOCHS[workload]
+            workers = {name: Worker(src, workload, args.threads, epochs) for name, src in sides}
+            try:
+                ratios = []
+                for p in range(args.pairs):
+                    order = sides if p % 2 == 0 else sides[::-1]
+                    seconds = {name: workers[name].call() for name, _ in order}
+                    ratios.append(seconds[old] / seconds[new])    # rate ratio new / old
+                    print(json.dumps({"workload": workload, "pair": p, "seconds": seconds}), flush=True)
+            finally:
+                for w in workers.values():
+                    w.close()
+            lo, hi = quartiles(ratios)
+            print(json.dumps({"workload": workload, "commit": new, "against": old,
+                              "ratio": statistics.median(ratios), "q1": lo, "q3": hi, "pairs": args.pairs,
+                              "epochs_per_call": epochs, "threads": args.threads}), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,8 @@
 """Do two commits train with the same machine code?  Compiles the CPU engine's Numba drivers of each commit in a
 fresh, empty cache and compares the assembly of every driver, callees included.
 
-    python tools/kernel_asm.py 6fa0238 0a35e5d      # a commit against another
-    python tools/kernel_asm.py HEAD~1                # a commit against the checkout
+    python bench/kernel_asm.py 6fa0238 0a35e5d      # a commit against another
+    python bench/kernel_asm.py HEAD~1                # a commit against the checkout
 
 Prints one JSON line per driver and signature: whether its assembly is the same on both sides, and the functions in
 it (the driver, its parallel bodies, the micro-kernels and helpers it calls) whose code differs.  What is compared is
@@ -23,7 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from checkouts import checkouts
+
 
 def pyname(label):
     """The Python name in a function's mangled label: _ZN7fastmlp3cpu11train_epochB4v1... -> fastmlp.cpu.train_epoch
@@ -81,20 +82,8 @@ def main():
     ap.add_argument("old", help="a commit")
     ap.add_argument("new", nargs="?", default=None, help="another commit (default: the checkout)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        worktrees, sides = [], {}
-        try:
-            for key, commit in (("old", args.old), ("new", args.new)):
-                src = ROOT
-                if commit is not None:
-                    src = Path(tmp) / key
-                    subprocess.run(["git", "worktree", "add", "--detach", str(src), commit], cwd=ROOT, check=True,
-                                   capture_output=True)
-                    worktrees.append(src)
-                sides[key] = hashes(src, Path(tmp) / f"cache-{key}")
-        finally:
-            for path in worktrees:
-                subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, capture_output=True)
+    with checkouts(args.old, args.new) as sources, tempfile.TemporaryDirectory() as caches:
+        sides = {key: hashes(src, Path(caches) / key) for key, src in zip(("old", "new"), sources)}
     same = True
     for name in sorted(set(sides["old"]) | set(sides["new"])):
         a, b = sides["old"].get(name), sides["new"].get(name)
