@@ -85,7 +85,7 @@ def main():
     D, H, L, B, N = w["D"], w["H"], w["L"], w["B"], w["N"]
     Dp, Hp = cpu.round_up(D, cpu.PAD), cpu.round_up(H, cpu.PAD)
     Bp = cpu.round_up(B, cpu.MR_ROWS)
-    Bt = cpu.round_up(Bp, 32)
+    Bt = cpu.dinp_columns(Bp)
     wide = Hp >= cpu.WIDE_H
     nh = max(L - 1, 2)                                   # distinct hidden weight matrices to cycle through
     rng = np.random.default_rng(0)

@@ -22,6 +22,9 @@ import pathlib
 MR_ROWS = 5          # batch rows per tile in fwd and dinp_t (B = 50 splits into 10 tiles)
 MR_K = 8             # input features per tile in dweight and dinp (D and H are padded to multiples of 8)
 NR_WIDE = (32, 8)    # output-column panel widths; widths are multiples of 8, so these two cover every case
+# (rows of W, minibatch columns) of the wide input-gradient tiles (_dinp): 8 x 32, and 6 x 56 with 2 x 56 for the
+# rows of W left over when 6 does not divide them (K is a multiple of 8, so 0, 2 or 4 rows)
+DINP_TILES = ((8, 32), (6, 56), (2, 56))
 
 
 def panel_widths(J):
@@ -120,15 +123,17 @@ def _dinp_t(MR, NR):
 def _dinp(MR, NR):
     """The (MR, NR) tile at (k0, b0) of dZp^T = c * (W @ dZ^T) * (Ap^T > 0): the input gradient of a wide layer,
     computed from the layer's own packed W (K, J), the transposed gradient dZT (J, Bt) and the
-    transposed activations ApT (K, Bt) that fwd writes with ``tr``.  Narrower tiles than NR = 32 are not generated:
-    measured on one Zen 4 core at H = 500, 8 x 32 ran at 97 GFLOP/s, 8 x 24 at 75, 8 x 16 at 42 and 8 x 8 at 36, so
-    the minibatch is padded to 32 columns instead (B = 50: 64).
+    transposed activations ApT (K, Bt) that fwd writes with ``tr``.  Its columns are minibatch rows, so a tile's
+    width NR is a number of rows the minibatch is padded to (DINP_TILES, cpu.dinp_columns): the rate per padded
+    FLOP hardly depends on it from 32 up, and below it falls (measured on one Zen 4 core at H = 504: 8 x 32 at 92
+    GFLOP/s, 6 x 56 at 97, 6 x 40 at 97, 2 x 56 at 77; 8 x 24 at 75, 8 x 16 at 42, 8 x 8 at 36).  B = 50 is one
+    6 x 56 tile wide (89% of it useful) instead of two 8 x 32 ones (78%).
 
     The reduction runs over j = 0..J-1 in order, through W's 32-wide panels and then its 8-wide ones (rows k0..k0+MR
     of a panel are one contiguous block), so every output is the same FMA chain as c * sum_j dZ[b, j] W[k, j]
-    from j = 0.  The tile is stored twice: as rows of dZpT (K, Bt), the next dinp's operand, and transposed into
-    dZp (Bt, K), the next dweight's; that costs 1/H of transposing the weights, which a kernel reading W's
-    transpose would need after every update."""
+    from j = 0, whatever the tile.  The tile is stored twice: as rows of dZpT (K, Bt), the next dinp's operand, and
+    transposed into dZp (Bt, K), the next dweight's; that costs 1/H of transposing the weights, which a kernel
+    reading W's transpose would need after every update."""
     wide, narrow = NR_WIDE
     L = [f"def dinp_{MR}x{NR}(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c):"]
     L.append("    zero = c - c")
@@ -165,7 +170,7 @@ def source():
     ]
     kernels = [_fwd(MR_ROWS, nr) for nr in NR_WIDE] + [_dweight(MR_K, nr) for nr in NR_WIDE]
     kernels += [_dweight(MR_K, nr, transposed=True) for nr in NR_WIDE] + [_dinp_t(MR_ROWS, nr) for nr in NR_WIDE]
-    kernels += [_dinp(MR_K, NR_WIDE[0])]   # its columns are minibatch rows, padded to a multiple of 32 (Bt)
+    kernels += [_dinp(MR, NR) for MR, NR in DINP_TILES]
     for lines in kernels:
         parts += ["", "@_jit"] + lines + [""]
     return "\n".join(parts)

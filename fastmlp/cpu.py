@@ -11,11 +11,12 @@ copy of its weights, refreshed by the fused update, and reads it like the forwar
 computes the input gradient from W itself, with the gradient kept in both layouts (dZ (Bt, H) for the weight update,
 dZT (H, Bt) for the input gradient below) and the activations transposed for the ReLU mask: at H = 500 that is a
 tenth of the stores of refreshing the copy, while at H = 100 the copy is cheaper than the transposes and the
-padding of the minibatch to 32 columns.
+padding of the minibatch to whole tiles.
 
 Packed layout (built by the CPU engine), padded so that every tile is full: Hp = H rounded up to 8, Dp = D rounded
-up to 8, Bp = B rounded up to 5 rows, Bt = Bp rounded up to 32: the columns of the transposed activations and
-gradients, and the rows of the gradients in the other layout.  Padding weights and inputs are zero and stay zero
+up to 8, Bp = B rounded up to 5 rows, Bt = Bp rounded up to a sum of the wide input gradient's tile widths, 32 and
+56 (dinp_columns; B = 50: 56): the columns of the transposed activations and gradients, and the rows of the
+gradients in the other layout.  Padding weights and inputs are zero and stay zero
 (their gradients are zero).  A weight matrix (K, J) is stored flat as its column panels (codegen: 32 columns wide,
 then 8), each a contiguous (K, width) block, so that every kernel streams whole blocks however wide the layer
 (`pack`, `unpack`).
@@ -33,7 +34,7 @@ from numba import njit, prange
 
 from . import _microkernels as mk
 from . import jitcache
-from .codegen import MR_ROWS, panel_widths
+from .codegen import DINP_TILES, MR_ROWS, panel_widths
 from .constants import N_CLASSES
 from .rng import permute_into
 
@@ -141,15 +142,50 @@ def _dinp_t_layer(dZp, Ap, dZ, WT, J, nbp, c):
         mk.dinp_t_5x8(dZp, Ap, dZ, nbp, WT, j0, J, c)
 
 
+def dinp_columns(Bp):
+    """Bt, the columns of the wide input gradient's tiles (codegen.DINP_TILES): the least sum of 32s and 56s that
+    holds Bp minibatch rows, with the fewest 56s (_wide_tiles recovers them from Bt)."""
+    (_, nr), (_, wr) = DINP_TILES[:2]
+    return min((wr * n + round_up(max(Bp - wr * n, 0), nr), n) for n in range(Bp // wr + 2))[0]
+
+
+@njit(inline="always", **_jit)
+def _wide_tiles(Bt):
+    """The number of 56-wide tiles among Bt columns laid out by dinp_columns: the fewest that leave a multiple of
+    32 (those come first)."""
+    n = 0
+    while (Bt - 56 * n) % 32 != 0:
+        n += 1
+    return n
+
+
+@njit(inline="always", **_jit)
+def _dinp_rows(dZp, dZpT, ApT, dZT, W, K, c, k_lo, k_hi):
+    """Rows k_lo..k_hi (multiples of 8) of _dinp_layer: the 32-wide column tiles by 8 rows of W, then the 56-wide
+    ones by 6 rows, and 2 at a time for what 6 leaves.  A k-tile runs every column tile before the next, so its
+    rows of W are read from memory once (twice when both widths are there)."""
+    J = W.shape[0] // K
+    Bt = dZT.shape[1]
+    b56 = Bt - 56 * _wide_tiles(Bt)
+    for k0 in range(k_lo, k_hi, 8):
+        for b0 in range(0, b56, 32):
+            mk.dinp_8x32(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c)
+    if b56 < Bt:
+        k6 = k_hi - (k_hi - k_lo) % 6
+        for k0 in range(k_lo, k6, 6):
+            for b0 in range(b56, Bt, 56):
+                mk.dinp_6x56(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c)
+        for k0 in range(k6, k_hi, 2):
+            for b0 in range(b56, Bt, 56):
+                mk.dinp_2x56(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c)
+
+
 @njit(inline="always", **_jit)
 def _dinp_layer(dZp, dZpT, ApT, dZT, W, K, c):
     """dZp = (c * dZ @ W^T) * (Ap > 0), in both layouts (dZp (Bt, K) and dZpT (K, Bt)), from dZT (J, Bt), the
     transposed activations ApT (K, Bt) and the layer's packed W (K, J): the gradient reaching the layer below,
-    ReLU-masked.  A k-tile runs every b-panel before the next, so its rows of W are read from memory once."""
-    J = W.shape[0] // K
-    for k0 in range(0, K, 8):
-        for b0 in range(0, dZT.shape[1], 32):
-            mk.dinp_8x32(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c)
+    ReLU-masked."""
+    _dinp_rows(dZp, dZpT, ApT, dZT, W, K, c, 0, K)
 
 
 @njit(cache=True, fastmath={"contract", "reassoc"})
@@ -492,12 +528,9 @@ def _par_dweight(W, WT, transposed, K, bias, A, rows, dZ, nb, lr, c, s, pb):
 
 @njit(parallel=True, **_jit)
 def _par_dinp(dZp, dZpT, ApT, dZT, W, K, c, kb):
-    """_dinp_layer, its 8-row tiles split over the threads by kb."""
-    J = W.shape[0] // K
+    """_dinp_layer, its rows split over the threads by kb, in blocks of 8."""
     for t in prange(kb.shape[0] - 1):
-        for tile in range(kb[t], kb[t + 1]):
-            for b0 in range(0, dZT.shape[1], 32):
-                mk.dinp_8x32(dZp, dZpT, ApT, dZT, W, 8 * tile, b0, K, J, c)
+        _dinp_rows(dZp, dZpT, ApT, dZT, W, K, c, 8 * kb[t], 8 * kb[t + 1])
 
 
 @njit(parallel=True, **_jit)

@@ -51,7 +51,7 @@ class Engine(EngineBase):
         self._pack(reference.init_params(D, H, L, seeds, param, init=init, init_scale=init_scale))
 
         T, Hp, Bp = self.threads, self.Hp, self.Bp
-        Bt = cpu.round_up(Bp, 32)                              # columns of the transposed arrays (dinp's tile)
+        Bt = cpu.dinp_columns(Bp)                              # columns of the transposed arrays (dinp's tiles)
         Ht = Hp if self.wide else 0                            # the transposed arrays: the wide path's alone
         self._act = np.zeros((T, L, Bp, Hp), self.dtype)       # hidden activations of the current minibatch
         self._actT = np.zeros((T, L, Ht, Bt), self.dtype)      # the same, transposed (the masks of dinp)

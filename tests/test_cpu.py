@@ -71,6 +71,24 @@ def test_one_epoch(data_small, H, L, B, param, dtype, wide):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H, L, B", [(16, 2, 50), (40, 3, 80)])
+def test_one_epoch_wide_input_gradient_tiles(data_medium, H, L, B, dtype):
+    """The input gradient from W with its 56-column tiles: B = 50 pads to one 56-wide tile, B = 80 to a 32-wide and
+    a 56-wide one; Hp = 16 and 40 leave 4 rows of W to the 2-row tile after the 6-row ones."""
+    assert cpu.dinp_columns(cpu.round_up(B, cpu.MR_ROWS)) == {50: 56, 80: 88}[B]
+    test_one_epoch(data_medium, H, L, B, "standard", dtype, True)   # 300 samples: several steps, the last short
+
+
+@pytest.mark.parametrize("Bp", range(5, 400, 5))
+def test_dinp_columns_pad_the_minibatch_to_whole_tiles(Bp):
+    """Bt holds Bp with less padding than one 32-wide tile, and _wide_tiles finds the layout dinp_columns chose."""
+    Bt = cpu.dinp_columns(Bp)
+    n56 = cpu._wide_tiles(Bt)
+    assert Bp <= Bt < Bp + 32 and Bt - 56 * n56 >= 0 and (Bt - 56 * n56) % 32 == 0
+    assert Bt == min(56 * n + 32 * a for n in range(10) for a in range(15) if 56 * n + 32 * a >= Bp)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("param", PARAMS)
 @pytest.mark.parametrize("H, L", [(21, 2), (40, 3)])
 def test_gradient_from_parameter_change(H, L, param, dtype):
@@ -136,7 +154,8 @@ def test_one_network_split_over_threads_equals_it_on_one_thread(data_medium, wid
     results = {}
     for threads, M in ((1, 1), (2, 1), (3, 1), (1, 3), (2, 3)):
         got = []
-        for H, L, B in ((40, 3, 17), (13, 4, 7), (264, 2, 50)):     # 264: eight 32-wide panels and one 8-wide
+        # 264: eight 32-wide panels and one 8-wide; with B = 50 each thread's rows of dinp end in a 2-row tile
+        for H, L, B in ((40, 3, 17), (13, 4, 7), (264, 2, 50)):
             e = Engine(x, y, H, L, B, [0.05, 0.3, 0.1][:M], [1, 2, 3][:M], threads=threads, wide=wide)
             res = e.fit(max_epochs=3)
             got.append((e.params(), [(r.epochs, r.train_loss, r.train_error) for r in res]))
