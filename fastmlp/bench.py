@@ -344,70 +344,137 @@ def workload_data(workload):
     return x, y
 
 
-def bench_impl(name, prepare, workload, epochs, repeats, threads, lr=BENCH_LR, seed=0, networks=None):
-    """Median wall time of `repeats` training runs of `epochs` epochs on a workload, as one JSON-ready dict.
+def _timed(run, epochs):
+    """Seconds of one call run(epochs): the run's own timing when it keeps one (``run.timed``), else the wall time."""
+    t0 = time.perf_counter()
+    own = run(epochs)
+    return own if getattr(run, "timed", False) else time.perf_counter() - t0
 
-    Setup (initialization, JIT compilation) and one warm-up epoch stay outside the timed runs; each timed run
-    continues training the same networks, so every run does the same work. ``networks`` overrides the workload's
-    M. A run function may carry ``info()``, extra fields for the line (the GPU's device name, graphs, TF32)."""
+
+def bench_impls(impls, workload, epochs, repeats, threads, lr=BENCH_LR, seed=0, networks=None, sgemm=False):
+    """Every impl (name -> prepare) on one workload, in rounds; returns (records, rounds).
+
+    All are set up (initialization, JIT compilation) and run one warm-up epoch first; then each of `repeats` rounds
+    times one call of `epochs` epochs of each impl, the order rotating from round to round, and with ``sgemm`` one
+    large-sgemm product (bench_sgemm's), so that a busy or quiet spell of the machine falls on every impl alike.
+    Each timed call continues training the same networks, so every call does the same work.  records: one dict per
+    impl (the median of its calls; what bench_impl returns); rounds: per round, name -> seconds ("sgemm" included).
+    ``networks`` overrides the workload's M.  A run function may carry ``info()``, extra fields for its record (the
+    GPU's device name, graphs, TF32), and ``close()``, called at the end."""
     w = WORKLOADS[workload]
     M, D, H, L, B, N = (w[k] for k in ("M", "D", "H", "L", "B", "N"))
     M = int(networks or M)
     set_threads(threads)
     x, y = workload_data(workload)
 
-    run = prepare(x, y, M, H, L, B, lr, seed)
+    runs = {}
+    rounds = []
     try:
-        run(1)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            own = run(epochs)
-            times.append(own if getattr(run, "timed", False) else time.perf_counter() - t0)
+        for name, prepare in impls.items():
+            runs[name] = prepare(x, y, M, H, L, B, lr, seed)
+            runs[name](1)
+        if sgemm:
+            runs["sgemm"] = _sgemm_call(SGEMM_N)
+            runs["sgemm"](1)
+        names = list(runs)
+        for r in range(repeats):
+            order = names[r % len(names):] + names[:r % len(names)]
+            rounds.append({name: _timed(runs[name], 1 if name == "sgemm" else epochs) for name in order})
     finally:
-        if callable(getattr(run, "close", None)):
-            run.close()
+        for run in runs.values():
+            if callable(getattr(run, "close", None)):
+                run.close()
 
-    median = statistics.median(times)
-    rate = M * N * epochs / median
-    info = run.info() if callable(getattr(run, "info", None)) else {}
-    return {
-        "workload": workload, "impl": name,
-        "M": M, "D": D, "H": H, "L": L, "B": B, "N": N,
-        "epochs": epochs, "repeats": repeats,
-        "seconds_median": median,
-        "network_samples_per_s": rate,
-        "gflops": rate * useful_flops_per_sample(D, H, L) / 1e9,
-        "threads": threads, "dtype": "float32",
-        "device": cpu_name(),
-        **info,
-    }
+    records = []
+    for name in impls:
+        median = statistics.median(rnd[name] for rnd in rounds)
+        rate = M * N * epochs / median
+        info = runs[name].info() if callable(getattr(runs[name], "info", None)) else {}
+        records.append({
+            "workload": workload, "impl": name,
+            "M": M, "D": D, "H": H, "L": L, "B": B, "N": N,
+            "epochs": epochs, "repeats": repeats,
+            "seconds_median": median,
+            "network_samples_per_s": rate,
+            "gflops": rate * useful_flops_per_sample(D, H, L) / 1e9,
+            "threads": threads, "dtype": "float32",
+            "device": cpu_name(),
+            **info,
+        })
+    return records, rounds
+
+
+def bench_impl(name, prepare, workload, epochs, repeats, threads, lr=BENCH_LR, seed=0, networks=None):
+    """Median wall time of `repeats` training runs of `epochs` epochs of one impl on a workload, as one JSON-ready
+    dict (bench_impls with that impl alone)."""
+    return bench_impls({name: prepare}, workload, epochs, repeats, threads, lr, seed, networks)[0][0]
+
+
+def _quartiles(values):
+    """(first quartile, median, third quartile) of a list."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def round_ratios(records, rounds, ours="fastmlp"):
+    """Per impl whose name starts with `ours`, its ratios measured round by round, as JSON-ready dicts: its rate over
+    the best peer's of the same round (peers: the impls not starting with `ours`), and over the sgemm rate of the same
+    round when the rounds hold one; medians and quartiles over the rounds.  A ratio of two medians taken minutes apart
+    moves with the machine's load; a ratio within a round does much less."""
+    by_name = {r["impl"]: r for r in records}
+    work = {name: r["gflops"] * r["seconds_median"] for name, r in by_name.items()}   # GFLOP per call
+    peers = [n for n in by_name if not n.startswith(ours)]
+    out = []
+    for name in by_name:
+        if not name.startswith(ours) or not (peers or "sgemm" in rounds[0]):
+            continue
+        line = {"workload": by_name[name]["workload"], "impl": name, "ratios": "per round", "rounds": len(rounds)}
+        if peers:
+            best = [max(peers, key=lambda p: work[p] / rnd[p]) for rnd in rounds]
+            q1, q2, q3 = _quartiles([work[name] / rnd[name] / (work[b] / rnd[b]) for rnd, b in zip(rounds, best)])
+            line.update(best_peer=max(peers, key=best.count), vs_best_peer=q2, vs_best_peer_q1=q1,
+                        vs_best_peer_q3=q3)
+        if "sgemm" in rounds[0] and "gpu" not in name:   # the CPU's ceiling; no measure of a GPU
+            sgemm_gflop = 2 * SGEMM_N ** 3 / 1e9
+            q1, q2, q3 = _quartiles([work[name] / rnd[name] / (sgemm_gflop / rnd["sgemm"]) for rnd in rounds])
+            line.update(of_sgemm=q2, of_sgemm_q1=q1, of_sgemm_q3=q3)
+        out.append(line)
+    return out
+
+
+def _sgemm_call(n):
+    """run(k): k (n, n) @ (n, n) float32 products through NumPy's BLAS, on the threads set_threads gave it."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)   # (n, n)
+    b = a.T.copy()
+
+    def run(k):
+        for _ in range(k):
+            a @ b
+    return run
 
 
 def bench_sgemm(threads, repeats=3, n=SGEMM_N):
     """The machine's large-sgemm rate: the median of `repeats` (n, n) @ (n, n) float32 products through NumPy's BLAS on
     `threads` threads, as one JSON-ready dict (the ceiling a GEMM on shapes made for it reaches here)."""
     set_threads(threads)
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)   # (n, n)
-    b = a.T.copy()
-    a @ b                                                                     # warm-up: BLAS threads started
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
+    run = _sgemm_call(n)
+    run(1)                                                                    # warm-up: BLAS threads started
+    median = statistics.median(_timed(run, 1) for _ in range(repeats))
     return {"workload": f"sgemm {n}", "impl": "sgemm", "seconds_median": median, "gflops": 2 * n**3 / median / 1e9,
             "repeats": repeats, "threads": threads, "dtype": "float32", "device": cpu_name()}
 
 
 def run_bench(workloads=tuple(WORKLOADS), impls=None, epochs=None, repeats=3, threads=None, emit=print,
               networks=None, sgemm=True):
-    """Every impl on every workload, side by side in this process; one JSON line per pair through `emit`.
+    """Every impl on every workload, side by side in this process, in rounds (bench_impls); through `emit`, one JSON
+    line per (workload, impl), then per workload one line of per-round ratios for each fastmlp impl (round_ratios).
 
     impls: names from IMPLS or GPU_IMPLS, or a dict name -> trainer (default: all of IMPLS, and fastmlp-gpu when
     a GPU is usable). epochs: an int for every workload, or None for DEFAULT_EPOCHS. networks: M for every workload
-    instead of its own. sgemm: first a line with the machine's large-sgemm rate (bench_sgemm).
+    instead of its own. sgemm: first a line with the machine's large-sgemm rate (bench_sgemm), and one sgemm
+    product in every round.
     """
     known = {**IMPLS, **LOSS_IMPLS, **GPU_IMPLS}
     if impls is None:
@@ -428,5 +495,6 @@ def run_bench(workloads=tuple(WORKLOADS), impls=None, epochs=None, repeats=3, th
         emit(json.dumps(bench_sgemm(threads, repeats)))
     for workload in workloads:
         n_epochs = DEFAULT_EPOCHS[workload] if epochs is None else epochs
-        for name, fn in impls.items():
-            emit(json.dumps(bench_impl(name, fn, workload, n_epochs, repeats, threads, networks=networks)))
+        records, rounds = bench_impls(impls, workload, n_epochs, repeats, threads, networks=networks, sgemm=sgemm)
+        for line in records + round_ratios(records, rounds):
+            emit(json.dumps(line))

@@ -622,7 +622,8 @@ def plot(store_dir, out, x):
                    "when a GPU is usable]; numpy-procs splits the networks over one single-threaded NumPy process "
                    "per thread; fastmlp-cpu-mse and -hinge2 train with that loss instead of cross-entropy; "
                    "-nograph launches every kernel on its own (no CUDA graphs), -tf32 lets cuBLAS use TF32")
-@click.option("--repeats", type=int, default=3, show_default=True, help="timed calls; the median is reported")
+@click.option("--repeats", type=int, default=3, show_default=True,
+              help="rounds: timed calls of each implementation; medians are reported")
 @click.option("--epochs", type=int, default=None, help="epochs per timed call [default: per workload]")
 @click.option("--threads", type=int, default=None, help="threads for every implementation [default: all cores]")
 @click.option("--networks", type=int, default=None, help="networks M trained at once [default: the workload's]")
@@ -633,6 +634,9 @@ def bench(workloads, impls, repeats, epochs, threads, networks, no_sgemm):
 
     Every implementation trains the same networks for a fixed number of epochs (no early stop), side by side
     in one process; rates are network-samples/s and useful GFLOP/s (4DH + 6(L-1)H^2 + 12H per network-sample).
+    They run in rounds, one timed call of each (and one sgemm product) per round, so that the machine's load falls
+    on all alike; per workload, a last line gives fastmlp's ratios to the best peer and to sgemm taken within each
+    round (median and quartiles over the rounds).
     """
     from . import bench as b
     if repeats < 1:

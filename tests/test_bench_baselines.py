@@ -1,6 +1,7 @@
 """The benchmark baselines train for real, agree with each other, and bench_impl reports consistent rates."""
 
 import json
+import statistics
 
 import numpy as np
 import pytest
@@ -147,6 +148,47 @@ def test_run_bench_emits_one_line_per_pair():
     assert recs[0]["gflops"] > 1 and recs[0]["threads"] == 1     # the ceiling, measured in the same run
     with pytest.raises(ValueError, match="unknown workload"):
         run_bench(workloads=("W9",), impls=("numpy",), emit=lines.append)
+
+
+def test_bench_impls_time_every_impl_once_a_round_in_a_rotating_order(monkeypatch):
+    """Set up and warmed up first, then per round one call of each impl and one sgemm product, each round starting
+    one further along, so that a slow spell of the machine falls on all of them alike."""
+    from fastmlp import bench
+    monkeypatch.setattr(bench, "SGEMM_N", 64)
+    calls = []
+
+    def fake(tag):
+        def prepare(*args):
+            calls.append(("prepare", tag))
+            return lambda epochs: calls.append((tag, epochs))
+        return prepare
+
+    records, rounds = bench.bench_impls({"a": fake("a"), "b": fake("b")}, "W1", epochs=2, repeats=3, threads=1,
+                                        sgemm=True)
+    assert calls == [("prepare", "a"), ("a", 1), ("prepare", "b"), ("b", 1),   # warm-up epochs, untimed
+                     ("a", 2), ("b", 2), ("b", 2), ("a", 2), ("a", 2), ("b", 2)]
+    assert [list(r) for r in rounds] == [["a", "b", "sgemm"], ["b", "sgemm", "a"], ["sgemm", "a", "b"]]
+    assert [r["impl"] for r in records] == ["a", "b"]
+    assert records[0]["seconds_median"] == statistics.median(r["a"] for r in rounds)
+
+
+def test_round_ratios_compare_within_each_round():
+    """The ratio is taken round by round (against that round's best peer and sgemm), then the median: a machine
+    twice as slow in one round moves no ratio."""
+    from fastmlp.bench import SGEMM_N, round_ratios
+    sgemm_gflop = 2 * SGEMM_N ** 3 / 1e9
+    rounds = [{"fastmlp-cpu": 1.0, "numpy": 3.0, "torch": 2.0, "sgemm": sgemm_gflop / 100},
+              {"fastmlp-cpu": 2.0, "numpy": 4.0, "torch": 6.0, "sgemm": sgemm_gflop / 50},   # everything slower
+              {"fastmlp-cpu": 1.0, "numpy": 2.5, "torch": 2.0, "sgemm": sgemm_gflop / 100}]
+    records = [{"workload": "W4", "impl": name, "gflops": 80.0 / statistics.median(r[name] for r in rounds),
+                "seconds_median": statistics.median(r[name] for r in rounds)}
+               for name in ("fastmlp-cpu", "numpy", "torch")]                # 80 GFLOP per call, every impl
+    [line] = round_ratios(records, rounds)
+    assert line["impl"] == "fastmlp-cpu" and line["rounds"] == 3 and line["best_peer"] == "torch"
+    assert line["vs_best_peer"] == pytest.approx(2.0)                     # rounds: 2, 2 (numpy), 2
+    assert line["of_sgemm"] == pytest.approx(0.8)                         # rounds: 80/100, 40/50, 80/100
+    assert line["vs_best_peer_q1"] <= line["vs_best_peer"] <= line["vs_best_peer_q3"]
+    assert round_ratios(records[1:], rounds) == []                        # no fastmlp impl, no line
 
 
 @pytest.mark.parametrize("loss", ["mse", "hinge2"])
