@@ -9,8 +9,10 @@ included) for the same comparison.
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_kernels.py W5 --repeats 5
 
 Kernels: fwd0 / dweight0, the first layer (K = D, reading the minibatch's rows out of the dataset); fwd / dinp /
-dweight, a hidden layer (K = J = H) by the path the engine takes at that width (cpu.WIDE_H); output+loss, the
-output layer forward, the loss, the gradient below it and its update (12 B H FLOP).  Medians of --repeats.
+dweight, a hidden layer (K = J = H) by the path the engine takes at that width (cpu.WIDE_H), and on the wide path
+dinp once more with 8 x 32 tiles alone, the minibatch padded to a multiple of 32 (the layout before the 56-column
+tiles); output+loss, the output layer forward, the loss, the gradient below it and its update (12 B H FLOP).
+Medians of --repeats.
 """
 import argparse
 import json
@@ -21,7 +23,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from fastmlp import bench, cpu
+from fastmlp import _microkernels as mk, bench, cpu
 from fastmlp.cpu_engine import Engine
 
 
@@ -51,6 +53,18 @@ def _dinp(reps, dZp, dZpT, ApT, dZT, Ws, K):
 
 
 @njit(cache=False)
+def _dinp_32(reps, dZp, dZpT, ApT, dZT, Ws, K):
+    """dinp with 8 x 32 tiles alone, the minibatch padded to a multiple of 32 columns: the layout before the 56-wide
+    tiles, for comparison."""
+    J = Ws.shape[1] // K
+    for r in range(reps):
+        for l in range(Ws.shape[0]):
+            for k0 in range(0, K, 8):
+                for b0 in range(0, dZT.shape[1], 32):
+                    mk.dinp_8x32(dZp, dZpT, ApT, dZT, Ws[l], k0, b0, K, J, np.float32(1))
+
+
+@njit(cache=False)
 def _dinp_t(reps, dZp, Ap, dZ, WTs, J, nbp):
     for r in range(reps):
         for l in range(WTs.shape[0]):
@@ -65,7 +79,8 @@ def _output(reps, Y, rows, nb, nbp, Wo, bo, c, s, wide, aL, g, gT, z):
 
 
 def timed(fn, args, reps, repeats):
-    fn(1, *args)   # compile
+    with cpu.slp_vectorize():   # as the engine compiles its kernels
+        fn(1, *args)            # compile
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -113,7 +128,13 @@ def main():
     if L > 1:
         results += [("fwd", _fwd, (act, actT, wide, act[0], ident, Bp, Wh, Hp, bias), nh, flop_h)]
         if wide:
-            results += [("dinp", _dinp, (dz2, dz2T, actT, dzT, Wh, Hp), nh, flop_h),
+            B32 = cpu.round_up(Bp, 32)
+            pad32 = [np.zeros((Hp, B32), f32), np.zeros((B32, Hp), f32), np.zeros((Hp, B32), f32),
+                     np.zeros((Hp, B32), f32)]
+            pad32[2][:, :Bt], pad32[3][:, :Bt] = actT, dzT   # the same real columns, more padding
+            results += [(f"dinp ({Bt} columns)", _dinp, (dz2, dz2T, actT, dzT, Wh, Hp), nh, flop_h),
+                        (f"dinp, 8 x 32 tiles only ({B32} columns)", _dinp_32,
+                         (pad32[1], pad32[0], pad32[2], pad32[3], Wh, Hp), nh, flop_h),
                         ("dweight", _dweight, (Wh, Wh, False, Hp, bias, act[0], ident, dz, B), nh, flop_h)]
         else:
             results += [("dinp_t", _dinp_t, (dz2, act[0], dz, WhT, Hp, Bp), nh, flop_h),
@@ -126,7 +147,8 @@ def main():
     for name, fn, fargs, per_rep, flop in results:
         sec = timed(fn, fargs, args.reps, args.repeats)
         calls = args.reps * per_rep
-        share = flop * (L - 1 if name in ("fwd", "dinp", "dweight", "dinp_t", "dweight_t") else 1) / step_flop
+        share = flop * (L - 1 if name.split()[0] in ("fwd", "dinp", "dinp,", "dweight", "dinp_t", "dweight_t")
+                        else 1) / step_flop
         print(json.dumps({"workload": args.workload, "kernel": name, "gflops": flop * calls / sec / 1e9,
                           "us_per_call": sec / calls * 1e6, "share_of_step_flops": round(share, 3),
                           "wide": wide}), flush=True)

@@ -351,12 +351,17 @@ def _timed(run, epochs):
     return own if getattr(run, "timed", False) else time.perf_counter() - t0
 
 
+PAUSE = 1.0   # seconds between two timed calls: the BLAS and OpenMP threads of the last one stop spinning first
+
+
 def bench_impls(impls, workload, epochs, repeats, threads, lr=BENCH_LR, seed=0, networks=None, sgemm=False):
     """Every impl (name -> prepare) on one workload, in rounds; returns (records, rounds).
 
     All are set up (initialization, JIT compilation) and run one warm-up epoch first; then each of `repeats` rounds
     times one call of `epochs` epochs of each impl, the order rotating from round to round, and with ``sgemm`` one
     large-sgemm product (bench_sgemm's), so that a busy or quiet spell of the machine falls on every impl alike.
+    Calls are PAUSE seconds apart: a thread pool that spins on after its call would otherwise take cores from the
+    next one.
     Each timed call continues training the same networks, so every call does the same work.  records: one dict per
     impl (the median of its calls; what bench_impl returns); rounds: per round, name -> seconds ("sgemm" included).
     ``networks`` overrides the workload's M.  A run function may carry ``info()``, extra fields for its record (the
@@ -379,7 +384,11 @@ def bench_impls(impls, workload, epochs, repeats, threads, lr=BENCH_LR, seed=0, 
         names = list(runs)
         for r in range(repeats):
             order = names[r % len(names):] + names[:r % len(names)]
-            rounds.append({name: _timed(runs[name], 1 if name == "sgemm" else epochs) for name in order})
+            rnd = {}
+            for name in order:
+                time.sleep(PAUSE)
+                rnd[name] = _timed(runs[name], 1 if name == "sgemm" else epochs)
+            rounds.append(rnd)
     finally:
         for run in runs.values():
             if callable(getattr(run, "close", None)):

@@ -137,7 +137,8 @@ def test_bench_impl_json_line():
     assert rec["gflops"] == pytest.approx(rate * useful_flops_per_sample(500, 100, 5) / 1e9)
 
 
-def test_run_bench_emits_one_line_per_pair():
+def test_run_bench_emits_one_line_per_pair(monkeypatch):
+    monkeypatch.setattr(bench, "PAUSE", 0)
     lines = []
     noop = lambda *args, **kwargs: (lambda epochs: None)  # noqa: E731
     run_bench(workloads=("W1", "W3"), impls={"a": noop, "b": noop}, epochs=1, repeats=1, threads=1,
@@ -155,6 +156,7 @@ def test_bench_impls_time_every_impl_once_a_round_in_a_rotating_order(monkeypatc
     one further along, so that a slow spell of the machine falls on all of them alike."""
     from fastmlp import bench
     monkeypatch.setattr(bench, "SGEMM_N", 64)
+    monkeypatch.setattr(bench, "PAUSE", 0)
     calls = []
 
     def fake(tag):
@@ -193,6 +195,7 @@ def test_round_ratios_compare_within_each_round():
 
 @pytest.mark.parametrize("loss", ["mse", "hinge2"])
 def test_the_loss_impls_train_the_cpu_engine_with_that_loss(monkeypatch, loss):
+    monkeypatch.setattr(bench, "PAUSE", 0)
     from fastmlp import cpu_engine
     seen = []
     init = cpu_engine.Engine.__init__
