@@ -22,9 +22,9 @@ import pathlib
 MR_ROWS = 5          # batch rows per tile in fwd and dinp_t (B = 50 splits into 10 tiles)
 MR_K = 8             # input features per tile in dweight and dinp (D and H are padded to multiples of 8)
 NR_WIDE = (32, 8)    # output-column panel widths; widths are multiples of 8, so these two cover every case
-# (rows of W, minibatch columns) of the wide input-gradient tiles (_dinp): 8 x 32, and 6 x 56 with 2 x 56 for the
-# rows of W left over when 6 does not divide them (K is a multiple of 8, so 0, 2 or 4 rows)
-DINP_TILES = ((8, 32), (6, 56), (2, 56))
+# (rows of W, minibatch columns) of the wide input-gradient tiles (_dinp): 8 x 32 and 6 x 56 (where 6 does not
+# divide the rows, the last 6-row tile overlaps the one before and writes its shared rows again, the same values)
+DINP_TILES = ((8, 32), (6, 56))
 
 
 def panel_widths(J):

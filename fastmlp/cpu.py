@@ -162,22 +162,23 @@ def _wide_tiles(Bt):
 @njit(inline="always", **_jit)
 def _dinp_rows(dZp, dZpT, ApT, dZT, W, K, c, k_lo, k_hi):
     """Rows k_lo..k_hi (multiples of 8) of _dinp_layer: the 32-wide column tiles by 8 rows of W, then the 56-wide
-    ones by 6 rows, and 2 at a time for what 6 leaves.  A k-tile runs every column tile before the next, so its
-    rows of W are read from memory once (twice when both widths are there)."""
+    ones by 6 rows, the last of which ends at k_hi, overlapping the one before where 6 does not divide the rows
+    (those rows are written twice, with the same values: a row's output depends on nothing else).  A k-tile runs
+    every column tile before the next, so its rows of W are read from memory once (twice when both widths are
+    there)."""
     J = W.shape[0] // K
     Bt = dZT.shape[1]
     b56 = Bt - 56 * _wide_tiles(Bt)
     for k0 in range(k_lo, k_hi, 8):
         for b0 in range(0, b56, 32):
             mk.dinp_8x32(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c)
-    if b56 < Bt:
-        k6 = k_hi - (k_hi - k_lo) % 6
-        for k0 in range(k_lo, k6, 6):
+    if b56 < Bt and k_hi > k_lo:
+        for k0 in range(k_lo, k_hi - 5, 6):
             for b0 in range(b56, Bt, 56):
                 mk.dinp_6x56(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c)
-        for k0 in range(k6, k_hi, 2):
+        if (k_hi - k_lo) % 6:
             for b0 in range(b56, Bt, 56):
-                mk.dinp_2x56(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c)
+                mk.dinp_6x56(dZp, dZpT, ApT, dZT, W, k_hi - 6, b0, K, J, c)
 
 
 @njit(inline="always", **_jit)

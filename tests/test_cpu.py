@@ -74,7 +74,7 @@ def test_one_epoch(data_small, H, L, B, param, dtype, wide):
 @pytest.mark.parametrize("H, L, B", [(16, 2, 50), (40, 3, 80)])
 def test_one_epoch_wide_input_gradient_tiles(data_medium, H, L, B, dtype):
     """The input gradient from W with its 56-column tiles: B = 50 pads to one 56-wide tile, B = 80 to a 32-wide and
-    a 56-wide one; Hp = 16 and 40 leave 4 rows of W to the 2-row tile after the 6-row ones."""
+    a 56-wide one; at Hp = 16 and 40 the last 6-row tile overlaps the one before (6 divides neither)."""
     assert cpu.dinp_columns(cpu.round_up(B, cpu.MR_ROWS)) == {50: 56, 80: 88}[B]
     test_one_epoch(data_medium, H, L, B, "standard", dtype, True)   # 300 samples: several steps, the last short
 
@@ -154,7 +154,8 @@ def test_one_network_split_over_threads_equals_it_on_one_thread(data_medium, wid
     results = {}
     for threads, M in ((1, 1), (2, 1), (3, 1), (1, 3), (2, 3)):
         got = []
-        # 264: eight 32-wide panels and one 8-wide; with B = 50 each thread's rows of dinp end in a 2-row tile
+        # 264: eight 32-wide panels and one 8-wide; with B = 50, 2 and 3 threads' rows of dinp end in overlapping
+        # 6-row tiles
         for H, L, B in ((40, 3, 17), (13, 4, 7), (264, 2, 50)):
             e = Engine(x, y, H, L, B, [0.05, 0.3, 0.1][:M], [1, 2, 3][:M], threads=threads, wide=wide)
             res = e.fit(max_epochs=3)
