@@ -69,6 +69,13 @@ class Worker:
         self.proc.wait()
 
 
+def workloads_of(src):
+    """The names of the standard workloads the commit checked out at `src` defines."""
+    out = subprocess.run([sys.executable, "-c", "from fastmlp import bench; print(*bench.WORKLOADS)"], cwd=src,
+                         env=os.environ | {"PYTHONPATH": str(src)}, capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
 def quartiles(xs):
     q = statistics.quantiles(xs, n=4)
     return q[0], q[2]
@@ -83,10 +90,17 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="engine threads (default: every core)")
     args = ap.parse_args()
     workloads = args.workload or ["W1", "W2", "W3", "W4"]
+    unknown = [w for w in workloads if w not in EPOCHS]
+    if unknown:
+        ap.error(f"unknown workload(s) {unknown}; choose from {sorted(EPOCHS)}")
     old = short(args.commit)
     new = short(args.new) if args.new else "checkout"
     with checkouts(old, args.new and new) as (old_src, new_src):
         sides = [(old, old_src), (new, new_src)]
+        for name, src in sides:   # before any timing: a workload one commit lacks would stop the run half-way
+            missing = [w for w in workloads if w not in workloads_of(src)]
+            if missing:
+                sys.exit(f"bench_commits: {name} has no workload {', '.join(missing)}")
         for workload in workloads:
             epochs = EPOCHS[workload]
             workers = {name: Worker(src, workload, args.threads, epochs) for name, src in sides}
