@@ -145,7 +145,7 @@ def _dinp_t_layer(dZp, Ap, dZ, WT, J, nbp, c):
 def dinp_columns(Bp):
     """Bt, the columns of the wide input gradient's tiles (codegen.DINP_TILES): the least sum of 32s and 56s that
     holds Bp minibatch rows, with the fewest 56s (_wide_tiles recovers them from Bt)."""
-    (_, nr), (_, wr) = DINP_TILES[:2]
+    (_, nr), (_, wr) = DINP_TILES
     return min((wr * n + round_up(max(Bp - wr * n, 0), nr), n) for n in range(Bp // wr + 2))[0]
 
 
