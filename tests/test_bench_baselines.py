@@ -154,7 +154,6 @@ def test_run_bench_emits_one_line_per_pair(monkeypatch):
 def test_bench_impls_time_every_impl_once_a_round_in_a_rotating_order(monkeypatch):
     """Set up and warmed up first, then per round one call of each impl and one sgemm product, each round starting
     one further along, so that a slow spell of the machine falls on all of them alike."""
-    from fastmlp import bench
     monkeypatch.setattr(bench, "SGEMM_N", 64)
     monkeypatch.setattr(bench, "PAUSE", 0)
     calls = []
