@@ -4,7 +4,9 @@ Do not edit by hand; see codegen.py for what each kernel computes and why it is 
 """
 from numba import njit
 
-_jit = njit(fastmath={'contract'}, cache=True)
+from .jitcache import StraightLine
+
+_jit = njit(fastmath={'contract'}, cache=True, pipeline_class=StraightLine)
 
 
 @_jit

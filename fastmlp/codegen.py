@@ -165,7 +165,9 @@ def source():
         '"""',
         "from numba import njit",
         "",
-        "_jit = njit(fastmath={'contract'}, cache=True)",
+        "from .jitcache import StraightLine",
+        "",
+        "_jit = njit(fastmath={'contract'}, cache=True, pipeline_class=StraightLine)",
         "",
     ]
     kernels = [_fwd(MR_ROWS, nr) for nr in NR_WIDE] + [_dweight(MR_K, nr) for nr in NR_WIDE]

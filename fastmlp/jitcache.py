@@ -6,14 +6,19 @@ the Philox shuffle, the data kernels hold Philox and Box-Muller.  An edit to a c
 the old code.  A hash of all the sources, stored beside the cache, drops the cache when any of them changes.
 
 The first run compiles for about a minute before anything else happens; `first_compile` says so on stderr, once,
-and leaves a stamp beside the cache so that later runs stay quiet.
+and leaves a stamp beside the cache so that later runs stay quiet.  `StraightLine` halves the part of that minute
+spent on the generated micro-kernels.
 """
 import contextlib
 import hashlib
 import sys
 from pathlib import Path
 
-SOURCES = ("constants.py", "rng.py", "tasks.py", "_microkernels.py", "cpu.py")   # everything cached code runs
+from numba.core.compiler import CompilerBase, DefaultPassBuilder
+from numba.core.untyped_passes import ReconstructSSA
+
+# everything cached code runs, and this file (its StraightLine compiles the micro-kernels)
+SOURCES = ("constants.py", "rng.py", "tasks.py", "_microkernels.py", "cpu.py", "jitcache.py")
 CACHED_MODULES = ("tasks", "_microkernels", "cpu")                              # modules with cache=True
 _checked = set()
 _cache_dirs = []     # the cache directories drop_stale has seen (where the stamps of first_compile live)
@@ -63,3 +68,21 @@ def first_compile(name):
         for p in stamps:
             with contextlib.suppress(OSError):   # a read-only cache: the notice shows again next time
                 p.touch()
+
+
+class StraightLine(CompilerBase):
+    """Numba's nopython pipeline without its SSA reconstruction, for the generated micro-kernels alone.
+
+    A micro-kernel keeps its tile in a few hundred scalar locals, each assigned before its loop and in it; Numba's
+    SSA pass rewrites every such variable with a scan of the whole function, so its time grows with locals times
+    statements: half of what the 6 x 56 input-gradient tile took to compile (26 s on one Zen 4 core, against 12 s
+    without it; bench/compile_time.py).  The kernels need nothing SSA gives (a local keeps the type of its first
+    assignment, no branch merges differently typed values) and LLVM builds its own SSA form from Numba's stack slots:
+    the machine code is the same, byte for byte (bench/kernel_asm.py).
+    """
+
+    def define_pipelines(self):
+        pm = DefaultPassBuilder.define_nopython_pipeline(self.state)
+        pm.passes = [p for p in pm.passes if p[0] is not ReconstructSSA]
+        pm.finalize()
+        return [pm]
