@@ -124,6 +124,13 @@ def _dweight_t_layer(W, WT, K, bias, A, rows, dZ, nb, lr, c, s):
 
 
 @njit(inline="always", **_jit)
+def _no():
+    """False as a run-time value: a literal False argument is a type of its own to Numba, and would compile the
+    kernel it reaches (and every kernel below it) a second time."""
+    return bool(0)
+
+
+@njit(inline="always", **_jit)
 def _dbias(bias, dZ, nb, bscale):
     """bias -= bscale * sum_b dZ[:nb]  (bscale = lr * s is zero for NTK biases with sigma_b = 0)."""
     if bscale != 0:
@@ -286,7 +293,9 @@ def _pad_rows(rows, nb):
     return nbp
 
 
-@njit(inline="always", **_jit)
+# _step and _evaluate_one are functions of their own, not inlined: inside train_epoch's parallel loop their code went
+# through Numba's parfor passes, which copy a loop body's IR many times over (about 15 s of every cold compile)
+@njit(**_jit)
 def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide, act, actT, dz, dzT, z, ident):
     """One SGD step of one network on the minibatch X[rows[:nb]]; returns its mean loss (before the step).
 
@@ -320,7 +329,7 @@ def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide
     return loss
 
 
-@njit(inline="always", **_jit)
+@njit(**_jit)
 def _evaluate_one(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, loss_kind, act, z, rows, ident, stop_at_error):
     """(number of errors, summed loss, samples seen) of one network on X[idx[:n]], in chunks of one padded
     minibatch; with stop_at_error it returns after the first chunk that holds an error."""
@@ -333,9 +342,9 @@ def _evaluate_one(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, loss_kind, act, z,
         if stop_at_error and errors > 0:
             break
         nb, nbp = _chunk_rows(rows, idx, start, n)
-        _fwd_layer(act[0], act[0], False, X, rows, nbp, W0, X.shape[1], b0, c[0], s[0])
+        _fwd_layer(act[0], act[0], _no(), X, rows, nbp, W0, X.shape[1], b0, c[0], s[0])
         for l in range(1, L):
-            _fwd_layer(act[l], act[l], False, act[l - 1], ident, nbp, Wh[l - 1], act.shape[2], bh[l - 1], c[l],
+            _fwd_layer(act[l], act[l], _no(), act[l - 1], ident, nbp, Wh[l - 1], act.shape[2], bh[l - 1], c[l],
                        s[l])
         _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L])
         e, lsum = _chunk_metrics(z, Y, rows, nb, loss_kind)
@@ -432,7 +441,7 @@ def evaluate(X, Y, idx, W0, b0, Wh, WhT, bh, Wo, bo, c, s, loss_kind, act, z, ro
     for t in prange(T):
         for m in range(t, M, T):
             err, lsum, _ = _evaluate_one(X, Y, idx, idx.shape[0], W0[m], b0[m], Wh[m], bh[m], Wo[m], bo[m], c,
-                                         s, loss_kind, act[t], z[t], rows[t], ident, False)
+                                         s, loss_kind, act[t], z[t], rows[t], ident, _no())
             out_err[m] = err
             out_loss[m] = lsum
 
@@ -453,9 +462,9 @@ def forward(X, idx, W0, b0, Wh, WhT, bh, Wo, bo, c, s, act, z, rows, ident, out)
                 r = rows[t]
                 for b in range(nbp):
                     r[b] = idx[start + b] if b < nb else idx[start]
-                _fwd_layer(act[t, 0], act[t, 0], False, X, r, nbp, W0[m], X.shape[1], b0[m], c[0], s[0])
+                _fwd_layer(act[t, 0], act[t, 0], _no(), X, r, nbp, W0[m], X.shape[1], b0[m], c[0], s[0])
                 for l in range(1, L):
-                    _fwd_layer(act[t, l], act[t, l], False, act[t, l - 1], ident, nbp, Wh[m, l - 1], act.shape[3],
+                    _fwd_layer(act[t, l], act[t, l], _no(), act[t, l - 1], ident, nbp, Wh[m, l - 1], act.shape[3],
                                bh[m, l - 1],
                                c[l], s[l])
                 _output_forward(z[t], act[t, L - 1], Wo[m], bo[m], nb, c[L], s[L])
@@ -580,7 +589,7 @@ def _step_split(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind
         _par_dweight(Wh[l - 1], WhT[l - 1], not wide, Hp, bh[l - 1], act[l - 1], ident, dz[cur], nb, lr, c[l], s[l],
                      pb)
         cur = 1 - cur
-    _par_dweight(W0, W0, False, X.shape[1], b0, X, rows, dz[cur], nb, lr, c[0], s[0], pb)   # W0: no copy to keep
+    _par_dweight(W0, W0, _no(), X.shape[1], b0, X, rows, dz[cur], nb, lr, c[0], s[0], pb)   # W0: no copy to keep
     return loss
 
 
@@ -595,7 +604,7 @@ def _evaluate_split(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, loss_kind, act, 
         if stop_at_error and errors > 0:
             break
         nb, nbp = _chunk_rows(rows, idx, start, n)
-        _forward_split(X, rows, nbp, W0, b0, Wh, bh, c, s, False, act, act, ident, pb)
+        _forward_split(X, rows, nbp, W0, b0, Wh, bh, c, s, _no(), act, act, ident, pb)
         _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L])
         e, lsum = _chunk_metrics(z, Y, rows, nb, loss_kind)
         errors += e
