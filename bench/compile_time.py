@@ -11,13 +11,11 @@ one line per side with the median.  Compile time is single-threaded work: a busy
 """
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
-from checkouts import checkouts, short
+from checkouts import checkouts, short, worker_json
 
 
 def worker(dtype):
@@ -42,12 +40,7 @@ def worker(dtype):
 
 def compile_once(src, dtype):
     with tempfile.TemporaryDirectory() as cache:
-        env = os.environ | {"PYTHONPATH": str(src), "NUMBA_CACHE_DIR": cache}
-        out = subprocess.run([sys.executable, __file__, "--worker", dtype], cwd=src, env=env, capture_output=True,
-                             text=True)
-    if out.returncode:
-        sys.exit(f"compile_time: compiling in {src} failed:\n{out.stderr}")
-    return json.loads(out.stdout.splitlines()[-1])
+        return worker_json(__file__, src, [dtype], {"NUMBA_CACHE_DIR": cache})
 
 
 def main():

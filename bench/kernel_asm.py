@@ -18,12 +18,11 @@ since the first release has.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from checkouts import checkouts
+from checkouts import checkouts, worker_json
 
 
 def pyname(label):
@@ -70,11 +69,7 @@ def worker():
 
 def hashes(src, cache):
     # a fixed hash seed: Numba names constants by hash() and orders flag sets in mangled names
-    env = os.environ | {"PYTHONPATH": str(src), "NUMBA_CACHE_DIR": str(cache), "PYTHONHASHSEED": "0"}
-    out = subprocess.run([sys.executable, __file__, "--worker"], cwd=src, env=env, capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(f"kernel_asm: compiling in {src} failed:\n{out.stderr}")
-    return json.loads(out.stdout.splitlines()[-1])
+    return worker_json(__file__, src, env={"NUMBA_CACHE_DIR": str(cache), "PYTHONHASHSEED": "0"})
 
 
 def main():
