@@ -78,7 +78,8 @@ class StraightLine(CompilerBase):
     statements: half of what the 6 x 56 input-gradient tile took to compile (26 s on one Zen 4 core, against 12 s
     without it; bench/compile_time.py).  The kernels need nothing SSA gives (a local keeps the type of its first
     assignment, no branch merges differently typed values) and LLVM builds its own SSA form from Numba's stack slots:
-    the machine code is the same, byte for byte (bench/kernel_asm.py).
+    the machine code is the same, byte for byte (bench/kernel_asm.py for the engine; tests/test_jitcache.py
+    for one kernel).
     """
 
     def define_pipelines(self):

@@ -85,3 +85,23 @@ def test_the_first_run_says_it_compiles_on_stderr_and_json_stays_one_object(tmp_
     assert list(there.glob("fastmlp-warm-engine-*"))        # stamped where the subprocess's cache is
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and jitcache.COMPILING not in again.stderr
+
+
+def test_straight_line_compiles_a_kernel_to_the_machine_code_of_numbas_own_pipeline():
+    """StraightLine drops Numba's SSA pass to save compile time; the machine code must not change (the smallest
+    kernel, compiled both ways in this process, its assembly with Numba's compile counters blanked)."""
+    import re
+
+    from numba import njit, types
+
+    from fastmlp import _microkernels as mk
+
+    f32 = types.float32
+    a2 = types.Array(f32, 2, "C")
+    sig = (a2, a2, a2, types.int64, types.Array(f32, 1, "C"), types.int64, types.int64, f32)
+    asm = []
+    for pipeline in ({}, {"pipeline_class": jitcache.StraightLine}):
+        f = njit(fastmath={"contract"}, **pipeline)(mk.dinp_t_5x8.py_func)
+        f.compile(sig)
+        asm.append(re.sub(r"B\d+v\d+", "Bv", f.inspect_asm(sig)))
+    assert "dinp_t_5x8" in asm[0] and asm[0] == asm[1]
