@@ -5,8 +5,8 @@ machine code of a driver also contains every jitted function it calls: train_epo
 the Philox shuffle, the data kernels hold Philox and Box-Muller.  An edit to a callee would otherwise keep running
 the old code.  A hash of all the sources, stored beside the cache, drops the cache when any of them changes.
 
-The first run compiles for about a minute before anything else happens; `first_compile` says so on stderr, once,
-and leaves a stamp beside the cache so that later runs stay quiet.  `StraightLine` halves the part of that minute
+The first run compiles for a minute or two before anything else happens; `first_compile` says so on stderr, once,
+and leaves a stamp beside the cache so that later runs stay quiet.  `StraightLine` halves the part of that time
 spent on the generated micro-kernels.
 """
 import contextlib
@@ -23,7 +23,7 @@ CACHED_MODULES = ("tasks", "_microkernels", "cpu")                              
 _checked = set()
 _cache_dirs = []     # the cache directories drop_stale has seen (where the stamps of first_compile live)
 _done = set()        # what this process has compiled or found warm
-COMPILING = "fastmlp: compiling kernels, first run only (cached on disk after it; a minute or so)"
+COMPILING = "fastmlp: compiling kernels, first run only (cached on disk after it; a minute or two)"
 
 
 def drop_stale(dispatcher):
