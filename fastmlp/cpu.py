@@ -294,7 +294,8 @@ def _pad_rows(rows, nb):
 
 
 # _step and _evaluate_one are functions of their own, not inlined: inside train_epoch's parallel loop their code went
-# through Numba's parfor passes, which copy a loop body's IR many times over (about 15 s of every cold compile)
+# through Numba's parfor passes, which copy a loop body's IR many times over (with _no(), the drivers' cold compile
+# went from 49 to 35 s: bench/compile_time.py)
 @njit(**_jit)
 def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide, act, actT, dz, dzT, z, ident):
     """One SGD step of one network on the minibatch X[rows[:nb]]; returns its mean loss (before the step).

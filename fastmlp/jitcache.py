@@ -6,8 +6,8 @@ the Philox shuffle, the data kernels hold Philox and Box-Muller.  An edit to a c
 the old code.  A hash of all the sources, stored beside the cache, drops the cache when any of them changes.
 
 The first run compiles for a minute or two before anything else happens; `first_compile` says so on stderr, once,
-and leaves a stamp beside the cache so that later runs stay quiet.  `StraightLine` halves the part of that time
-spent on the generated micro-kernels.
+and leaves a stamp beside the cache so that later runs stay quiet.  `StraightLine` takes about 40% off the part of
+that time spent on the generated micro-kernels.
 """
 import contextlib
 import hashlib
@@ -75,11 +75,12 @@ class StraightLine(CompilerBase):
 
     A micro-kernel keeps its tile in a few hundred scalar locals, each assigned before its loop and in it; Numba's
     SSA pass rewrites every such variable with a scan of the whole function, so its time grows with locals times
-    statements: half of what the 6 x 56 input-gradient tile took to compile (26 s on one Zen 4 core, against 12 s
-    without it; bench/compile_time.py).  The kernels need nothing SSA gives (a local keeps the type of its first
-    assignment, no branch merges differently typed values) and LLVM builds its own SSA form from Numba's stack slots:
-    the machine code is the same, byte for byte (bench/kernel_asm.py for the engine; tests/test_jitcache.py
-    for one kernel).
+    statements: the 6 x 56 input-gradient tile took 26.6 s to compile with it and 15.0 s without, all ten kernels,
+    with the second compile of two of them also gone (cpu._no), 92.9 s and 56.9 s (one cold compile each, `python
+    bench/compile_time.py 8cc7342`, one Zen 4 core). The kernels need nothing SSA gives (a local keeps the type of
+    its first assignment, no branch merges differently typed values) and LLVM builds its own SSA form from Numba's
+    stack slots: the machine code is the same, byte for byte (bench/kernel_asm.py for the engine;
+    tests/test_jitcache.py for one kernel).
     """
 
     def define_pipelines(self):
