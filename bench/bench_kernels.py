@@ -11,9 +11,8 @@ included) for the same comparison.
 Kernels: fwd0 / dweight0, the first layer (K = D, reading the minibatch's rows out of the dataset); fwd / dinp /
 dweight, a hidden layer (K = J = H) by the path the engine takes at that width (cpu.WIDE_H), and on the wide path
 dinp once more with 8 x 32 tiles alone, the minibatch padded to a multiple of 32 (the layout before the 56-column
-tiles), and the backward pass the engine runs there, dinp and dweight together by stripes of W's rows
-(cpu._backward_rows; its share is both kernels'); output+loss, the output layer forward, the loss, the gradient
-below it and its update (12 B H FLOP).  Medians of --repeats.
+tiles); output+loss, the output layer forward, the loss, the gradient below it and its update (12 B H FLOP).
+Medians of --repeats.
 """
 import argparse
 import json
@@ -51,13 +50,6 @@ def _dinp(reps, dZp, dZpT, ApT, dZT, Ws, K):
     for r in range(reps):
         for l in range(Ws.shape[0]):
             cpu._dinp_layer(dZp, dZpT, ApT, dZT, Ws[l], K, np.float32(1))
-
-
-@njit(cache=False)
-def _backward(reps, dZp, dZpT, ApT, dZT, Ws, K, A, rows, dZ, nb):
-    for r in range(reps):
-        for l in range(Ws.shape[0]):
-            cpu._backward_rows(dZp, dZpT, ApT, dZT, Ws[l], K, A, rows, dZ, nb, np.float32(1e-6), np.float32(1), 0, K)
 
 
 @njit(cache=False)
@@ -143,9 +135,7 @@ def main():
             results += [(f"dinp ({Bt} columns)", _dinp, (dz2, dz2T, actT, dzT, Wh, Hp), nh, flop_h),
                         (f"dinp, 8 x 32 tiles only ({B32} columns)", _dinp_32,
                          (pad32[1], pad32[0], pad32[2], pad32[3], Wh, Hp), nh, flop_h),
-                        ("dweight", _dweight, (Wh, Wh, False, Hp, bias, act[0], ident, dz, B), nh, flop_h),
-                        (f"backward: dinp and dweight by stripes of {cpu.STRIPE} rows", _backward,
-                         (dz2, dz2T, actT, dzT, Wh, Hp, act[0], ident, dz, B), nh, 2 * flop_h)]
+                        ("dweight", _dweight, (Wh, Wh, False, Hp, bias, act[0], ident, dz, B), nh, flop_h)]
         else:
             results += [("dinp_t", _dinp_t, (dz2, act[0], dz, WhT, Hp, Bp), nh, flop_h),
                         ("dweight_t", _dweight, (Wh, WhT, True, Hp, bias, act[0], ident, dz, B), nh, flop_h)]

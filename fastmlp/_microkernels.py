@@ -1270,10 +1270,10 @@ def fwd_5x8(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s):
 
 
 @_jit
-def dweight_8x32(W, j0, K, k_lo, k_hi, A, rows, dZ, nb, scale):
+def dweight_8x32(W, j0, K, A, rows, dZ, nb, scale):
     zero = scale - scale
     wb = K * j0
-    for k0 in range(k_lo, k_hi, 8):
+    for k0 in range(0, K, 8):
         c0_0 = zero
         c0_1 = zero
         c0_2 = zero
@@ -2320,10 +2320,10 @@ def dweight_8x32(W, j0, K, k_lo, k_hi, A, rows, dZ, nb, scale):
 
 
 @_jit
-def dweight_8x8(W, j0, K, k_lo, k_hi, A, rows, dZ, nb, scale):
+def dweight_8x8(W, j0, K, A, rows, dZ, nb, scale):
     zero = scale - scale
     wb = K * j0
-    for k0 in range(k_lo, k_hi, 8):
+    for k0 in range(0, K, 8):
         c0_0 = zero
         c0_1 = zero
         c0_2 = zero

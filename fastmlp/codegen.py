@@ -70,20 +70,19 @@ def _fwd(MR, NR):
 
 
 def _dweight(MR, NR, transposed=False):
-    """Column panel j0..j0+NR, rows k_lo..k_hi (multiples of MR), of W -= scale * A[rows[:nb]]^T dZ[:nb], MR input
-    features per tile: the weight gradient fused with the SGD update, so dW is never stored.  W (K, J) packed: the
-    panel is one (K, NR) block.  ``transposed`` (dweight_t, all K rows): the updated tile is also stored into W's
-    transposed copy WT (J, K), packed."""
+    """Column panel j0..j0+NR of W -= scale * A[rows[:nb]]^T dZ[:nb], MR input features per tile: the weight
+    gradient fused with the SGD update, so dW is never stored.  W (K, J) packed: the panel is one (K, NR) block.
+    ``transposed`` (dweight_t): the updated tile is also stored into W's transposed copy WT (J, K), packed."""
     if transposed:
         L = [f"def dweight_t_{MR}x{NR}(W, WT, j0, K, A, rows, dZ, nb, scale):"]
     else:
-        L = [f"def dweight_{MR}x{NR}(W, j0, K, k_lo, k_hi, A, rows, dZ, nb, scale):"]
+        L = [f"def dweight_{MR}x{NR}(W, j0, K, A, rows, dZ, nb, scale):"]
     L.append("    zero = scale - scale")
     L.append("    wb = K * j0")
     if transposed:   # WT (J, K) packed too: its column panels are 32 wide up to K - K % 32, then 8
         L.append("    J = W.shape[0] // K")
         L.append(f"    kwide = K - K % {NR_WIDE[0]}")
-    L.append(f"    for k0 in range({'0, K' if transposed else 'k_lo, k_hi'}, {MR}):")
+    L.append(f"    for k0 in range(0, K, {MR}):")
     L += [f"        c{i}_{j} = zero" for i in range(MR) for j in range(NR)]
     L.append("        for b in range(nb):")
     L.append(f"            a = A[rows[b], k0:k0 + {MR}]")

@@ -11,8 +11,7 @@ copy of its weights, refreshed by the fused update, and reads it like the forwar
 computes the input gradient from W itself, with the gradient kept in both layouts (dZ (Bt, H) for the weight update,
 dZT (H, Bt) for the input gradient below) and the activations transposed for the ReLU mask: at H = 500 that is a
 tenth of the stores of refreshing the copy, while at H = 100 the copy is cheaper than the transposes and the
-padding of the minibatch to whole tiles.  There the input gradient and the update run together, a stripe of W's
-rows at a time (_backward_rows), so that W, larger than a core's L2 at that width, is read once per backward pass.
+padding of the minibatch to whole tiles.
 
 Packed layout (built by the CPU engine), padded so that every tile is full: Hp = H rounded up to 8, Dp = D rounded
 up to 8, Bp = B rounded up to 5 rows, Bt = Bp rounded up to a sum of the wide input gradient's tile widths, 32 and
@@ -99,20 +98,16 @@ def _fwd_layer(out, outT, tr, A, rows, nbp, W, K, bias, c, s):
 
 
 @njit(inline="always", **_jit)
-def _dweight_rows(W, K, A, rows, dZ, nb, scale, k_lo, k_hi):
-    """Rows k_lo..k_hi (multiples of 8) of W -= scale * A[rows[:nb]]^T dZ[:nb], W (K, J) packed."""
-    J = W.shape[0] // K
-    for j0 in range(0, J - J % 32, 32):
-        mk.dweight_8x32(W, j0, K, k_lo, k_hi, A, rows, dZ, nb, scale)
-    for j0 in range(J - J % 32, J, 8):
-        mk.dweight_8x8(W, j0, K, k_lo, k_hi, A, rows, dZ, nb, scale)
-
-
-@njit(inline="always", **_jit)
 def _dweight_layer(W, K, bias, A, rows, dZ, nb, lr, c, s):
     """W -= lr * c * A[rows[:nb]]^T dZ[:nb] (W (K, J) packed);  bias -= lr * s * sum_b dZ[:nb]."""
-    _dweight_rows(W, K, A, rows, dZ, nb, lr * c, _zero(K), K)
+    J = W.shape[0] // K
+    scale = lr * c
+    for j0 in range(0, J - J % 32, 32):
+        mk.dweight_8x32(W, j0, K, A, rows, dZ, nb, scale)
+    for j0 in range(J - J % 32, J, 8):
+        mk.dweight_8x8(W, j0, K, A, rows, dZ, nb, scale)
     _dbias(bias, dZ, nb, lr * s)
+
 
 
 
@@ -133,13 +128,6 @@ def _no():
     """False as a run-time value: a literal False argument is a type of its own to Numba, and would compile the
     kernel it reaches (and every kernel below it) a second time."""
     return bool(0)
-
-
-@njit(inline="always", **_jit)
-def _zero(n):
-    """0 as a run-time integer, for the same reason as _no: a literal 0 as the first row of dweight's kernels
-    would compile them a second time."""
-    return n - n
 
 
 @njit(inline="always", **_jit)
@@ -206,24 +194,6 @@ def _dinp_layer(dZp, dZpT, ApT, dZT, W, K, c):
     transposed activations ApT (K, Bt) and the layer's packed W (K, J): the gradient reaching the layer below,
     ReLU-masked."""
     _dinp_rows(dZp, dZpT, ApT, dZT, W, K, c, 0, K)
-
-
-# Rows of W per stripe of the wide backward pass: a multiple of dweight's 8-row tiles and of dinp's 8- and 6-row ones
-# (a last, shorter stripe of 8 or 16 rows overlaps its 6-row tiles, as _dinp_rows does)
-STRIPE = 24
-
-
-@njit(inline="always", **_jit)
-def _backward_rows(dZp, dZpT, ApT, dZT, W, K, A, rows, dZ, nb, lr, c, k_lo, k_hi):
-    """Rows k_lo..k_hi (multiples of 8) of a wide layer's backward pass: the input gradient (_dinp_layer's rows)
-    and the update of those rows of W (_dweight_rows, bias aside), a stripe of STRIPE rows at a time, its input
-    gradient first.  An output row k of the input gradient reads row k of W alone, so updating a stripe right after
-    its input gradient leaves every number as in the two passes one after the other, while the stripe, just read,
-    is still in cache: W comes from memory once per backward pass instead of twice."""
-    for k in range(k_lo, k_hi, STRIPE):
-        e = min(k + STRIPE, k_hi)
-        _dinp_rows(dZp, dZpT, ApT, dZT, W, K, c, k, e)
-        _dweight_rows(W, K, A, rows, dZ, nb, lr * c, k, e)
 
 
 @njit(cache=True, fastmath={"contract", "reassoc"})
@@ -350,9 +320,8 @@ def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide
     cur = 0
     for l in range(L - 1, 0, -1):   # the input gradient first: it needs the old W
         if wide:
-            _backward_rows(dz[1 - cur], dzT[1 - cur], actT[l - 1], dzT[cur], Wh[l - 1], Hp, act[l - 1], ident,
-                           dz[cur], nb, lr, c[l], 0, Hp)
-            _dbias(bh[l - 1], dz[cur], nb, lr * s[l])
+            _dinp_layer(dz[1 - cur], dzT[1 - cur], actT[l - 1], dzT[cur], Wh[l - 1], Hp, c[l])
+            _dweight_layer(Wh[l - 1], Hp, bh[l - 1], act[l - 1], ident, dz[cur], nb, lr, c[l], s[l])
         else:
             _dinp_t_layer(dz[1 - cur], act[l - 1], dz[cur], WhT[l - 1], Hp, nbp, c[l])
             _dweight_t_layer(Wh[l - 1], WhT[l - 1], Hp, bh[l - 1], act[l - 1], ident, dz[cur], nb, lr, c[l], s[l])
@@ -510,10 +479,10 @@ jitcache.drop_stale(train_epoch)
 
 # ----------------------------------------------------------------------------------------- the split schedule
 # Fewer networks than threads: one network at a time, each layer's GEMM split over the threads by its output panels
-# (a wide layer's backward pass by its rows of W, in 8-row blocks), so that every output is computed by the very
-# kernel of the network-per-thread schedule, in the same order: the two give the same numbers, bit for bit.
-# pb (T+1,) bounds thread t's panels of an Hp-wide matrix (split_panels), kb (T+1,) its 8-row blocks (split_even);
-# the rest of a step (the loss, the output layer, the biases) is a few B x H loops, run on one thread.
+# (by its 8-row tiles for dinp), so that every output is computed by the very kernel of the network-per-thread
+# schedule, in the same order: the two give the same numbers, bit for bit.  pb (T+1,) bounds thread t's panels of
+# an Hp-wide matrix (split_panels), kb (T+1,) its 8-row tiles of dinp (split_even); the rest of a step (the loss,
+# the output layer, the biases) is a few B x H loops, run on one thread.
 def split_panels(J, T):
     """(T+1,) int64 bounds into the panels of a J-wide packed matrix (codegen.panel_widths), each thread's share of
     columns as even as whole panels allow."""
@@ -562,19 +531,17 @@ def _par_dweight(W, WT, transposed, K, bias, A, rows, dZ, nb, lr, c, s, pb):
                 else:
                     mk.dweight_t_8x8(W, WT, j0, K, A, rows, dZ, nb, scale)
             elif j0 < J - J % 32:
-                mk.dweight_8x32(W, j0, K, _zero(K), K, A, rows, dZ, nb, scale)
+                mk.dweight_8x32(W, j0, K, A, rows, dZ, nb, scale)
             else:
-                mk.dweight_8x8(W, j0, K, _zero(K), K, A, rows, dZ, nb, scale)
+                mk.dweight_8x8(W, j0, K, A, rows, dZ, nb, scale)
     _dbias(bias, dZ, nb, lr * s)
 
 
 @njit(parallel=True, **_jit)
-def _par_backward(dZp, dZpT, ApT, dZT, W, K, bias, A, rows, dZ, nb, lr, c, s, kb):
-    """A wide layer's backward pass (_backward_rows, then the bias), its rows split over the threads by kb, in
-    blocks of 8."""
+def _par_dinp(dZp, dZpT, ApT, dZT, W, K, c, kb):
+    """_dinp_layer, its rows split over the threads by kb, in blocks of 8."""
     for t in prange(kb.shape[0] - 1):
-        _backward_rows(dZp, dZpT, ApT, dZT, W, K, A, rows, dZ, nb, lr, c, 8 * kb[t], 8 * kb[t + 1])
-    _dbias(bias, dZ, nb, lr * s)
+        _dinp_rows(dZp, dZpT, ApT, dZT, W, K, c, 8 * kb[t], 8 * kb[t + 1])
 
 
 @njit(parallel=True, **_jit)
@@ -617,12 +584,11 @@ def _step_split(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind
     cur = 0
     for l in range(L - 1, 0, -1):
         if wide:
-            _par_backward(dz[1 - cur], dzT[1 - cur], actT[l - 1], dzT[cur], Wh[l - 1], Hp, bh[l - 1], act[l - 1],
-                          ident, dz[cur], nb, lr, c[l], s[l], kb)
+            _par_dinp(dz[1 - cur], dzT[1 - cur], actT[l - 1], dzT[cur], Wh[l - 1], Hp, c[l], kb)
         else:
             _par_dinp_t(dz[1 - cur], act[l - 1], dz[cur], WhT[l - 1], Hp, nbp, c[l], pb)
-            _par_dweight(Wh[l - 1], WhT[l - 1], not wide, Hp, bh[l - 1], act[l - 1], ident, dz[cur], nb, lr, c[l],
-                         s[l], pb)
+        _par_dweight(Wh[l - 1], WhT[l - 1], not wide, Hp, bh[l - 1], act[l - 1], ident, dz[cur], nb, lr, c[l], s[l],
+                     pb)
         cur = 1 - cur
     _par_dweight(W0, W0, _no(), X.shape[1], b0, X, rows, dz[cur], nb, lr, c[0], s[0], pb)   # W0: no copy to keep
     return loss

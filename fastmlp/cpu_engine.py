@@ -62,7 +62,7 @@ class Engine(EngineBase):
         self._perm = np.zeros((T, int(self.n_train.max())), np.int64)
         self._ident = np.arange(Bp, dtype=np.int64)            # rows of an activation buffer, in order
         self._pb = cpu.split_panels(Hp, T)                     # each thread's panels, when a network is split
-        self._kb = cpu.split_even(Hp // cpu.PAD, T)            # and its 8-row blocks (a wide backward pass)
+        self._kb = cpu.split_even(Hp // cpu.PAD, T)            # and its 8-row tiles of dinp
 
         self._init_training(loss, stop, target_loss)
 

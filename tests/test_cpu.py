@@ -6,7 +6,6 @@ Shapes cross every tile edge on purpose: H = 13, 21 (not multiples of 8), H = 40
 """
 import numpy as np
 import pytest
-from numba import njit
 
 from fastmlp import cpu, reference
 from fastmlp.cpu_engine import Engine
@@ -78,36 +77,6 @@ def test_one_epoch_wide_input_gradient_tiles(data_medium, H, L, B, dtype):
     a 56-wide one; at Hp = 16 and 40 the last 6-row tile overlaps the one before (6 divides neither)."""
     assert cpu.dinp_columns(cpu.round_up(B, cpu.MR_ROWS)) == {50: 56, 80: 88}[B]
     test_one_epoch(data_medium, H, L, B, "standard", dtype, True)   # 300 samples: several steps, the last short
-
-
-@njit(cache=False)
-def _backward_both_ways(dZp, dZpT, ApT, dZT, W, W2, K, A, rows, dZ, nb, lr, c):
-    """A wide layer's backward pass as the engine runs it (into dZp, dZpT, W) and as its two passes, the input
-    gradient and then the update (into the [1] halves of dZp, dZpT and W2)."""
-    cpu._backward_rows(dZp[0], dZpT[0], ApT, dZT, W, K, A, rows, dZ, nb, lr, c, 0, K)
-    cpu._dinp_layer(dZp[1], dZpT[1], ApT, dZT, W2, K, c)
-    cpu._dweight_layer(W2, K, np.zeros(W.shape[0] // K, W.dtype), A, rows, dZ, nb, lr, c, c - c)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("Hp", [16, 32, 72, 264])
-def test_backward_by_stripes_equals_its_two_passes(Hp, dtype):
-    """_backward_rows (the input gradient and the update together, a stripe of cpu.STRIPE rows of W at a time) gives
-    the numbers of the input gradient from the old W followed by the update, bit for bit: at Hp = 16 one short
-    stripe, 32 a full one and one of 8 rows, 72 three full ones, 264 eleven, over 32- and 8-wide panels."""
-    g = np.random.default_rng(Hp)
-    B, Bt = 50, cpu.dinp_columns(50)
-    W = (0.1 * g.standard_normal(Hp * Hp)).astype(dtype)
-    W2 = W.copy()
-    A = np.abs(g.standard_normal((Bt, Hp))).astype(dtype)
-    ApT = np.ascontiguousarray((A * (g.random((Bt, Hp)) > 0.3)).T)
-    dZ = g.standard_normal((Bt, Hp)).astype(dtype)
-    dZp, dZpT = np.zeros((2, Bt, Hp), dtype), np.zeros((2, Hp, Bt), dtype)
-    _backward_both_ways(dZp, dZpT, ApT, np.ascontiguousarray(dZ.T), W, W2, Hp, A, np.arange(Bt), dZ, B,
-                        dtype(0.5), dtype(0.7))
-    assert np.array_equal(W, W2) and np.array_equal(dZp[0], dZp[1]) and np.array_equal(dZpT[0], dZpT[1])
-    assert not np.array_equal(W, (0.1 * np.random.default_rng(Hp).standard_normal(Hp * Hp)).astype(dtype))
-    assert np.count_nonzero(dZpT[0]) > Hp * B // 2   # the input gradient was written, masked in part
 
 
 @pytest.mark.parametrize("Bp", range(5, 400, 5))
