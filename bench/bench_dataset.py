@@ -10,7 +10,6 @@ what limits the step.  Prints one JSON line per pair, then the median ratio with
 """
 import argparse
 import json
-import statistics
 import time
 
 import numpy as np
@@ -53,10 +52,9 @@ def main():
             rates[name] = flop / (time.perf_counter() - t0) / 1e9
         ratios.append(rates["small"] / rates["whole"])
         print(json.dumps({"workload": args.workload, "pair": p, "gflops": rates}), flush=True)
-    q = np.quantile(ratios, [0.25, 0.75])
+    q1, median, q3 = bench._quartiles(ratios)
     print(json.dumps({"workload": args.workload, "networks": M, "whole_N": N, "small_N": args.small,
-                      "small_over_whole": statistics.median(ratios), "q1": float(q[0]), "q3": float(q[1]),
-                      "pairs": args.pairs}))
+                      "small_over_whole": median, "q1": q1, "q3": q3, "pairs": args.pairs}))
 
 
 if __name__ == "__main__":

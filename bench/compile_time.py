@@ -64,8 +64,8 @@ def main():
                                   "kernels_s": round(sum(kernels.values()), 1),
                                   "by_kernel": {k: round(v, 1) for k, v in kernels.items()}}), flush=True)
     for name in names:
-        print(json.dumps({"side": name, "dtype": args.dtype, "median_compile_s": round(statistics.median(seconds[name]),
-                                                                                        1)}))
+        median = statistics.median(seconds[name])
+        print(json.dumps({"side": name, "dtype": args.dtype, "median_compile_s": round(median, 1)}))
 
 
 if __name__ == "__main__":
