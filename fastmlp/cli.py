@@ -261,6 +261,10 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
               help="learning rates asked for at once: bo-batch x folds networks train in one engine call")
 @click.option("--lr-min", type=float, default=1e-4, show_default=True, help="lower end of the search range")
 @click.option("--lr-max", type=float, default=10.0, show_default=True, help="upper end of the search range")
+@click.option("--lr-widen", type=click.Choice(["on", "off"]), default="on", show_default=True,
+              help="on: while the best learning rate lies within a tenth of a decade of an end of the search range, "
+                   "move that end out by a decade (never below 1e-5 nor above 100) and score --bo-batch more rates "
+                   "there; off: search [--lr-min, --lr-max] only")
 @click.option("--lr", type=float, default=None, help="skip the search and train the repeats at this learning rate")
 @click.option("--repeats", type=int, default=10, show_default=True,
               help="final networks on all N samples at the selected learning rate")
@@ -268,9 +272,9 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="also write the record to this JSON file (atomically)")
 @click.option("--json", "as_json", is_flag=True, help="print the record as one JSON object (progress stays off)")
-def run(task, D, seed, indices, beta1, beta2, N, L, H, B, folds, bo_calls, bo_batch, lr_min, lr_max, lr, repeats,
-        max_epochs, n_test, param, init, init_scale, loss, stop, target_loss, sigma_w2, sigma_b2, dtype, backend, out,
-        as_json):
+def run(task, D, seed, indices, beta1, beta2, N, L, H, B, folds, bo_calls, bo_batch, lr_min, lr_max, lr_widen, lr,
+        repeats, max_epochs, n_test, param, init, init_scale, loss, stop, target_loss, sigma_w2, sigma_b2, dtype,
+        backend, out, as_json):
     """The paper's protocol for one (TASK, N, L): the learning rate by K-fold cross-validation and Bayesian
     optimization over log10(lr), then --repeats networks on all N samples at that rate, then their test error.
 
@@ -293,7 +297,8 @@ def run(task, D, seed, indices, beta1, beta2, N, L, H, B, folds, bo_calls, bo_ba
     rec = protocol.run(spec, N=N, L=L, H=H, B=B, folds=folds, bo_calls=bo_calls, bo_batch=bo_batch, lr_min=lr_min,
                        lr_max=lr_max, repeats=repeats, n_test=n_test, seed=seed, backend=backend, param=param,
                        sigma_w2=sigma_w2, sigma_b2=sigma_b2, init=init, init_scale=init_scale, loss=loss, stop=stop,
-                       target_loss=target_loss, max_epochs=max_epochs, dtype=dtype, lr=lr, progress=say)
+                       target_loss=target_loss, max_epochs=max_epochs, dtype=dtype, lr=lr, lr_widen=lr_widen,
+                       progress=say)
     if as_json:
         emit_json(rec)                # first: the record reaches stdout even if the file cannot be written now
     if out:

@@ -35,6 +35,11 @@ SEEDS_PER_RUN = 4096
 # test loss is null.  Means and counts include it.  (`ntk` has no divergence: a kernel that is not finite is
 # refused.)
 DIVERGED_ERROR = 0.5
+# The search never ends at a bound (`lr_widen="on"`): when the best learning rate lies within WIDEN_EDGE decades of an
+# end of the range, that end moves out by a decade (never past LR_LIMITS) and one more batch is scored there.
+WIDEN_EDGE = 0.1
+LR_LIMITS = (1e-5, 100.0)
+WIDENS = ("on", "off")
 EPOCH_PROGRESS_S = 30.0   # inside one engine call, a progress line at most this often
 
 
@@ -219,6 +224,65 @@ def _status(engine, i):
     return "converged" if engine.converged[i] else "diverged" if engine.diverged[i] else "not_converged"
 
 
+# -------------------------------------------------------------------------------------------- the search
+def widened_end(best, lo, hi, limits=LR_LIMITS):
+    """Which end of the search range [lo, hi] (log10 lr) to widen with the best point at log10 lr ``best``: "low",
+    "high" or None (the best lies inside, or at an end already at its limit)."""
+    if best - lo <= WIDEN_EDGE + 1e-9 and lo > math.log10(limits[0]) + 1e-9:
+        return "low"
+    if hi - best <= WIDEN_EDGE + 1e-9 and hi < math.log10(limits[1]) - 1e-9:
+        return "high"
+    return None
+
+
+def search_lr(trainer, fold_idx, lr_min, lr_max, bo_calls, bo_batch, seed, lr_widen="on", say=None):
+    """Cross-validated Bayesian optimization of log10(lr) over [lr_min, lr_max]: ``bo_calls`` candidates in batches
+    of ``bo_batch``; then, with ``lr_widen="on"``, while the best lies within WIDEN_EDGE decades of an end, that end
+    moves out by a decade (within LR_LIMITS) and ``bo_batch`` more candidates, evenly spaced over the added interval
+    and ending at the new end, are scored.  Returns the record's ``search``: {n_initial, history, best, lr_range,
+    widened}."""
+    say = say or (lambda text: None)
+    lo, hi = math.log10(lr_min), math.log10(lr_max)
+    lr_range = [lr_min, lr_max]
+    n_init = n_initial_points(bo_calls, bo_batch)
+    opt = GaussianProcessSearch(lo, hi, n_init, seed)
+    history, widened = [], []
+
+    def score(points, batch):
+        lrs = [10.0 ** p for p in points]
+        scores = validation_errors(trainer, lrs, fold_idx, f"search batch {batch + 1}")
+        for p, cand_lr, (err, ep, st) in zip(points, lrs, scores):
+            history.append({"eval": len(history), "batch": batch, "lr": cand_lr, "log10_lr": p,
+                            "fold_errors": [float(e) for e in err], "mean_error": float(np.mean(err)),
+                            "fold_epochs": [int(e) for e in ep], "fold_status": st})
+        best = min(history, key=lambda h: h["mean_error"])
+        say(f"search: {len(history)}/{bo_calls + bo_batch * len(widened)} learning rates scored, best lr "
+            f"{best['lr']:.4g} (validation error {best['mean_error']:.4f})")
+        return best
+
+    batch = 0
+    for start in range(0, bo_calls, bo_batch):
+        points = opt.ask(min(bo_batch, bo_calls - start))
+        best = score(points, batch)
+        opt.tell(points, [h["mean_error"] for h in history[-len(points):]])
+        batch += 1
+    while lr_widen == "on" and (end := widened_end(best["log10_lr"], lo, hi)) is not None:
+        if end == "low":
+            new = max(lo - 1.0, math.log10(LR_LIMITS[0]))
+            points = [lo + (new - lo) * (i + 1) / bo_batch for i in range(bo_batch)]
+            lo, lr_range[0] = new, 10.0 ** new
+        else:
+            new = min(hi + 1.0, math.log10(LR_LIMITS[1]))
+            points = [hi + (new - hi) * (i + 1) / bo_batch for i in range(bo_batch)]
+            hi, lr_range[1] = new, 10.0 ** new
+        widened.append({"end": end, "batch": batch, "lr_min": lr_range[0], "lr_max": lr_range[1]})
+        say(f"search: the best lr {best['lr']:.4g} lies at the {end} end of the range: widened to "
+            f"[{lr_range[0]:.4g}, {lr_range[1]:.4g}]")
+        best = score(points, batch)
+        batch += 1
+    return {"n_initial": n_init, "history": history, "best": best, "lr_range": lr_range, "widened": widened}
+
+
 # ---------------------------------------------------------------------------------------------- the run
 # The keys of a record, as `run` documents them: None marks a leaf, a dict the keys of a sub-record, a list the keys
 # of each element of a list.  `check_record` holds a record to it.
@@ -226,8 +290,8 @@ RECORD_KEYS = {
     "command": None, "task": None, "selected_lr": None,
     "config": dict.fromkeys(["N", "L", "H", "B", "folds", "bo_calls", "bo_batch", "lr_min", "lr_max", "repeats",
                              "n_test", "seed", "backend", "param", "sigma_w2", "sigma_b2", "init", "init_scale",
-                             "loss", "stop", "target_loss", "max_epochs", "dtype", "lr"]),
-    "search": {"n_initial": None,
+                             "loss", "stop", "target_loss", "max_epochs", "dtype", "lr", "lr_widen"]),
+    "search": {"n_initial": None, "lr_range": None, "widened": [dict.fromkeys(["end", "batch", "lr_min", "lr_max"])],
                "history": [dict.fromkeys(["eval", "batch", "lr", "log10_lr", "fold_errors", "mean_error",
                                           "fold_epochs", "fold_status"])],
                "best": dict.fromkeys(["eval", "batch", "lr", "log10_lr", "fold_errors", "mean_error",
@@ -258,8 +322,10 @@ def check_record(rec, keys=RECORD_KEYS, where="record"):
 
 def check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr=None, H=1, L=1, B=1,
                  max_epochs=1, seed=0, init=DEFAULT_INIT, init_scale=1.0, dtype="float32", param="standard",
-                 sigma_w2=2.0, sigma_b2=0.0, loss="xent", stop="zero-error", target_loss=None):
+                 sigma_w2=2.0, sigma_b2=0.0, loss="xent", stop="zero-error", target_loss=None, lr_widen="on"):
     """UsageError (one line, what to change) for settings the protocol cannot run."""
+    if lr_widen not in WIDENS:
+        raise UsageError(f"--lr-widen must be one of {', '.join(WIDENS)} (got {lr_widen!r})")
     check_init(init, init_scale)
     check_training(loss, stop, target_loss)
     for name, value in (("--N", N), ("--H", H), ("--L", L), ("--B", B), ("--max-epochs", max_epochs)):
@@ -312,20 +378,23 @@ def n_initial_points(bo_calls, bo_batch):
 def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4, lr_max=10.0, repeats=10,
         n_test=10000, seed=0, backend="cpu", param="standard", sigma_w2=2.0, sigma_b2=0.0, init=DEFAULT_INIT,
         init_scale=1.0, loss="xent", stop="zero-error", target_loss=None, max_epochs=2000, dtype="float32", lr=None,
-        per_call=None, progress=None):
+        lr_widen="on", per_call=None, progress=None):
     """The whole protocol for one (task, N, L); returns the record (a JSON-ready dict).
 
-    ``lr`` given: no search, only the final repeats at that rate.  ``per_call``: networks per engine call (None:
-    all of a batch at once; 1: network by network, for the benchmark).  ``progress(text)`` receives one line per
-    phase and per optimizer batch.
+    ``lr`` given: no search, only the final repeats at that rate.  ``lr_widen``: "on" widens the search range a decade
+    at a time while the best rate lies at an end of it (`search_lr`), "off" keeps it (the first releases' search).
+    ``per_call``: networks per engine call (None: all of a batch at once; 1: network by network, for the benchmark).
+    ``progress(text)`` receives one line per phase and per optimizer batch.
 
     Record keys:
       command "run"; task (the task spec and its name); config (every setting above that changes results)
       selected_lr                   the learning rate of the final repeats
-      search                        null with --lr, else: {n_initial, history, best}; history has one entry per
-                                    evaluated lr, in evaluation order: {eval, batch, lr, log10_lr, fold_errors,
-                                    mean_error, fold_epochs, fold_status}; best is the entry with the lowest
-                                    mean_error (the first such, if tied)
+      search                        null with --lr, else: {n_initial, history, best, lr_range, widened}; history has
+                                    one entry per evaluated lr, in evaluation order: {eval, batch, lr, log10_lr,
+                                    fold_errors, mean_error, fold_epochs, fold_status}; best is the entry with the
+                                    lowest mean_error (the first such, if tied); lr_range is the range the search
+                                    ended with; widened one entry per widening: {end ("low" or "high"), batch (the
+                                    batch that scored the added interval), lr_min, lr_max (the range after it)}
       final                         {lr, repeats: [network record + test_error, test_loss], test_error: {mean, std,
                                     values}, converged, diverged, not_converged}; a diverged repeat's test error
                                     is DIVERGED_ERROR, like a diverged fold
@@ -338,7 +407,7 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
     from .provenance import record
 
     check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr, H, L, B, max_epochs, seed,
-                 init, init_scale, dtype, param, sigma_w2, sigma_b2, loss, stop, target_loss)
+                 init, init_scale, dtype, param, sigma_w2, sigma_b2, loss, stop, target_loss, lr_widen)
     say = progress or (lambda text: None)
     t0 = time.perf_counter()
     cls = engine_class(backend)
@@ -355,26 +424,9 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
 
     search = None
     if lr is None:
-        fold_idx = fold_indices(N, folds, seed)
-        lo, hi = math.log10(lr_min), math.log10(lr_max)
-        n_init = n_initial_points(bo_calls, bo_batch)
-        opt = GaussianProcessSearch(lo, hi, n_init, seed)
-        history = []
-        for batch, start in enumerate(range(0, bo_calls, bo_batch)):
-            q = min(bo_batch, bo_calls - start)
-            points = opt.ask(q)
-            lrs = [10.0 ** p for p in points]
-            scores = validation_errors(trainer, lrs, fold_idx, f"search batch {batch + 1}")
-            for p, cand_lr, (err, ep, st) in zip(points, lrs, scores):
-                history.append({"eval": len(history), "batch": batch, "lr": cand_lr, "log10_lr": p,
-                                "fold_errors": [float(e) for e in err], "mean_error": float(np.mean(err)),
-                                "fold_epochs": [int(e) for e in ep], "fold_status": st})
-            opt.tell(points, [h["mean_error"] for h in history[-q:]])
-            best = min(history, key=lambda h: h["mean_error"])
-            say(f"search: {len(history)}/{bo_calls} learning rates scored, best lr {best['lr']:.4g} "
-                f"(validation error {best['mean_error']:.4f})")
-        lr = best["lr"]
-        search = {"n_initial": n_init, "history": history, "best": best}
+        search = search_lr(trainer, fold_indices(N, folds, seed), lr_min, lr_max, bo_calls, bo_batch, seed, lr_widen,
+                           say)
+        lr = search["best"]["lr"]
     t_search = time.perf_counter()
 
     say(f"final: {repeats} repeats at lr {lr:.4g}")
@@ -402,7 +454,8 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
                    "lr_min": lr_min, "lr_max": lr_max, "repeats": repeats, "n_test": n_test, "seed": seed,
                    "backend": backend, "param": param, "sigma_w2": sigma_w2, "sigma_b2": sigma_b2, "init": init,
                    "init_scale": init_scale, "loss": loss, "stop": stop, "target_loss": target_loss,
-                   "max_epochs": max_epochs, "dtype": dtype, "lr": None if search else lr},
+                   "max_epochs": max_epochs, "dtype": dtype, "lr": None if search else lr,
+                   "lr_widen": lr_widen if search else None},
         "selected_lr": lr,
         "search": search,
         "final": {"lr": lr, "repeats": nets,

@@ -443,8 +443,9 @@ def test_error_of(rec):
     return (r["final"] if rec["command"] == "run" else r)["test_error"]
 
 
-RESULT_COLUMNS = ("selected_lr", "test_error_mean", "test_error_std", "test_error_n", "converged", "diverged",
-                  "not_converged", "validation_error", "wall_s", "device", "fastmlp", "git_commit", "error")
+RESULT_COLUMNS = ("selected_lr", "searched_lr_min", "searched_lr_max", "widened", "test_error_mean", "test_error_std",
+                  "test_error_n", "converged", "diverged", "not_converged", "validation_error", "wall_s", "device",
+                  "fastmlp", "git_commit", "error")
 
 
 def flatten(rec):
@@ -462,6 +463,9 @@ def flatten(rec):
             out.update(selected_lr=r["selected_lr"], converged=f["converged"], diverged=f["diverged"],
                        not_converged=f["not_converged"],
                        validation_error=r["search"]["best"]["mean_error"] if r["search"] else None)
+            if r["search"] and "lr_range" in r["search"]:      # the search range it ended with (widened or not)
+                out.update(searched_lr_min=r["search"]["lr_range"][0], searched_lr_max=r["search"]["lr_range"][1],
+                           widened=len(r["search"]["widened"]))
         elif rec["command"] == "train":
             out.update({k: r["summary"][k] for k in ("converged", "diverged", "not_converged")})
     prov = rec.get("provenance") or {}

@@ -23,7 +23,7 @@ Job identity
   temperature task, the search's options with a fixed lr, sigma-w2 and sigma-b2 with the standard
   parameterization, init with the NTK parameterization), and the options added after the first release left out
   at the value every job had before they existed (IMPLICIT: init he, init-scale 1, loss xent, stop zero-error, no
-  target-loss), so that such jobs keep their ids.  Its id is the first 16 hex digits of the SHA-256 of the command,
+  target-loss, lr-widen off), so that such jobs keep their ids.  Its id is the first 16 hex digits of the SHA-256 of the command,
   that configuration and (from version 2 on) the command's PROTOCOL version as canonical JSON.  How a sweep is
   run (store, workers, scheduler, shard) is not part of it; backend and dtype are, since they change results (by
   rounding at least).  Growing a list re-uses every job already stored.
@@ -62,10 +62,11 @@ from .tasks import parse_task
 
 COMMANDS = ("run", "ntk", "train")
 TASK_KEYS = ("task", "D", "indices", "beta1", "beta2")   # what parse_task takes; resolved into the spec
-SEARCH_KEYS = ("folds", "bo-calls", "bo-batch", "lr-min", "lr-max")
+SEARCH_KEYS = ("folds", "bo-calls", "bo-batch", "lr-min", "lr-max", "lr-widen")
 # Settings added after the first release, left out of a `run` job's configuration at the value every job had before
 # them, so that a job that keeps that value keeps its id; a reader of the store puts them back.
-IMPLICIT = {"init": "he", "init-scale": 1.0, "loss": "xent", "stop": "zero-error", "target-loss": None}
+IMPLICIT = {"init": "he", "init-scale": 1.0, "loss": "xent", "stop": "zero-error", "target-loss": None,
+            "lr-widen": "off"}
 # The version of what each command computes from its configuration.  A change that makes a command compute something
 # else from the same settings (the optimizer's batch proposals spread out, say) raises its version, which then enters
 # the identity of its jobs: new ids, so new records never mix with old ones.  Version 1 stays out of identity, so the
@@ -410,7 +411,7 @@ def check_job(command, config):
                      c["n_test"], c["lr"], H=c["H"], L=c["L"], B=c["B"], max_epochs=c["max_epochs"], seed=c["seed"],
                      init=c["init"], init_scale=c["init_scale"], dtype=c["dtype"], param=c["param"],
                      sigma_w2=c["sigma_w2"], sigma_b2=c["sigma_b2"], loss=c["loss"], stop=c["stop"],
-                     target_loss=c["target_loss"])
+                     target_loss=c["target_loss"], lr_widen=c["lr_widen"])
     elif command == "train":
         from .train import check_settings
         check_settings(**c)

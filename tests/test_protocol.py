@@ -142,6 +142,64 @@ def _results(rec):
     return out
 
 
+# --------------------------------------------------------------------------------------- widening the range
+def _search_on(monkeypatch, objective, lr_min=0.01, lr_max=1.0, lr_widen="on", bo_calls=10, bo_batch=5):
+    """search_lr with the validation error of a candidate replaced by objective(log10 lr) (no training)."""
+    def scores(trainer, lrs, fold_idx, phase):
+        return [(np.full(2, objective(math.log10(lr))), np.ones(2, np.int64), ["converged"] * 2) for lr in lrs]
+    monkeypatch.setattr(protocol, "validation_errors", scores)
+    return protocol.search_lr(None, None, lr_min, lr_max, bo_calls, bo_batch, seed=0, lr_widen=lr_widen)
+
+
+def _at_a_free_end(search):
+    """Whether the chosen lr lies within WIDEN_EDGE decades of an end of the final range that is not a hard limit."""
+    best = math.log10(search["best"]["lr"])
+    lo, hi = (math.log10(v) for v in search["lr_range"])
+    limits = [math.log10(v) for v in protocol.LR_LIMITS]
+    return ((best - lo <= protocol.WIDEN_EDGE and lo > limits[0])
+            or (hi - best <= protocol.WIDEN_EDGE and hi < limits[1]))
+
+
+@pytest.mark.parametrize("optimum", [1.5, -3.6])       # lr = 31.6 (above the range), 2.5e-4 (below it)
+def test_a_search_whose_best_lies_at_an_end_widens_that_end_until_the_best_is_inside(monkeypatch, optimum):
+    """The 2-local and 3-local points chose lr = 1.0, the top of [0.01, 1]: the widened search walks out a decade
+    at a time and ends with its best candidate inside the range."""
+    def objective(p):
+        return 0.1 + 0.05 * (p - optimum) ** 2
+    plain = _search_on(monkeypatch, objective, lr_widen="off")
+    assert plain["widened"] == [] and plain["lr_range"] == [0.01, 1.0] and len(plain["history"]) == 10
+    assert _at_a_free_end(plain)                            # what the first releases' search did
+    search = _search_on(monkeypatch, objective)
+    assert not _at_a_free_end(search)
+    end = "high" if optimum > 0 else "low"
+    assert [w["end"] for w in search["widened"]] == [end, end]
+    assert search["lr_range"] == ([0.01, 100.0] if end == "high" else [pytest.approx(1e-4), 1.0])
+    assert [w["batch"] for w in search["widened"]] == [2, 3]            # after the 10 candidates in 2 batches
+    assert len(search["history"]) == 10 + 2 * 5 and [h["eval"] for h in search["history"]] == list(range(20))
+    assert abs(math.log10(search["best"]["lr"]) - optimum) < 0.25
+    assert search["best"]["mean_error"] == min(h["mean_error"] for h in search["history"])
+    lo, hi = (math.log10(v) for v in search["lr_range"])
+    assert all(lo - 1e-9 <= h["log10_lr"] <= hi + 1e-9 for h in search["history"])
+
+
+def test_widening_stops_at_the_hard_limits_and_says_so(monkeypatch):
+    search = _search_on(monkeypatch, lambda p: 0.1 + 0.01 * p, lr_min=1e-3, lr_max=1.0)    # best: as small as can be
+    assert search["lr_range"][0] == pytest.approx(protocol.LR_LIMITS[0])
+    assert [w["end"] for w in search["widened"]] == ["low", "low"]
+    assert search["best"]["lr"] == pytest.approx(protocol.LR_LIMITS[0])
+    assert protocol.widened_end(math.log10(search["best"]["lr"]), *map(math.log10, search["lr_range"])) is None
+
+
+def test_a_best_inside_the_range_is_not_widened(monkeypatch):
+    search = _search_on(monkeypatch, lambda p: 0.1 + 0.05 * (p + 1) ** 2)      # optimum at lr = 0.1
+    assert search["widened"] == [] and search["lr_range"] == [0.01, 1.0] and len(search["history"]) == 10
+
+
+def test_lr_widen_takes_on_or_off_only():
+    with pytest.raises(UsageError, match="--lr-widen"):
+        protocol.check_config(100, 5, 4, 2, 0.01, 1.0, 2, 100, lr_widen="yes")
+
+
 # ------------------------------------------------------------------------------------------ through the CLI
 SMALL_RUN = ["run", "1-local", "--D", "50", "--N", "400", "--L", "2", "--H", "50", "--folds", "5", "--bo-calls", "8",
              "--repeats", "3", "--lr-min", "0.01", "--lr-max", "3"]
