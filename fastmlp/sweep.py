@@ -23,10 +23,10 @@ Job identity
   temperature task, the search's options with a fixed lr, sigma-w2 and sigma-b2 with the standard
   parameterization, init with the NTK parameterization), and the options added after the first release left out
   at the value every job had before they existed (IMPLICIT: init he, init-scale 1, loss xent, stop zero-error, no
-  target-loss, lr-widen off), so that such jobs keep their ids.  Its id is the first 16 hex digits of the SHA-256 of the command,
-  that configuration and (from version 2 on) the command's PROTOCOL version as canonical JSON.  How a sweep is
-  run (store, workers, scheduler, shard) is not part of it; backend and dtype are, since they change results (by
-  rounding at least).  Growing a list re-uses every job already stored.
+  target-loss, lr-widen off), so that such jobs keep their ids.  Its id is the first 16 hex digits of the SHA-256 of
+  the command, that configuration and (from version 2 on) the command's PROTOCOL version as canonical JSON.  How a
+  sweep is run (store, workers, scheduler, shard) is not part of it; backend and dtype are, since they change results
+  (by rounding at least).  Growing a list re-uses every job already stored.
 
 Executors
   In process, one job after another (the default); a local Dask cluster of worker processes (--workers); an
