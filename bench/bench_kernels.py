@@ -72,9 +72,9 @@ def _dinp_t(reps, dZp, Ap, dZ, WTs, J, nbp):
 
 
 @njit(cache=False)
-def _output(reps, Y, rows, nb, nbp, Wo, bo, c, s, wide, aL, g, gT, z):
+def _output(reps, Y, rows, nb, nbp, Wo, bo, c, s, wide, aL, g, gT, z, F0):
     for r in range(reps):
-        cpu._output_forward(z, aL, Wo, bo, nb, c[-1], s[-1])
+        cpu._output_forward(z, aL, Wo, bo, nb, c[-1], s[-1], rows, F0)
         cpu._loss_and_output(Y, rows, nb, nbp, Wo, bo, c, s, np.float32(1e-6), 0, wide, aL, g, gT, z)
 
 
@@ -143,7 +143,7 @@ def main():
     Wo = rng.standard_normal((2, Hp), dtype=f32) * f32(0.05)
     cs = np.ones(L + 1, f32)
     results += [("output+loss", _output, (Y, rows, B, Bp, Wo, np.zeros(2, f32), cs, cs, wide, act[0], dz2, dz2T,
-                                          np.zeros((Bp, 2), f32)), 1, 12.0 * B * Hp)]
+                                          np.zeros((Bp, 2), f32), np.zeros((0, 2), f32)), 1, 12.0 * B * Hp)]
     for name, fn, fargs, per_rep, flop in results:
         sec = timed(fn, fargs, args.reps, args.repeats)
         calls = args.reps * per_rep

@@ -2,6 +2,9 @@
 to a small training loss, against kernel regression with the analytic NTK of the same depth, on the same training
 and test points, as the width H grows.
 
+With --f0 subtract every network trains and is scored as its change from its initial function, f - f0 (exactly 0
+at the start: fastmlp.engine.F0S), the setting in which the lazy limit is the NTK predictor itself.
+
 For each task, H and learning rate it trains S networks (seeds 0..S-1) in one engine call and writes one CSV row:
   test_error_net      mean test error of the S networks (sign of f = z_1 - z_0)
   test_error_ntk      test error of the NTK predictor f_ntk(x*) = Theta(x*, X) Theta(X, X)^-1 y
@@ -20,6 +23,7 @@ Norms are root-mean-square over the test points.  The NTK is float64; the networ
     python examples/lazy_limit.py --H 100,300,1000 --lr 0.1 --out lr01.csv     # the same at a smaller rate
     python examples/lazy_limit.py --plot docs/results/lazy-limit.png --out docs/results/lazy-limit.csv  # its figure
     python examples/lazy_limit.py --H 100,300 --seeds 2 --out /tmp/quick.csv    # a quick look
+    python examples/lazy_limit.py --f0 subtract --out docs/results/lazy-limit-f0.csv   # f - f0 against the NTK
 """
 import argparse
 import csv
@@ -34,7 +38,7 @@ from fastmlp.cpu_engine import Engine
 from fastmlp.ntk import ntk_kernel
 from fastmlp.tasks import generate, parse_task
 
-COLUMNS = ("task", "D", "N", "L", "H", "lr", "seeds", "target_loss", "test_error_net", "test_error_net_std",
+COLUMNS = ("task", "D", "N", "L", "H", "lr", "f0", "seeds", "target_loss", "test_error_net", "test_error_net_std",
            "test_error_ntk", "test_error_lin", "test_error_ens", "dist_mean", "dist_each", "dist_lin", "init_rms",
            "epochs_mean", "converged", "train_s")
 
@@ -54,7 +58,7 @@ def ntk_operators(x, x_test, L, sigma_w2):
     return predict
 
 
-def measure(task, D, N, L, H_list, lrs, n_seeds, n_test, target, max_epochs, sigma_w2, emit):
+def measure(task, D, N, L, H_list, lrs, n_seeds, n_test, target, max_epochs, sigma_w2, emit, f0="keep"):
     spec = parse_task(task, D=D)
     x, y = generate(spec, 0, "train", 0, N)
     x_test, y_test = generate(spec, 0, "test", 0, n_test)
@@ -65,7 +69,7 @@ def measure(task, D, N, L, H_list, lrs, n_seeds, n_test, target, max_epochs, sig
     for H in H_list:
         for lr in lrs:
             e = Engine(x, y, H, L, 50, [lr] * n_seeds, np.arange(n_seeds), param="ntk", sigma_w2=sigma_w2,
-                       loss="mse", stop="loss", target_loss=target)
+                       loss="mse", stop="loss", target_loss=target, f0=f0)
             f0_train = reference.margin(e.logits(x).astype(np.float64))        # (S, N)
             f0_test = reference.margin(e.logits(x_test).astype(np.float64))    # (S, n_test)
             t0 = time.perf_counter()
@@ -74,7 +78,8 @@ def measure(task, D, N, L, H_list, lrs, n_seeds, n_test, target, max_epochs, sig
             f = reference.margin(e.logits(x_test).astype(np.float64))          # (S, n_test)
             f_lin = f_ntk + f0_test - predict(f0_train.T).T                     # (S, n_test)
             err = np.mean(np.sign(f) != t, axis=1)                              # (S,)
-            row = {"task": task, "D": D, "N": N, "L": L, "H": H, "lr": lr, "seeds": n_seeds, "target_loss": target,
+            row = {"task": task, "D": D, "N": N, "L": L, "H": H, "lr": lr, "f0": f0, "seeds": n_seeds,
+                   "target_loss": target,
                    "test_error_net": float(err.mean()), "test_error_net_std": float(err.std(ddof=1)),
                    "test_error_ntk": err_ntk,
                    "test_error_lin": float(np.mean(np.sign(f_lin) != t)),
@@ -126,6 +131,8 @@ def main():
     ap.add_argument("--target-loss", type=float, default=1e-3)
     ap.add_argument("--max-epochs", type=int, default=5000)
     ap.add_argument("--sigma-w2", type=float, default=2.0)
+    ap.add_argument("--f0", choices=("keep", "subtract"), default="keep",
+                    help="subtract: train and score f - f0, the network's change from its initial function")
     ap.add_argument("--out", required=True, help="CSV file (rows are appended as they are measured)")
     ap.add_argument("--plot", default=None, help="draw the figure of the CSV --out to this file; measure nothing")
     args = ap.parse_args()
@@ -145,7 +152,7 @@ def main():
         for task in args.tasks.split(","):
             measure(task, args.D, args.N, args.L, [int(h) for h in args.H.split(",")],
                     [float(v) for v in args.lr.split(",")], args.seeds, args.n_test, args.target_loss,
-                    args.max_epochs, args.sigma_w2, emit)
+                    args.max_epochs, args.sigma_w2, emit, args.f0)
 
 
 if __name__ == "__main__":

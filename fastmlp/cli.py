@@ -13,7 +13,7 @@ from .store import json_safe, write_json_atomic
 from .errors import UsageError
 from .preflight import check_outputs
 from .constants import LOSSES
-from .engine import STOPS
+from .engine import F0S, STOPS
 from .reference import DEFAULT_INIT, INITS
 
 DTYPES = ("float32", "float64")
@@ -95,6 +95,10 @@ training_options = _options(
                       "rule); loss: at the first epoch whose mean training loss over its whole training set is at "
                       "most --target-loss"),
     click.option("--target-loss", type=float, default=None, help="the target of --stop loss"),
+    click.option("--f0", type=click.Choice(F0S), default="keep", show_default=True,
+                 help="keep: the network's function is its output f (the paper's); subtract: its output less its "
+                      "initial output, f - f0, exactly 0 at the start (the lazy limit's setting: with the squared "
+                      "loss in the NTK parameterization it tends to the NTK predictor as H grows)"),
     click.option("--sigma-w2", type=float, default=2.0, show_default=True, help="NTK parameterization: sigma_w^2"),
     click.option("--sigma-b2", type=float, default=0.0, show_default=True, help="NTK parameterization: sigma_b^2"),
     click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True),
@@ -203,7 +207,7 @@ def data(task, D, seed, indices, beta1, beta2, N, split, start, out):
                    "(networks, n_test); y: the labels as +-1), the points of `ntk --save-outputs`")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (progress stays off)")
 def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epochs, n_test, param, init, init_scale,
-          loss, stop, target_loss, sigma_w2, sigma_b2, dtype, backend, save_params, save_outputs, as_json):
+          loss, stop, target_loss, f0, sigma_w2, sigma_b2, dtype, backend, save_params, save_outputs, as_json):
     """Train the grid of learning rates x network seeds in one engine call on one training set.
 
     Each network trains until its training error is exactly zero, it diverges, or --max-epochs; then every
@@ -225,7 +229,7 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
     bar = Progress(f"train {spec.name} M={len(lrs) * len(net_seeds)}", enabled=not as_json)
     out = train_mod.run(spec, lrs, net_seeds, N=N, L=L, H=H, B=B, seed=seed, max_epochs=max_epochs, n_test=n_test,
                         param=param, sigma_w2=sigma_w2, sigma_b2=sigma_b2, init=init, init_scale=init_scale,
-                        loss=loss, stop=stop, target_loss=target_loss, dtype=dtype, backend=backend,
+                        loss=loss, stop=stop, target_loss=target_loss, f0=f0, dtype=dtype, backend=backend,
                         save_params=save_params, save_outputs=save_outputs, progress=bar, note=bar.note)
     bar.close()
     if as_json:
@@ -234,7 +238,8 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
     init_text = f"init={init}" if param == "standard" else "init=N(0,1)"
     stop_text = "stop=zero-error" if stop == "zero-error" else f"stop=loss<={target_loss:g}"
     click.echo(f"{spec.name}  D={spec.D} N={N} L={L} H={H} B={B}  param={param} {init_text} "
-               f"init_scale={init_scale:g} loss={loss} {stop_text} dtype={dtype}  "
+               f"init_scale={init_scale:g} loss={loss} {stop_text}{' f0=subtract' if f0 == 'subtract' else ''} "
+               f"dtype={dtype}  "
                f"seed={seed}  n_test={n_test}")
     click.echo(f"{'lr':>10} {'seed':>6} {'epochs':>7} {'status':>13} {'train_err':>10} {'test_err':>9}")
     for n in out["networks"]:
@@ -273,7 +278,7 @@ def train(task, D, seed, indices, beta1, beta2, N, L, H, B, lr, seeds, max_epoch
               help="also write the record to this JSON file (atomically)")
 @click.option("--json", "as_json", is_flag=True, help="print the record as one JSON object (progress stays off)")
 def run(task, D, seed, indices, beta1, beta2, N, L, H, B, folds, bo_calls, bo_batch, lr_min, lr_max, lr_widen, lr,
-        repeats, max_epochs, n_test, param, init, init_scale, loss, stop, target_loss, sigma_w2, sigma_b2, dtype,
+        repeats, max_epochs, n_test, param, init, init_scale, loss, stop, target_loss, f0, sigma_w2, sigma_b2, dtype,
         backend, out, as_json):
     """The paper's protocol for one (TASK, N, L): the learning rate by K-fold cross-validation and Bayesian
     optimization over log10(lr), then --repeats networks on all N samples at that rate, then their test error.
@@ -297,7 +302,7 @@ def run(task, D, seed, indices, beta1, beta2, N, L, H, B, folds, bo_calls, bo_ba
     rec = protocol.run(spec, N=N, L=L, H=H, B=B, folds=folds, bo_calls=bo_calls, bo_batch=bo_batch, lr_min=lr_min,
                        lr_max=lr_max, repeats=repeats, n_test=n_test, seed=seed, backend=backend, param=param,
                        sigma_w2=sigma_w2, sigma_b2=sigma_b2, init=init, init_scale=init_scale, loss=loss, stop=stop,
-                       target_loss=target_loss, max_epochs=max_epochs, dtype=dtype, lr=lr, lr_widen=lr_widen,
+                       target_loss=target_loss, f0=f0, max_epochs=max_epochs, dtype=dtype, lr=lr, lr_widen=lr_widen,
                        progress=say)
     if as_json:
         emit_json(rec)                # first: the record reaches stdout even if the file cannot be written now

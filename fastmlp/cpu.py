@@ -197,9 +197,12 @@ def _dinp_layer(dZp, dZpT, ApT, dZT, W, K, c):
 
 
 @njit(cache=True, fastmath={"contract", "reassoc"})
-def _output_forward(z, a, Wo, bo, n, c, s):
-    """z[:n] = c * a[:n] @ Wo^T + s * bo   (n, C).
+def _output_forward(z, a, Wo, bo, n, c, s, rows, F0):
+    """z[:n] = c * a[:n] @ Wo^T + s * bo - F0[rows[:n]]   (n, C).
 
+    F0 (N, C) holds the network's initial logits on the rows of the dataset (the engine's ``f0="subtract"``: the
+    network's function is then its change from the initial one, exactly 0 at the start); empty (0, C): nothing is
+    subtracted.
     Two dot products of length H per row: 'reassoc' lets LLVM split each into SIMD lanes (a strict left-to-right
     sum is one long scalar FMA chain per row).  Not full fastmath: no-NaN assumptions would break the divergence
     check."""
@@ -210,6 +213,8 @@ def _output_forward(z, a, Wo, bo, n, c, s):
             for k in range(Hp):
                 acc += a[b, k] * Wo[u, k]
             z[b, u] = c * acc + s * bo[u]
+            if F0.shape[0] > 0:
+                z[b, u] -= F0[rows[b], u]
 
 
 @njit(inline="always", **_jit)
@@ -297,7 +302,8 @@ def _pad_rows(rows, nb):
 # through Numba's parfor passes, which copy a loop body's IR many times over (with _no(), the drivers' cold compile
 # went from 49 to 35 s: bench/compile_time.py)
 @njit(**_jit)
-def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide, act, actT, dz, dzT, z, ident):
+def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide, act, actT, dz, dzT, z, ident,
+          F0):
     """One SGD step of one network on the minibatch X[rows[:nb]]; returns its mean loss (before the step).
 
     act (L, Bp, Hp) activations; dz (2, Bt, Hp) the gradients, ping-pong.  The input gradient of a hidden layer
@@ -311,7 +317,7 @@ def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide
     for l in range(1, L):
         _fwd_layer(act[l], actT[l], wide and l < L - 1, act[l - 1], ident, nbp, Wh[l - 1], Hp, bh[l - 1], c[l],
                    s[l])
-    _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L])
+    _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L], rows, F0)
     loss = _loss_and_output(Y, rows, nb, nbp, Wo, bo, c, s, lr, loss_kind, wide and L > 1, act[L - 1], dz[0],
                             dzT[0], z)
     if not math.isfinite(loss):
@@ -331,7 +337,7 @@ def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide
 
 
 @njit(**_jit)
-def _evaluate_one(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, loss_kind, act, z, rows, ident, stop_at_error):
+def _evaluate_one(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, loss_kind, act, z, rows, ident, stop_at_error, F0):
     """(number of errors, summed loss, samples seen) of one network on X[idx[:n]], in chunks of one padded
     minibatch; with stop_at_error it returns after the first chunk that holds an error."""
     L = act.shape[0]
@@ -347,7 +353,7 @@ def _evaluate_one(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, loss_kind, act, z,
         for l in range(1, L):
             _fwd_layer(act[l], act[l], _no(), act[l - 1], ident, nbp, Wh[l - 1], act.shape[2], bh[l - 1], c[l],
                        s[l])
-        _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L])
+        _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L], rows, F0)
         e, lsum = _chunk_metrics(z, Y, rows, nb, loss_kind)
         errors += e
         loss += lsum
@@ -381,8 +387,8 @@ def _chunk_metrics(z, Y, rows, nb, loss_kind):
 # --------------------------------------------------------------------------------------- parallel drivers
 @njit(parallel=True, **_jit)
 def train_epoch(X, Y, subsets, sub_off, active, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lrs, seeds, epochs, batch,
-                loss_kind, wide, check, full, act, actT, dz, dzT, z, rows, perm, ident, out_loss, out_err, out_seen,
-                out_diverged):
+                loss_kind, wide, check, full, act, actT, dz, dzT, z, rows, perm, ident, F0, out_loss, out_err,
+                out_seen, out_diverged):
     """One epoch of every network in ``active``, then (if ``check``) the stop check on its training subset.
 
     The check only has to decide "is the training error zero?": it stops at the first chunk with an error,
@@ -407,7 +413,7 @@ def train_epoch(X, Y, subsets, sub_off, active, W0, b0, Wh, WhT, bh, Wo, bo, c, 
                 for b in range(nb):
                     r[b] = p[start + b]
                 loss = _step(X, Y, r, nb, W0[m], b0[m], Wh[m], WhT[m], bh[m], Wo[m], bo[m], c, s, lrs[m],
-                             loss_kind, wide, act[t], actT[t], dz[t], dzT[t], z[t], ident)
+                             loss_kind, wide, act[t], actT[t], dz[t], dzT[t], z[t], ident, F0[m])
                 total += loss
                 steps += 1
                 if not math.isfinite(loss):
@@ -416,7 +422,7 @@ def train_epoch(X, Y, subsets, sub_off, active, W0, b0, Wh, WhT, bh, Wo, bo, c, 
             out_loss[m] = total / steps
             if check and not out_diverged[m]:
                 err, lsum, seen = _evaluate_one(X, Y, sub, n, W0[m], b0[m], Wh[m], bh[m], Wo[m], bo[m], c, s,
-                                                loss_kind, act[t], z[t], rows[t], ident, not full[m])
+                                                loss_kind, act[t], z[t], rows[t], ident, not full[m], F0[m])
                 _check_result(m, n, err, lsum, seen, full, out_loss, out_err, out_seen, out_diverged)
 
 
@@ -435,21 +441,22 @@ def _check_result(m, n, err, lsum, seen, full, out_loss, out_err, out_seen, out_
 
 
 @njit(parallel=True, **_jit)
-def evaluate(X, Y, idx, W0, b0, Wh, WhT, bh, Wo, bo, c, s, loss_kind, act, z, rows, ident, out_err, out_loss):
-    """Error counts (M,) and summed losses (M,) of every network on X[idx]."""
+def evaluate(X, Y, idx, W0, b0, Wh, WhT, bh, Wo, bo, c, s, loss_kind, act, z, rows, ident, F0, out_err, out_loss):
+    """Error counts (M,) and summed losses (M,) of every network on X[idx]; F0 (M, N, C) or (M, 0, C): the
+    initial logits on X's rows to subtract (see _output_forward)."""
     T = act.shape[0]
     M = W0.shape[0]
     for t in prange(T):
         for m in range(t, M, T):
             err, lsum, _ = _evaluate_one(X, Y, idx, idx.shape[0], W0[m], b0[m], Wh[m], bh[m], Wo[m], bo[m], c,
-                                         s, loss_kind, act[t], z[t], rows[t], ident, _no())
+                                         s, loss_kind, act[t], z[t], rows[t], ident, _no(), F0[m])
             out_err[m] = err
             out_loss[m] = lsum
 
 
 @njit(parallel=True, **_jit)
-def forward(X, idx, W0, b0, Wh, WhT, bh, Wo, bo, c, s, act, z, rows, ident, out):
-    """Logits out (M, n, C) of every network on X[idx]."""
+def forward(X, idx, W0, b0, Wh, WhT, bh, Wo, bo, c, s, act, z, rows, ident, F0, out):
+    """Logits out (M, n, C) of every network on X[idx], less F0 (M, N, C) on X's rows unless it is empty."""
     T = act.shape[0]
     M = W0.shape[0]
     L = act.shape[1]
@@ -468,7 +475,7 @@ def forward(X, idx, W0, b0, Wh, WhT, bh, Wo, bo, c, s, act, z, rows, ident, out)
                     _fwd_layer(act[t, l], act[t, l], _no(), act[t, l - 1], ident, nbp, Wh[m, l - 1], act.shape[3],
                                bh[m, l - 1],
                                c[l], s[l])
-                _output_forward(z[t], act[t, L - 1], Wo[m], bo[m], nb, c[L], s[L])
+                _output_forward(z[t], act[t, L - 1], Wo[m], bo[m], nb, c[L], s[L], r, F0[m])
                 for b in range(nb):
                     for u in range(N_CLASSES):
                         out[m, start + b, u] = z[t, b, u]
@@ -570,13 +577,13 @@ def _forward_split(X, rows, nbp, W0, b0, Wh, bh, c, s, wide, act, actT, ident, p
 
 @njit(**_jit)
 def _step_split(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide, act, actT, dz, dzT, z,
-                ident, pb, kb):
+                ident, pb, kb, F0):
     """_step, every GEMM split over the threads."""
     L = act.shape[0]
     Hp = act.shape[2]
     nbp = _pad_rows(rows, nb)
     _forward_split(X, rows, nbp, W0, b0, Wh, bh, c, s, wide, act, actT, ident, pb)
-    _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L])
+    _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L], rows, F0)
     loss = _loss_and_output(Y, rows, nb, nbp, Wo, bo, c, s, lr, loss_kind, wide and L > 1, act[L - 1], dz[0],
                             dzT[0], z)
     if not math.isfinite(loss):
@@ -595,7 +602,8 @@ def _step_split(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind
 
 
 @njit(**_jit)
-def _evaluate_split(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, loss_kind, act, z, rows, ident, pb, stop_at_error):
+def _evaluate_split(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, loss_kind, act, z, rows, ident, pb, stop_at_error,
+                    F0):
     """_evaluate_one, every GEMM split over the threads."""
     L = act.shape[0]
     errors = 0
@@ -606,7 +614,7 @@ def _evaluate_split(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, loss_kind, act, 
             break
         nb, nbp = _chunk_rows(rows, idx, start, n)
         _forward_split(X, rows, nbp, W0, b0, Wh, bh, c, s, _no(), act, act, ident, pb)
-        _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L])
+        _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L], rows, F0)
         e, lsum = _chunk_metrics(z, Y, rows, nb, loss_kind)
         errors += e
         loss += lsum
@@ -616,7 +624,7 @@ def _evaluate_split(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, loss_kind, act, 
 
 @njit(**_jit)
 def train_epoch_split(X, Y, subsets, sub_off, active, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lrs, seeds, epochs, batch,
-                      loss_kind, wide, check, full, act, actT, dz, dzT, z, rows, perm, ident, pb, kb, out_loss,
+                      loss_kind, wide, check, full, act, actT, dz, dzT, z, rows, perm, ident, F0, pb, kb, out_loss,
                       out_err, out_seen, out_diverged):
     """train_epoch for a few networks: one after another, each with every thread (the buffers of thread 0)."""
     for m in active:
@@ -632,7 +640,7 @@ def train_epoch_split(X, Y, subsets, sub_off, active, W0, b0, Wh, WhT, bh, Wo, b
             for b in range(nb):
                 r[b] = p[start + b]
             loss = _step_split(X, Y, r, nb, W0[m], b0[m], Wh[m], WhT[m], bh[m], Wo[m], bo[m], c, s, lrs[m],
-                               loss_kind, wide, act[0], actT[0], dz[0], dzT[0], z[0], ident, pb, kb)
+                               loss_kind, wide, act[0], actT[0], dz[0], dzT[0], z[0], ident, pb, kb, F0[m])
             total += loss
             steps += 1
             if not math.isfinite(loss):
@@ -641,5 +649,5 @@ def train_epoch_split(X, Y, subsets, sub_off, active, W0, b0, Wh, WhT, bh, Wo, b
         out_loss[m] = total / steps
         if check and not out_diverged[m]:
             err, lsum, seen = _evaluate_split(X, Y, sub, n, W0[m], b0[m], Wh[m], bh[m], Wo[m], bo[m], c, s,
-                                              loss_kind, act[0], z[0], rows[0], ident, pb, not full[m])
+                                              loss_kind, act[0], z[0], rows[0], ident, pb, not full[m], F0[m])
             _check_result(m, n, err, lsum, seen, full, out_loss, out_err, out_seen, out_diverged)

@@ -19,16 +19,18 @@ class Engine(EngineBase):
     ``loss``: one of constants.LOSSES; ``stop``, ``target_loss``: the stop rule (see fastmlp.engine).
     ``wide``: the input-gradient path of the hidden layers (fastmlp.cpu): None chooses by width (cpu.WIDE_H); the
     two give the same numbers, bit for bit.
+    ``f0``: "keep" (the network's function is its output) or "subtract" (its output less its initial output, see
+    fastmlp.engine.F0S).
     """
 
     def __init__(self, x, y, hidden_width, depth, batch_size, lrs, seeds, subsets=None, param="standard",
                  dtype=np.float32, sigma_w2=2.0, sigma_b2=0.0, threads=None, init=reference.DEFAULT_INIT,
-                 init_scale=1.0, loss="xent", stop="zero-error", target_loss=None, wide=None):
+                 init_scale=1.0, loss="xent", stop="zero-error", target_loss=None, wide=None, f0="keep"):
         x = np.asarray(x)
         y = np.asarray(y)
         lrs, seeds, self.dtype, subsets = check_engine_args(x.shape, y.shape, hidden_width, depth, batch_size, lrs,
                                                             seeds, subsets, param, dtype, sigma_w2, sigma_b2,
-                                                            init, init_scale, loss, stop, target_loss)
+                                                            init, init_scale, loss, stop, target_loss, f0)
         N, D = x.shape
         H, L, B, M = int(hidden_width), int(depth), int(batch_size), len(lrs)
         self.N, self.D, self.H, self.L, self.B, self.M = N, D, H, L, B, M
@@ -65,6 +67,12 @@ class Engine(EngineBase):
         self._kb = cpu.split_even(Hp // cpu.PAD, T)            # and its 8-row tiles of dinp
 
         self._init_training(loss, stop, target_loss)
+        # f0 = "subtract": the initial weights, kept, and the initial logits on the training set, subtracted from the
+        # logits of every step and check (and, through _offsets, of every evaluation on other inputs)
+        self.f0 = f0
+        self._none = np.zeros((M, 0, N_CLASSES), self.dtype)
+        self._initial = tuple(a.copy() for a in self._weights()) if f0 == "subtract" else None
+        self._F0 = self._offsets(self._X)
 
     # ------------------------------------------------------------------------------------------ parameters
     def _pack(self, params):
@@ -88,7 +96,8 @@ class Engine(EngineBase):
         self._bo[:] = params[L][1]
 
     def set_params(self, params):
-        """Replace every network's parameters (reference layout: [(W (M, fan_in, fan_out), b (M, fan_out))])."""
+        """Replace every network's parameters (reference layout: [(W (M, fan_in, fan_out), b (M, fan_out))]).  With
+        f0 = "subtract" the initial function subtracted stays the one of the engine's own initialization."""
         self._pack(params)
 
     def params(self):
@@ -126,7 +135,7 @@ class Engine(EngineBase):
         spread, split = active[:n_spread], active[n_spread:]
         common = (self._X, self._Y, self._subsets, self._sub_off)
         buffers = (self.seeds, self.epochs, self.B, self.loss_kind, self.wide, check, full, self._act, self._actT,
-                   self._dz, self._dzT, self._z, self._rows, self._perm, self._ident)
+                   self._dz, self._dzT, self._z, self._rows, self._perm, self._ident, self._F0)
         outputs = (loss, err, seen, div)
         with cpu.slp_vectorize():
             if spread.size or not active.size:   # an empty call compiles (see compile)
@@ -193,19 +202,29 @@ class Engine(EngineBase):
         err = np.zeros(self.M, np.int64)
         loss = np.zeros(self.M)
         idx = np.arange(len(X), dtype=np.int64)
+        F0 = self._offsets(X)
         with cpu.slp_vectorize():
             cpu.evaluate(X, np.ascontiguousarray(y, dtype=np.int8), idx, *self._weights(), self.loss_kind,
-                         self._act, self._z, self._rows, self._ident, err, loss)
+                         self._act, self._z, self._rows, self._ident, F0, err, loss)
         return err, loss
 
-    def logits(self, x):
-        """Logits (M, n, C) of every network on x (n, D)."""
-        X = self._padded(x)
+    def _forward(self, X, weights, F0):
+        """Logits (M, n, C) of the networks with these weights on the padded inputs X, less F0."""
         out = np.zeros((self.M, len(X), N_CLASSES), self.dtype)
         with cpu.slp_vectorize():
-            cpu.forward(X, np.arange(len(X), dtype=np.int64), *self._weights(), self._act, self._z, self._rows,
-                        self._ident, out)
+            cpu.forward(X, np.arange(len(X), dtype=np.int64), *weights, self._act, self._z, self._rows,
+                        self._ident, F0, out)
         return out
+
+    def _offsets(self, X):
+        """What every logit on the padded inputs X (n, Dp) is less: the initial logits (M, n, C) with f0 =
+        "subtract", nothing ((M, 0, C)) with "keep"."""
+        return self._none if self._initial is None else self._forward(X, self._initial, self._none)
+
+    def logits(self, x):
+        """Logits (M, n, C) of every network on x (n, D) (less its initial ones with f0 = "subtract")."""
+        X = self._padded(x)
+        return self._forward(X, self._weights(), self._offsets(X))
 
     def test_metrics(self, chunks):
         """Error rate (M,) and mean loss (M,) over an iterable of (x, y) chunks: test sets of any size are

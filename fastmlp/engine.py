@@ -27,6 +27,11 @@ from .errors import UsageError
 # Stop rules: "zero-error" stops a network at the first epoch whose check finds no training error (the paper's);
 # "loss" at the first whose mean training loss over the whole subset is at most the target loss.
 STOPS = ("zero-error", "loss")
+# What a network's function is: "keep", its output f(x) (the paper's); "subtract", its output less its initial output,
+# f(x) - f0(x), which is exactly 0 at the start, so that training fits the change of the function alone (the lazy
+# limit's setting: gradient flow on f - f0 with the squared loss tends to the NTK predictor as the width grows).  The
+# loss, the stop rule, the errors and the logits all see f - f0.
+F0S = ("keep", "subtract")
 
 
 @dataclass
@@ -57,9 +62,11 @@ def check_positive(name, value):
         raise UsageError(f"{name} must be at least 1 (got {value})")
 
 
-def check_training(loss="xent", stop="zero-error", target_loss=None):
-    """UsageError naming the option for an unknown loss or stop rule, or a target loss that is missing, not
+def check_training(loss="xent", stop="zero-error", target_loss=None, f0="keep"):
+    """UsageError naming the option for an unknown loss, stop rule or f0, or a target loss that is missing, not
     positive and finite, or given to the zero-error rule."""
+    if f0 not in F0S:
+        raise UsageError(f"--f0 must be one of {', '.join(F0S)} (got {f0!r})")
     if loss not in LOSSES:
         raise UsageError(f"--loss must be one of {', '.join(LOSSES)} (got {loss!r})")
     if stop not in STOPS:
@@ -76,7 +83,7 @@ def check_training(loss="xent", stop="zero-error", target_loss=None):
 
 def check_engine_args(x_shape, y_shape, hidden_width, depth, batch_size, lrs, seeds, subsets, param, dtype,
                       sigma_w2, sigma_b2, init=reference.DEFAULT_INIT, init_scale=1.0, loss="xent",
-                      stop="zero-error", target_loss=None):
+                      stop="zero-error", target_loss=None, f0="keep"):
     """Validate an engine's arguments, the same for every backend -> (lrs (M,) float64, seeds (M,) int64,
     dtype, subsets: M int64 index arrays)."""
     if len(x_shape) != 2 or tuple(y_shape) != (x_shape[0],):
@@ -99,7 +106,7 @@ def check_engine_args(x_shape, y_shape, hidden_width, depth, batch_size, lrs, se
         raise UsageError(f"the NTK parameterization needs --sigma-w2 > 0 and --sigma-b2 >= 0 "
                          f"(got {sigma_w2:g}, {sigma_b2:g})")
     reference.check_init(init, init_scale)
-    check_training(loss, stop, target_loss)
+    check_training(loss, stop, target_loss, f0)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise UsageError(f"--dtype must be float32 or float64 (got {dtype})")

@@ -290,7 +290,7 @@ RECORD_KEYS = {
     "command": None, "task": None, "selected_lr": None,
     "config": dict.fromkeys(["N", "L", "H", "B", "folds", "bo_calls", "bo_batch", "lr_min", "lr_max", "repeats",
                              "n_test", "seed", "backend", "param", "sigma_w2", "sigma_b2", "init", "init_scale",
-                             "loss", "stop", "target_loss", "max_epochs", "dtype", "lr", "lr_widen"]),
+                             "loss", "stop", "f0", "target_loss", "max_epochs", "dtype", "lr", "lr_widen"]),
     "search": {"n_initial": None, "lr_range": None, "widened": [dict.fromkeys(["end", "batch", "lr_min", "lr_max"])],
                "history": [dict.fromkeys(["eval", "batch", "lr", "log10_lr", "fold_errors", "mean_error",
                                           "fold_epochs", "fold_status"])],
@@ -322,12 +322,13 @@ def check_record(rec, keys=RECORD_KEYS, where="record"):
 
 def check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr=None, H=1, L=1, B=1,
                  max_epochs=1, seed=0, init=DEFAULT_INIT, init_scale=1.0, dtype="float32", param="standard",
-                 sigma_w2=2.0, sigma_b2=0.0, loss="xent", stop="zero-error", target_loss=None, lr_widen="on"):
+                 sigma_w2=2.0, sigma_b2=0.0, loss="xent", stop="zero-error", target_loss=None, lr_widen="on",
+                 f0="keep"):
     """UsageError (one line, what to change) for settings the protocol cannot run."""
     if lr_widen not in WIDENS:
         raise UsageError(f"--lr-widen must be one of {', '.join(WIDENS)} (got {lr_widen!r})")
     check_init(init, init_scale)
-    check_training(loss, stop, target_loss)
+    check_training(loss, stop, target_loss, f0)
     for name, value in (("--N", N), ("--H", H), ("--L", L), ("--B", B), ("--max-epochs", max_epochs)):
         if value < 1:
             raise UsageError(f"{name} must be at least 1 (got {value})")
@@ -378,11 +379,12 @@ def n_initial_points(bo_calls, bo_batch):
 def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4, lr_max=10.0, repeats=10,
         n_test=10000, seed=0, backend="cpu", param="standard", sigma_w2=2.0, sigma_b2=0.0, init=DEFAULT_INIT,
         init_scale=1.0, loss="xent", stop="zero-error", target_loss=None, max_epochs=2000, dtype="float32", lr=None,
-        lr_widen="on", per_call=None, progress=None):
+        lr_widen="on", f0="keep", per_call=None, progress=None):
     """The whole protocol for one (task, N, L); returns the record (a JSON-ready dict).
 
     ``lr`` given: no search, only the final repeats at that rate.  ``lr_widen``: "on" widens the search range a decade
     at a time while the best rate lies at an end of it (`search_lr`), "off" keeps it (the first releases' search).
+    ``f0``: "keep" or "subtract" (fastmlp.engine.F0S: every network trains and is scored as f - f0).
     ``per_call``: networks per engine call (None: all of a batch at once; 1: network by network, for the benchmark).
     ``progress(text)`` receives one line per phase and per optimizer batch.
 
@@ -407,7 +409,7 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
     from .provenance import record
 
     check_config(N, folds, bo_calls, bo_batch, lr_min, lr_max, repeats, n_test, lr, H, L, B, max_epochs, seed,
-                 init, init_scale, dtype, param, sigma_w2, sigma_b2, loss, stop, target_loss, lr_widen)
+                 init, init_scale, dtype, param, sigma_w2, sigma_b2, loss, stop, target_loss, lr_widen, f0)
     say = progress or (lambda text: None)
     t0 = time.perf_counter()
     cls = engine_class(backend)
@@ -416,7 +418,7 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
     trainer = Trainer(cls, x, y, H, L, B, max_epochs, seed_base=(SEEDS_PER_RUN * int(seed)) % 2**32,
                       per_call=per_call, progress=progress, param=param, dtype=np.dtype(dtype), sigma_w2=sigma_w2,
                       sigma_b2=sigma_b2, init=init, init_scale=init_scale, loss=loss, stop=stop,
-                      target_loss=target_loss)
+                      target_loss=target_loss, f0=f0)
     t_data = time.perf_counter()
     say("compiling kernels (cached on disk after the first run)")
     compile_s = trainer.compile()
@@ -453,7 +455,7 @@ def run(spec, N, L, H=100, B=50, folds=10, bo_calls=20, bo_batch=4, lr_min=1e-4,
         "config": {"N": N, "L": L, "H": H, "B": B, "folds": folds, "bo_calls": bo_calls, "bo_batch": bo_batch,
                    "lr_min": lr_min, "lr_max": lr_max, "repeats": repeats, "n_test": n_test, "seed": seed,
                    "backend": backend, "param": param, "sigma_w2": sigma_w2, "sigma_b2": sigma_b2, "init": init,
-                   "init_scale": init_scale, "loss": loss, "stop": stop, "target_loss": target_loss,
+                   "init_scale": init_scale, "loss": loss, "stop": stop, "target_loss": target_loss, "f0": f0,
                    "max_epochs": max_epochs, "dtype": dtype, "lr": None if search else lr,
                    "lr_widen": lr_widen if search else None},
         "selected_lr": lr,

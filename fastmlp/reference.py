@@ -147,9 +147,12 @@ def output_loss(logits, y, loss="xent"):
     return squared_loss(logits, y, loss)
 
 
-def loss_and_grads(params, scales, x, y, loss="xent"):
-    """Loss (M,) and gradients [(dW (M, fan_in, fan_out), db (M, fan_out))] of the mean training loss."""
+def loss_and_grads(params, scales, x, y, loss="xent", initial=None):
+    """Loss (M,) and gradients [(dW (M, fan_in, fan_out), db (M, fan_out))] of the mean training loss; with
+    ``initial`` parameters, of the loss of the logits less the initial ones (the engines' f0 = "subtract")."""
     logits, acts = forward(params, scales, x)
+    if initial is not None:
+        logits = logits - forward(initial, scales, x)[0]
     value, dlogits = output_loss(logits, y, loss)
     return value, backward(params, scales, x, acts, dlogits)
 
@@ -178,9 +181,12 @@ def sgd_step(params, grads, lrs):
     return [(W - lrs[:, None, None] * dW, b - lrs[:, None] * db) for (W, b), (dW, db) in zip(params, grads)]
 
 
-def evaluate(params, scales, x, y, loss="xent"):
-    """Error rate (M,) and mean loss (M,) on a dataset x (N, D), y (N,)."""
+def evaluate(params, scales, x, y, loss="xent", initial=None):
+    """Error rate (M,) and mean loss (M,) on a dataset x (N, D), y (N,) (of the logits less those of ``initial``
+    parameters, if given)."""
     logits, _ = forward(params, scales, x)
+    if initial is not None:
+        logits = logits - forward(initial, scales, x)[0]
     loss, _ = output_loss(logits, y, loss)
     wrong = (logits[..., 1] > logits[..., 0]).astype(np.int64) != np.asarray(y)[None, :]
     return wrong.mean(axis=1), loss
@@ -192,13 +198,15 @@ def minibatches(subset, seed, epoch, batch_size):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def train_steps(params, scales, x, y, lr, seed, subset, batch_size, n_steps, loss="xent"):
-    """The reference training loop of one network (params with M = 1): the losses of its first n_steps steps."""
+def train_steps(params, scales, x, y, lr, seed, subset, batch_size, n_steps, loss="xent", f0="keep"):
+    """The reference training loop of one network (params with M = 1): the losses of its first n_steps steps.
+    f0 = "subtract" trains the network's logits less its initial ones (those of ``params``)."""
+    initial = params if f0 == "subtract" else None
     losses = []
     epoch = 0
     while len(losses) < n_steps:
         for rows in minibatches(subset, seed, epoch, batch_size):
-            value, grads = loss_and_grads(params, scales, x[rows], y[rows], loss)
+            value, grads = loss_and_grads(params, scales, x[rows], y[rows], loss, initial)
             params = sgd_step(params, grads, [lr])
             losses.append(float(value[0]))
             if len(losses) == n_steps:

@@ -66,7 +66,9 @@ SEARCH_KEYS = ("folds", "bo-calls", "bo-batch", "lr-min", "lr-max", "lr-widen")
 # Settings added after the first release, left out of a `run` job's configuration at the value every job had before
 # them, so that a job that keeps that value keeps its id; a reader of the store puts them back.
 IMPLICIT = {"init": "he", "init-scale": 1.0, "loss": "xent", "stop": "zero-error", "target-loss": None,
-            "lr-widen": "off"}
+            "lr-widen": "off", "f0": "keep"}
+# The same for `train` jobs, which came later and name every setting older than them.
+TRAIN_IMPLICIT = {"f0": "keep"}
 # The version of what each command computes from its configuration.  A change that makes a command compute something
 # else from the same settings (the optimizer's batch proposals spread out, say) raises its version, which then enters
 # the identity of its jobs: new ids, so new records never mix with old ones.  Version 1 stays out of identity, so the
@@ -240,7 +242,7 @@ class Resolver:
         self.rest = {name: v for name, v in self.defaults.items() if name not in TASK_KEYS}   # the schema's order
         self.rest_at = [(i, name) for i, name in enumerate(varying) if name not in TASK_KEYS]
         self.task_at = [(TASK_KEYS.index(name), i) for i, name in enumerate(varying) if name in TASK_KEYS]
-        deciding = ("lr", "param", *IMPLICIT) if command != "ntk" else ()
+        deciding = ("lr", "param", *IMPLICIT, *TRAIN_IMPLICIT) if command != "ntk" else ()
         self.sig_at = [i for i, name in enumerate(varying) if name in deciding]
         self.seed_at = varying.index("seed") if "seed" in varying else None
         self.fixed_task = _TASK_OF(self.defaults)
@@ -378,13 +380,15 @@ def unused_keys(command, config):
         return set()
     unused = {"sigma-w2", "sigma-b2"} if config["param"] == "standard" else {"init"}
     if command == "train":
-        return unused
+        return unused | {k for k, v in TRAIN_IMPLICIT.items() if config.get(k) == v}
     unused |= set(SEARCH_KEYS) if config["lr"] is not None else set()
     return unused | {k for k, v in IMPLICIT.items() if config.get(k) == v}
 
 
 def with_implicit(command, config):
     """A job's configuration with the IMPLICIT settings it leaves out put back: every setting it runs with."""
+    if command == "train":
+        return config | {k: v for k, v in TRAIN_IMPLICIT.items() if k not in config}
     if command != "run":
         return config
     return config | {k: v for k, v in IMPLICIT.items()
@@ -411,7 +415,7 @@ def check_job(command, config):
                      c["n_test"], c["lr"], H=c["H"], L=c["L"], B=c["B"], max_epochs=c["max_epochs"], seed=c["seed"],
                      init=c["init"], init_scale=c["init_scale"], dtype=c["dtype"], param=c["param"],
                      sigma_w2=c["sigma_w2"], sigma_b2=c["sigma_b2"], loss=c["loss"], stop=c["stop"],
-                     target_loss=c["target_loss"], lr_widen=c["lr_widen"])
+                     target_loss=c["target_loss"], lr_widen=c["lr_widen"], f0=c["f0"])
     elif command == "train":
         from .train import check_settings
         check_settings(**c)

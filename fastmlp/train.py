@@ -94,7 +94,7 @@ def check_config(N, L, H, B, max_epochs, n_test):
 
 def check_settings(N, L, H, B, lr, seeds, seed=0, max_epochs=2000, n_test=10000, param="standard", sigma_w2=2.0,
                    sigma_b2=0.0, init=DEFAULT_INIT, init_scale=1.0, loss="xent", stop="zero-error", target_loss=None,
-                   dtype="float32", **_):
+                   dtype="float32", f0="keep", **_):
     """UsageError for a `train` job's settings as a sweep gives them (lr and seeds as their comma-separated text),
     before anything runs; the rest of the keyword arguments (backend) are not checked here."""
     check_config(N, L, H, B, max_epochs, n_test)
@@ -104,7 +104,7 @@ def check_settings(N, L, H, B, lr, seeds, seed=0, max_epochs=2000, n_test=10000,
         raise UsageError(f"--seed must be in [0, 2**32) (got {seed})")
     check_dtype_values(dtype, param, lrs, init_scale, sigma_w2, sigma_b2)
     check_init(init, init_scale)
-    check_training(loss, stop, target_loss)
+    check_training(loss, stop, target_loss, f0)
 
 
 def check_seeds(seeds, option="--seeds"):
@@ -127,7 +127,7 @@ def check_size(D, M, N, H, L, dtype="float32", backend="cpu"):
 def run(spec, lrs, seeds, N=1000, L=1, H=100, B=50, seed=0, max_epochs=2000, n_test=10000, param="standard",
         sigma_w2=2.0, sigma_b2=0.0, init=DEFAULT_INIT, init_scale=1.0, loss="xent", stop="zero-error",
         target_loss=None, dtype="float32", backend="cpu", save_params=None, save_outputs=None, progress=None,
-        note=None):
+        note=None, f0="keep"):
     """Train len(lrs) x len(seeds) networks (lr-major) in one engine call; returns the record.
 
     ``progress(epoch, n_active, n_networks)`` is the engine's per-epoch callback; ``note(text)`` hears of the
@@ -135,7 +135,8 @@ def run(spec, lrs, seeds, N=1000, L=1, H=100, B=50, seed=0, max_epochs=2000, n_t
     b{L}, W{l} of shape (networks, fan_in, fan_out), in the order of the records, and lr, seed).
     ``save_outputs``: a path to write every network's function on the test points to (.npz: f (networks, n_test)
     float64, f = z_1 - z_0 the scalar output whose sign is the prediction; y (n_test,) the test labels in {-1, +1};
-    lr, seed), the points on which `fastmlp ntk --save-outputs` writes the NTK's predictor.
+    lr, seed), the points on which `fastmlp ntk --save-outputs` writes the NTK's predictor.  ``f0``: "keep" or
+    "subtract" (fastmlp.engine.F0S: train and report f - f0; then f above is f - f0 too).
     """
     from .backend import engine_class, generate_on
     from .provenance import record
@@ -145,7 +146,7 @@ def run(spec, lrs, seeds, N=1000, L=1, H=100, B=50, seed=0, max_epochs=2000, n_t
     lrs, seeds = list(lrs), list(seeds)
     check_seeds(seeds)
     check_dtype_values(dtype, param, lrs, init_scale, sigma_w2, sigma_b2)
-    check_training(loss, stop, target_loss)
+    check_training(loss, stop, target_loss, f0)
     check_outputs(("--save-params", save_params, "npz"), ("--save-outputs", save_outputs, "npz"))
     cls = engine_class(backend)
     check_size(spec.D, len(lrs) * len(seeds), N, H, L, dtype, backend)
@@ -155,7 +156,8 @@ def run(spec, lrs, seeds, N=1000, L=1, H=100, B=50, seed=0, max_epochs=2000, n_t
     grid_lr = np.repeat(lrs, len(seeds))                     # (M,) lr-major grid
     grid_seed = np.tile(seeds, len(lrs))                     # (M,)
     engine = cls(x, y, H, L, B, grid_lr, grid_seed, param=param, dtype=np.dtype(dtype), sigma_w2=sigma_w2,
-                 sigma_b2=sigma_b2, init=init, init_scale=init_scale, loss=loss, stop=stop, target_loss=target_loss)
+                 sigma_b2=sigma_b2, init=init, init_scale=init_scale, loss=loss, stop=stop, target_loss=target_loss,
+                 f0=f0)
     t_data = time.perf_counter()
     say("compiling kernels (cached on disk after the first run)...")
     compile_s = engine.compile()
@@ -186,7 +188,7 @@ def run(spec, lrs, seeds, N=1000, L=1, H=100, B=50, seed=0, max_epochs=2000, n_t
         "config": {"N": N, "L": L, "H": H, "B": B, "lr": lrs, "seeds": seeds, "seed": seed,
                    "max_epochs": max_epochs, "n_test": n_test, "param": param, "sigma_w2": sigma_w2,
                    "sigma_b2": sigma_b2, "init": init, "init_scale": init_scale, "loss": loss, "stop": stop,
-                   "target_loss": target_loss, "dtype": dtype, "backend": backend, "save_params": save_params,
+                   "target_loss": target_loss, "f0": f0, "dtype": dtype, "backend": backend, "save_params": save_params,
                    "save_outputs": save_outputs},
         "networks": networks,
         "test_error": _summary([n["test_error"] for n in networks] if n_test > 0 else None),

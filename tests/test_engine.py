@@ -63,6 +63,45 @@ def test_first_20_steps_follow_the_reference(engine_cls, param, init, loss, dtyp
         assert_close(e.train_loss[m], losses[15:].mean(), "loss", dtype)   # the last epoch's mean minibatch loss
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("param, loss", [("ntk", "mse"), ("standard", "xent")])
+def test_subtracting_the_initial_function_starts_at_zero_and_follows_the_reference(engine_cls, param, loss, dtype):
+    """f0 = "subtract": every logit is exactly 0 before training, on the training set and on other inputs, and the
+    steps follow the reference's training of f - f0."""
+    N, D, H, L, B = 75, 11, 21, 3, 17
+    x, y = make_data(N, D, seed=3)
+    x_other, y_other = make_data(40, D, seed=4)
+    lrs, seeds = [0.05, 0.3], [11, 12]
+    e = engine_cls(x, y, H, L, B, lrs, seeds, param=param, dtype=dtype, sigma_b2=SIGMA_B2[param], loss=loss,
+                   f0="subtract")
+    assert not np.any(e.logits(x)) and not np.any(e.logits(x_other))
+    kept = engine_cls(x, y, H, L, B, lrs, seeds, param=param, dtype=dtype, sigma_b2=SIGMA_B2[param], loss=loss)
+    assert np.abs(kept.logits(x_other)).max() > 0.1                   # what is subtracted is not small
+    start = e.params()
+    e.train_epochs(4)
+    for m in range(2):
+        ref, losses = reference.train_steps(_network(start, m), _scales(e), x, y, lrs[m], seeds[m], np.arange(N),
+                                            B, 20, loss, f0="subtract")
+        for (W, b), (W_ref, b_ref) in zip(_network(e.params(), m), ref):
+            assert_close(W, W_ref, "step", dtype)
+            assert_close(b, b_ref, "step", dtype)
+        assert_close(e.train_loss[m], losses[15:].mean(), "loss", dtype)
+    err, summed = e.evaluate(x_other, y_other)
+    ref_err, ref_loss = reference.evaluate(e.params(), _scales(e), x_other, y_other, loss, initial=start)
+    assert np.abs(err - ref_err * len(y_other)).max() <= 1 and np.any(ref_err > 0)
+    assert_close(summed / len(y_other), ref_loss, "evaluate", np.float32)
+    logits = e.logits(x_other)
+    ref_logits = reference.forward(e.params(), _scales(e), x_other)[0] - reference.forward(start, _scales(e),
+                                                                                         x_other)[0]
+    assert_close(logits, ref_logits, "evaluate", np.float32)
+
+
+def test_f0_takes_keep_or_subtract_only(data_small):
+    x, y = data_small
+    with pytest.raises(UsageError, match="--f0"):
+        Engine(x, y, 5, 1, 5, [0.1], [1], f0="center")
+
+
 def test_subset_network_never_sees_other_samples(engine_cls, data_medium):
     """Samples outside a network's subset are poisoned (NaN inputs, flipped labels) and change nothing.
 

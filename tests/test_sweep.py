@@ -403,6 +403,19 @@ max-epochs = 30
 """
 
 
+@pytest.mark.parametrize("text", [TINY.replace("lr = 0.1\n", ""), TRAIN])
+def test_f0_keep_leaves_every_id_as_it_was_and_subtract_makes_new_jobs(tmp_path, text):
+    """f0 came after both commands' first jobs: at "keep" it stays out of the identity (and a reader of the store
+    puts it back), "subtract" is another experiment."""
+    base = jobs_of(text, tmp_path)
+    kept = jobs_of(text + 'f0 = "keep"\n', tmp_path)
+    subtracted = jobs_of(text + 'f0 = "subtract"\n', tmp_path)
+    assert [j.id for j in kept] == [j.id for j in base] and "f0" not in base[0].config
+    assert not {j.id for j in subtracted} & {j.id for j in base} and subtracted[0].config["f0"] == "subtract"
+    assert "--f0 subtract" in subtracted[0].command_line()
+    assert sweep.with_implicit(base[0].command, base[0].config)["f0"] == "keep"
+
+
 def test_train_jobs_run_in_sweeps_as_the_train_command_runs_them(tmp_path):
     jobs = jobs_of(TRAIN, tmp_path)
     assert len(jobs) == 8 and {j.config["lr"] for j in jobs} == {"0.1,1.0", "0.3"}

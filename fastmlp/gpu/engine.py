@@ -65,11 +65,14 @@ class GpuEngine(EngineBase):
 
     def __init__(self, x, y, hidden_width, depth, batch_size, lrs, seeds, subsets=None, param="standard",
                  dtype=np.float32, sigma_w2=2.0, sigma_b2=0.0, threads=None, init=reference.DEFAULT_INIT,
-                 init_scale=1.0, loss="xent", stop="zero-error", target_loss=None, *, graphs=None, tf32=False):
-        cp = cupy_module()
+                 init_scale=1.0, loss="xent", stop="zero-error", target_loss=None, f0="keep", *, graphs=None,
+                 tf32=False):
         lrs, seeds, self.dtype, subsets = check_engine_args(
             tuple(x.shape), tuple(y.shape), hidden_width, depth, batch_size, lrs, seeds, subsets, param, dtype,
-            sigma_w2, sigma_b2, init, init_scale, loss, stop, target_loss)
+            sigma_w2, sigma_b2, init, init_scale, loss, stop, target_loss, f0)
+        if f0 != "keep":
+            raise UsageError("--f0 subtract runs on the CPU engine only so far (use --backend cpu)")
+        cp = cupy_module()
         N, D = x.shape
         H, L, B, M = int(hidden_width), int(depth), int(batch_size), len(lrs)
         if M > MAX_NETWORKS:
