@@ -183,6 +183,52 @@ def namespace(data):
         """The selected learning rate of one job, as text."""
         return lr_text(job(*a, **sel)["selected_lr"])
 
+    def points(store, task=None, N=None, L=None, **sel):
+        """Every point of the selected jobs: [config of the point (no seed) with its statistics], ascending."""
+        groups = {}
+        for r in _select(data, store, _sel(task, N, L, sel)):
+            key = tuple((k, repr(v)) for k, v in plot.config_of(r).items() if k != "seed")
+            groups.setdefault(key, []).append(r)
+        out = [{**{k: v for k, v in plot.config_of(g[0]).items() if k != "seed"}, **plot.point(g)}
+               for g in groups.values()]
+        return sorted(out, key=lambda p: [plot._order(p[k]) for k in ("N", "L", "init-scale", "lr", "H") if k in p])
+
+    def best(*a, **sel):
+        """The point of lowest mean among the selected ones."""
+        return min(points(*a, **sel), key=lambda p: p["mean"])
+
+    def deeper_wins(store, task, x, shallow=1, **sel):
+        """The values of x at which some network deeper than L = shallow has a lower mean than L = shallow."""
+        pts = points(store, task, **sel)
+        base = {p[x]: p["mean"] for p in pts if p["L"] == shallow}
+        return sorted({p[x] for p in pts if p["L"] > shallow and p[x] in base and p["mean"] < base[p[x]]})
+
+    def at_bound(stores, side, learned=None):
+        """The searched run jobs of the stores whose selected lr lies at the upper (within 1%) or lower (within 25%)
+        bound of their search range; learned: only those whose mean test error is below (True) or not (False)
+        0.47."""
+        out = []
+        for store in stores:
+            for r in _select(data, store, {}):
+                if r["selected_lr"] is None or r["lr"] is not None or r.get("lr-max") is None:
+                    continue
+                at = (r["selected_lr"] >= 0.99 * r["lr-max"] if side == "upper"
+                      else r["selected_lr"] <= 1.25 * r["lr-min"])
+                if at and (learned is None or (r["test_error_mean"] < 0.47) == learned):
+                    out.append(r)
+        return sorted(out, key=lambda r: (r["task"], r["N"], r["L"]))
+
+    def searched(stores):
+        """The number of searched run jobs of the stores."""
+        return sum(1 for store in stores for r in _select(data, store, {}) if r["lr"] is None)
+
+    def where(found):
+        """'1-global N = 1000 L = 1; 3-local N = 8000 L = 1 and 3' of job rows."""
+        groups = {}
+        for r in found:
+            groups.setdefault((r["task"], r["N"]), []).append(r["L"])
+        return "; ".join(f"{t} N = {n_text(n)} L = {' and '.join(map(str, Ls))}" for (t, n), Ls in groups.items())
+
     def rows(name, **sel):
         """The rows of docs/results/NAME.csv with the given column values."""
         out = _match(data.table(name), {_key(k): v for k, v in sel.items()})
@@ -216,8 +262,8 @@ def namespace(data):
         return f"{lo:+.3f} to {hi:+.3f}"
 
     ns = {k: v for k, v in locals().items() if callable(v) and not k.startswith("_")}
-    ns.update(f=f, span=span, n_text=n_text, lr_text=lr_text, min=min, max=max, abs=abs, round=round, len=len,
-              sorted=sorted, sum=sum, str=str, int=int, float=float, math=math)
+    ns.update(f=f, span=span, any=any, all=all, n_text=n_text, lr_text=lr_text, min=min, max=max, abs=abs,
+              round=round, len=len, sorted=sorted, sum=sum, str=str, int=int, float=float, math=math)
     for name in TABLES:
         ns[name] = (lambda fn: lambda *a, **k: fn(data, *a, **k))(TABLES[name])
     return ns
@@ -510,7 +556,7 @@ TABLES = {fn.__name__: fn for fn in (table_depth, table_init, table_diff, table_
 # -------------------------------------------------------------------------------------------- rendering
 def evaluate(expr, ns):
     try:
-        value = eval(expr, {"__builtins__": {}}, ns)   # the documents' own expressions over NAMESPACE
+        value = eval(expr, {"__builtins__": {}, **ns})   # the documents' own expressions over the namespace
     except ReportError:
         raise
     except Exception as e:
