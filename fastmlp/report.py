@@ -243,6 +243,12 @@ def namespace(data):
             raise ReportError(f"{name}.csv: {len(found)} rows with {sel}, not one")
         return found[0][column]
 
+    def slope(name, x, y, **sel):
+        """The least-squares slope of log(y) against log(x) over the rows of docs/results/NAME.csv."""
+        pts = [(math.log(r[x]), math.log(r[y])) for r in rows(name, **sel)]
+        mx, my = (sum(p[i] for p in pts) / len(pts) for i in (0, 1))
+        return sum((a - mx) * (b - my) for a, b in pts) / sum((a - mx) ** 2 for a, _ in pts)
+
     def record(name):
         return data.record(name)
 
