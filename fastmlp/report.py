@@ -250,7 +250,19 @@ def namespace(data):
         return sum((a - mx) * (b - my) for a, b in pts) / sum((a - mx) ** 2 for a, _ in pts)
 
     def record(name):
+        """The JSON record docs/results/NAME.json (what `fastmlp run/ntk/train --json` printed)."""
         return data.record(name)
+
+    def networks(name, **sel):
+        """The networks of a `train` record docs/results/NAME.json with the given values (lr=1.0, say)."""
+        out = _match(data.record(name)["networks"], sel)
+        if not out:
+            raise ReportError(f"{name}.json: no network with {sel}")
+        return out
+
+    def mean(values):
+        values = list(values)
+        return sum(values) / len(values)
 
     def diff(store, task, N, a, b, **sel):
         """The depth difference L = b minus L = a at a point, with its 95% interval (table_diff's cell)."""
@@ -547,6 +559,23 @@ def table_losses(data, name="losses", tasks=(("2-local", 500), ("2-global", 100)
     return _md([""] + list(losses), body)
 
 
+def table_lazy_lr(data, train, ntk):
+    """Test error against a fixed lr of one `train` record (mean ± std over its seeds; ranges of epochs to zero
+    training error), and the NTK regression of an `ntk` record in the last column."""
+    nets = data.record(train)["networks"]
+    lrs = sorted({n["lr"] for n in nets})
+    errs, epochs = [], []
+    for lr in lrs:
+        group = [n for n in nets if n["lr"] == lr]
+        mean_, std, _ = plot.combined([(n["test_error"], None, 1) for n in group])
+        errs.append(f"{f(mean_)} ± {f(std)}")
+        epochs.append(span([n["epochs"] for n in group], "d", "-"))
+    seeds = len({n["seed"] for n in nets})
+    body = [[f"test error, mean ± std over {seeds} seeds"] + errs + [f(data.record(ntk)["test_error"]["mean"])],
+            ["epochs to zero training error"] + epochs + [""]]
+    return _md(["lr"] + [f"{lr:g}" for lr in lrs] + ["NTK regression"], body)
+
+
 def table_expressivity(data, store):
     jobs = [r for r in data.jobs(store) if r["command"] == "run"]
     Hs = _values(jobs, "H")
@@ -556,7 +585,8 @@ def table_expressivity(data, store):
 
 
 TABLES = {fn.__name__: fn for fn in (table_depth, table_init, table_diff, table_scale, table_means, table_best_lr,
-                                     table_lr, table_width, table_lazy, table_losses, table_expressivity)}
+                                     table_lr, table_width, table_lazy, table_losses, table_lazy_lr,
+                                     table_expressivity)}
 
 
 # -------------------------------------------------------------------------------------------- rendering
