@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = "docs/results"
 DOCUMENTS = ("README.md", "docs/results.md", "docs/ntk.md", "docs/science.md")
 FIGURE_X = {"init-scale": "init-scale"}   # a figure's x axis where `fastmlp plot`'s auto choice is not it
-MARK = re.compile(r"<!--r (.*?)-->(.*?)<!--/r-->", re.S)
+MARK = re.compile(r"(?<!`)<!--r (.*?)-->(.*?)<!--/r-->", re.S)   # a mark quoted in `code` is not one
 DIVERGED_NOTE = "diverged"
 
 
