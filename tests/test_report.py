@@ -109,3 +109,18 @@ def test_a_depth_difference_is_paired_over_seeds_or_welch_over_repeats():
     d, lo, hi, how = report.difference([row(0, 0.30, 0.01)], [row(0, 0.28, 0.01, L=3)])
     assert how == "repeats" and d == pytest.approx(-0.02) and lo < -0.02 < hi and hi < 0   # Welch, df = 8
     assert hi - d == pytest.approx(2.306004135 * math.sqrt(2 * 0.01 ** 2 / 5))
+
+
+def test_a_point_with_diverged_repeats_is_drawn_and_tabled_without_them_too():
+    deep = [0.15] * 4 + [0.5]                                     # one of five repeats diverged
+    rows = [{"id": str(L), "status": "done", "command": "run", "task": "2-local", "D": 500, "seed": 0, "N": 8000,
+             "L": L, "lr": None, "test_error_mean": mean, "test_error_std": std, "test_error_n": 5,
+             "diverged": div, "not_converged": 0}
+            for L, mean, std, div in ((1, 0.20, 0.01, 0),
+                                      (3, statistics.mean(deep), statistics.stdev(deep), 1))]
+    fig, points = plot.figure(rows, "N")
+    deep = next(p for p in points if p["L"] == 3)
+    assert deep["diverged"] == 1 and deep["mean_without_diverged"] == pytest.approx(0.15)
+    crosses = [line for line in fig.axes[0].get_lines() if line.get_marker() == "x"]
+    assert [list(line.get_ydata()) for line in crosses] == [[pytest.approx(0.15)]]
+    assert report.cell(deep) == "0.220 ± 0.157 (1 of 5 diverged; 0.150 ± 0.000 without them)"
