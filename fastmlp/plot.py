@@ -301,7 +301,8 @@ def figure(rows, x="auto", n_failed=0, dropped=0):
     notes = [f"{n_failed} failed jobs left out" if n_failed else "",
              f"{dropped} null test errors left out" if dropped else "",
              "hollow markers: some repeats hit the epoch cap" if any(p["not_converged"] for p in points) else "",
-             "crosses: without the diverged repeats" if any(p["diverged"] for p in points) else ""]
+             "crosses: without the diverged repeats" if any(p["diverged"] and p["mean_without_diverged"] is not None
+                                                            for p in points) else ""]
     if any(notes):
         fig.suptitle("; ".join(n for n in notes if n), fontsize="small")
     return fig, points
