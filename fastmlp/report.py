@@ -218,6 +218,10 @@ def namespace(data):
                     out.append(r)
         return sorted(out, key=lambda r: (r["task"], r["N"], r["L"]))
 
+    def njobs(store, command=None):
+        """The number of jobs in a store's job table (of one command if given)."""
+        return sum(1 for r in data.jobs(store) if command is None or r["command"] == command)
+
     def searched(stores):
         """The number of searched run jobs of the stores."""
         return sum(1 for store in stores for r in _select(data, store, {}) if r["lr"] is None)
