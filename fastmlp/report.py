@@ -6,7 +6,7 @@
 
 A document (DOCUMENTS) marks each generated piece with a pair of HTML comments, which Markdown renders as nothing:
 
-    the error is <!--r m('init-k2', task='2-local', N=8000, L=3)-->0.247<!--/r--> at N = 8000
+    the error is <!--r m('init-k2', '2-local', 8000, 3)-->0.247<!--/r--> at N = 8000
 
 The text between the comments is the value of the expression in the first: a number is written with three
 decimals (`f(x, '.2f')` for others), a string as it is.  A table is one expression on a line of its own, with
@@ -18,19 +18,28 @@ the table between blank lines:
 
     <!--/r-->
 
-The expressions call the functions of NAMESPACE (below) on the data: a store is named as its committed job table,
-``docs/results/NAME-jobs.csv`` (what `fastmlp collect` wrote), and a job or a point is selected by its settings as
-keywords (``init_scale=0.5`` for the column init-scale; ``ntk=True`` for the NTK jobs, else the `run` jobs; all
-data seeds unless ``seed`` is given).  A point's mean and error bar are those of its figure (`fastmlp.plot.point`):
-the mean over data seeds of each seed's mean, and the standard deviation over data seeds of those means, or over
-the repeats where the point has one data seed.  Other data: ``rows('losses', ...)`` and ``value(...)`` read any
-other CSV of docs/results/, ``record('run-1local-d100')`` a JSON record.
+The expressions call the functions of `namespace` on the data (and min, max, sum, len, sorted, abs, round,
+comprehensions; nothing else): a store is named as its committed job table, ``docs/results/NAME-jobs.csv`` (what
+`fastmlp collect` wrote), and a job or a point is selected as (store, task, N, L) and further settings as keywords
+(``init_scale=0.5`` for the column init-scale; ``ntk=True`` for the NTK jobs, else the `run` jobs; all data seeds
+unless ``seed`` is given).  A point's mean and error bar are those of its figure (`fastmlp.plot.point`): the mean
+over data seeds of each seed's mean, and the standard deviation over data seeds of those means, or over the repeats
+where the point has one data seed.
+
+  points      m (mean), sd (error bar), m0 (mean without diverged repeats), ms (several depths), pm ('m ± sd'),
+              pt, points, best, deeper_wins
+  depths      diff ('+0.012 (-0.003 to +0.027)': L = b minus L = a and its 95% interval), dd, ci (`difference`)
+  jobs        job, jobs, lr (selected), njobs, searched, at_bound, where
+  other data  rows and value (any CSV of docs/results/), slope, record and networks (JSON records), mean
+  text        f (format a number), span ('lo to hi'), n_text, lr_text
+  tables      table_depth, table_init, table_diff, table_scale, table_means, table_best_lr, table_lr,
+              table_width, table_lazy, table_lazy_lr, table_losses, table_expressivity
 
 Adding the table of a new store (a sweep's section of docs/results.md):
   1. commit its job table, ``fastmlp collect results/NAME --csv docs/results/NAME-jobs.csv``;
   2. write the marker of its table where it goes, e.g. ``<!--r table_depth('NAME', '2-local', Ls=(1, 3, 5),
      bold=True)-->``, a blank line, ``<!--/r-->``, and ``<!--r table_diff('NAME', ['2-local'])-->`` for its depth
-     differences; the numbers quoted in the prose as ``<!--r m('NAME', task=..., N=..., L=...)-->0<!--/r-->``;
+     differences; the numbers quoted in the prose as ``<!--r m('NAME', 'TASK', N, L)-->0<!--/r-->``;
   3. run ``python -m fastmlp.report --figures``: it fills the markers, writes ``NAME.csv`` (the figure's points) and
      draws ``NAME.png`` (FIGURE_X names the x axis of a figure that is not against N or lr).
 tests/test_report.py fails while any document or points file differs from what this module generates.
@@ -52,7 +61,6 @@ RESULTS = "docs/results"
 DOCUMENTS = ("README.md", "docs/results.md", "docs/ntk.md", "docs/science.md")
 FIGURE_X = {"init-scale": "init-scale"}   # a figure's x axis where `fastmlp plot`'s auto choice is not it
 MARK = re.compile(r"(?<!`)<!--r (.*?)-->(.*?)<!--/r-->", re.S)   # a mark quoted in `code` is not one
-DIVERGED_NOTE = "diverged"
 
 
 class ReportError(ValueError):
