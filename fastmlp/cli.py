@@ -608,9 +608,10 @@ def collect(store_dir, csv_out, jsonl_out, status):
                    "(task, N); init-scale: against the initial scale, a panel per (task, N); auto: lr when the "
                    "store's runs vary a fixed lr, else N")
 def plot(store_dir, out, x):
-    """The paper's figures from a store: test error against N, a curve per depth L with error bars over the
-    repeats (pooled over seeds), a panel per task, and the NTK of each depth as its own dashed curve; or test
-    error against the learning rate, with the NTK as dashed horizontal lines (its lr -> 0 limit)."""
+    """The paper's figures from a store: test error against N, a curve per depth L with error bars over the data
+    seeds (over the repeats where a point has one seed), a panel per task, and the NTK of each depth as its own
+    dashed curve; or test error against the learning rate, with the NTK as dashed horizontal lines (its lr -> 0
+    limit)."""
     from pathlib import Path
 
     from .plot import plot_store

@@ -1,5 +1,6 @@
 """`fastmlp plot`: figures from real stores of tiny sweeps, checked on the matplotlib objects, the PNG and the CSV."""
 import csv
+import statistics
 import textwrap
 
 import pytest
@@ -8,7 +9,7 @@ from conftest import NETWORKS_AND_NTK
 
 from fastmlp import sweep
 from fastmlp.cli import main
-from fastmlp.plot import plot_store
+from fastmlp.plot import plot_store, plot_table
 from fastmlp.store import Store
 from fastmlp.errors import UsageError
 
@@ -192,3 +193,19 @@ def test_against_init_scale_a_panel_per_task_and_n_a_curve_per_depth(tmp_path):
     assert all(list(c.lines[0].get_xdata()) == [0.5, 1.0, 2.0] for c in errorbars(ax))
     assert {p["x_name"] for p in points} == {"init-scale"} and len(points) == 6
     assert ax.get_xlabel().startswith("initial scale")
+
+
+def test_error_bars_are_over_data_seeds_and_a_job_table_redraws_the_figure(tmp_path):
+    store = make_store(tmp_path, FIGURE_N, "store", "task=1-local", "seed=0,1")
+    fig, points = plot_store(store, tmp_path / "store.png")
+    recs = [r for r in Store(store, create=False).records() if r["command"] == "run"]
+    for p in (p for p in points if p["command"] == "run"):
+        seed_means = [(r["record"]["final"]["test_error"]["mean"]) for r in recs
+                      if r["config"]["N"] == p["x"] and r["config"]["L"] == p["L"]]
+        assert p["n_seeds"] == 2 and p["std"] == pytest.approx(statistics.stdev(seed_means))   # not all 4 networks
+        assert p["mean"] == pytest.approx(statistics.mean(seed_means))
+    result = CliRunner().invoke(main, ["collect", str(store), "--csv", str(tmp_path / "jobs.csv")])
+    assert result.exit_code == 0, result.output
+    plot_table(tmp_path / "jobs.csv", tmp_path / "table.png")
+    assert read_csv(tmp_path / "table.csv") == read_csv(tmp_path / "store.csv")
+    assert_png(tmp_path / "table.png")

@@ -1,0 +1,126 @@
+"""fastmlp.report: every generated number in the documents is what the committed data gives, and a changed value
+in the data or in a document is caught.  No training: it reads docs/results/."""
+import math
+import shutil
+import statistics
+
+import pytest
+
+from fastmlp import plot, report
+
+ROOT = report.ROOT
+
+
+def copy_of_repo(tmp_path):
+    """The documents and docs/results/ of the repository, in tmp_path."""
+    for doc in report.DOCUMENTS:
+        (tmp_path / doc).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / doc, tmp_path / doc)
+    shutil.copytree(ROOT / report.RESULTS, tmp_path / report.RESULTS)
+    return tmp_path
+
+
+def test_every_generated_number_and_table_matches_the_committed_data():
+    found = report.differences(ROOT)
+    assert not found, "generated text differs (run `python -m fastmlp.report`):\n" + "".join(d for _, d in found)
+
+
+def test_a_changed_value_in_a_job_table_is_reported(tmp_path):
+    root = copy_of_repo(tmp_path)
+    table = root / report.RESULTS / "repro-k1-jobs.csv"
+    lines = table.read_text().splitlines(True)
+    header = lines[0].rstrip("\n").split(",")
+    col = {k: i for i, k in enumerate(header)}
+    for i, line in enumerate(lines[1:], 1):     # 1-global, N = 8000, L = 3: the value the review found typed wrong
+        cells = line.rstrip("\n").split(",")
+        if cells[col["command"]] == "run" and cells[col["task"]] == "1-global" and cells[col["N"]] == "8000" \
+                and cells[col["L"]] == "3":
+            cells[col["test_error_mean"]] = "0.1180"
+            lines[i] = ",".join(cells) + "\n"
+            break
+    else:
+        pytest.fail("no such job in repro-k1-jobs.csv")
+    table.write_text("".join(lines))
+    found = dict(report.differences(root))
+    assert set(found) == {"docs/results.md", f"{report.RESULTS}/repro-k1.csv"}
+    assert "| 8000 | 0.094 ± 0.002 | 0.118 ± 0.001 |" in found["docs/results.md"]
+    assert report.main(["--check", "--root", str(root)]) == 1
+    assert report.main(["--root", str(root)]) == 0               # regenerate, and then it holds
+    assert report.main(["--check", "--root", str(root)]) == 0
+    assert "| 8000 | 0.094 ± 0.002 | 0.118 ± 0.001 |" in (root / "docs/results.md").read_text()
+
+
+def test_a_hand_edited_number_in_a_document_is_reported(tmp_path):
+    root = copy_of_repo(tmp_path)
+    readme = root / "README.md"
+    text = readme.read_text()
+    marked = report.MARK.search(text)
+    assert marked, "README.md quotes no generated number"
+    value = marked.group(2)
+    typed = "0.999" if value != "0.999" else "0.998"
+    readme.write_text(text[:marked.start(2)] + typed + text[marked.end(2):])
+    (path, diff), = report.differences(root)
+    assert path == "README.md" and f">{typed}<" in diff and f">{value}<" in diff
+    assert report.main(["--check", "--root", str(root)]) == 1
+
+
+def test_an_expression_that_selects_nothing_or_too_much_is_an_error():
+    ns = report.namespace(report.Data(ROOT))
+    with pytest.raises(report.ReportError, match="no job"):
+        report.evaluate("m('repro-k1', '1-local', 123, 1)", ns)
+    with pytest.raises(report.ReportError, match="differ in H"):
+        report.evaluate("m('expressivity-quick', '2-local', 16000, 1)", ns)   # two widths at one point
+    with pytest.raises(report.ReportError, match="NameError"):
+        report.evaluate("open('x')", ns)                                     # nothing but the namespace
+    assert report.evaluate("m('expressivity-quick', '2-local', 16000, 1, H=5)", ns) == "0.088"
+
+
+def test_without_diverged_is_the_statistics_of_the_other_repeats():
+    values = [0.11, 0.5, 0.12, 0.5, 0.10]                       # two repeats diverged (0.5 by the protocol's rule)
+    mean, std = statistics.mean(values), statistics.stdev(values)
+    m, s, n = plot.without_diverged(mean, std, 5, 2)
+    assert n == 3 and m == pytest.approx(0.11) and s == pytest.approx(statistics.stdev([0.11, 0.12, 0.10]))
+    assert plot.without_diverged(0.5, 0.0, 5, 5) == (None, None, 0)
+    m, s, n = plot.combined([(statistics.mean(values[:2]), statistics.stdev(values[:2]), 2),
+                             (statistics.mean(values[2:]), statistics.stdev(values[2:]), 3)])
+    assert (m, s, n) == (pytest.approx(mean), pytest.approx(std), 5)
+
+
+def row(seed, mean, std, n=5, L=1, diverged=0):
+    return {"seed": seed, "test_error_mean": mean, "test_error_std": std, "test_error_n": n, "L": L,
+            "diverged": diverged, "not_converged": 0, "command": "run"}
+
+
+def test_a_points_error_bar_is_over_data_seeds_where_it_has_several():
+    p = plot.point([row(0, 0.30, 0.01), row(1, 0.32, 0.02), row(2, 0.31, 0.05)])
+    assert p["mean"] == pytest.approx(0.31) and p["std"] == pytest.approx(0.01) and p["n_seeds"] == 3
+    p = plot.point([row(0, 0.30, 0.01)])
+    assert p["std"] == 0.01 and p["n_seeds"] == 1                # one seed: the repeats' spread
+
+
+def test_a_depth_difference_is_paired_over_seeds_or_welch_over_repeats():
+    a = [row(s, m, 0.01) for s, m in enumerate((0.30, 0.32, 0.31))]
+    b = [row(s, m, 0.01, L=3) for s, m in enumerate((0.25, 0.26, 0.27))]
+    d, lo, hi, how = report.difference(a, b)
+    diffs = [-0.05, -0.06, -0.04]
+    half = 4.302652729911275 * statistics.stdev(diffs) / math.sqrt(3)      # t(0.975, 2)
+    assert how == "3 seeds" and d == pytest.approx(-0.05) and (lo, hi) == (pytest.approx(-0.05 - half),
+                                                                          pytest.approx(-0.05 + half))
+    d, lo, hi, how = report.difference([row(0, 0.30, 0.01)], [row(0, 0.28, 0.01, L=3)])
+    assert how == "repeats" and d == pytest.approx(-0.02) and lo < -0.02 < hi and hi < 0   # Welch, df = 8
+    assert hi - d == pytest.approx(2.306004135 * math.sqrt(2 * 0.01 ** 2 / 5))
+
+
+def test_a_point_with_diverged_repeats_is_drawn_and_tabled_without_them_too():
+    deep = [0.15] * 4 + [0.5]                                     # one of five repeats diverged
+    rows = [{"id": str(L), "status": "done", "command": "run", "task": "2-local", "D": 500, "seed": 0, "N": 8000,
+             "L": L, "lr": None, "test_error_mean": mean, "test_error_std": std, "test_error_n": 5,
+             "diverged": div, "not_converged": 0}
+            for L, mean, std, div in ((1, 0.20, 0.01, 0),
+                                      (3, statistics.mean(deep), statistics.stdev(deep), 1))]
+    fig, points = plot.figure(rows, "N")
+    deep = next(p for p in points if p["L"] == 3)
+    assert deep["diverged"] == 1 and deep["mean_without_diverged"] == pytest.approx(0.15)
+    crosses = [line for line in fig.axes[0].get_lines() if line.get_marker() == "x"]
+    assert [list(line.get_ydata()) for line in crosses] == [[pytest.approx(0.15)]]
+    assert report.cell(deep) == "0.220 ± 0.157 (1 of 5 diverged; 0.150 ± 0.000 without them)"
