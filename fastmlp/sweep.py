@@ -392,7 +392,8 @@ def with_implicit(command, config):
     if command != "run":
         return config
     return config | {k: v for k, v in IMPLICIT.items()
-                     if k not in config and not (k == "init" and config.get("param") == "ntk")}
+                     if k not in config and not (k == "init" and config.get("param") == "ntk")
+                     and not (k in SEARCH_KEYS and config.get("lr") is not None)}
 
 
 @functools.lru_cache(maxsize=None)
