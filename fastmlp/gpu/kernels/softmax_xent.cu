@@ -37,9 +37,9 @@ extern "C" __global__ void softmax_xent(REAL* dz, REAL* dzs, REAL* bo, double* l
         REAL d0 = REAL(0), d1 = REAL(0);
         if (b < nb) {
             const int y = Y[idx[(long long)m * idx_stride + start + b]];
-            double d1;
-            lsum += out_loss((double)(zc[o] + s * b0), (double)(zc[o + 1] + s * b1), y, loss_kind, &d1);
-            const double g1 = d1 / nb;
+            double dl1;                        // dloss/dz1 in float64 (not d1: that is the REAL written below)
+            lsum += out_loss((double)(zc[o] + s * b0), (double)(zc[o + 1] + s * b1), y, loss_kind, &dl1);
+            const double g1 = dl1 / nb;
             d0 = (REAL)(-g1);
             d1 = (REAL)g1;
         }
