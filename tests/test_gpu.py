@@ -696,7 +696,9 @@ def test_softmax_xent_step(dtype, loss):
         assert_close(dbo.get()[m], bo[m] - lrs[m] * s * dlogits[0].sum(axis=0), "step", dtype)
         assert (act[:, m].get() == 1).all()
     np.testing.assert_array_equal(dz[2], 0)                    # no rows left: no gradient, no update
+    np.testing.assert_array_equal(dzs[2], 0)
     np.testing.assert_array_equal(dbo.get()[2], bo[2])
+    assert (act[:, 2].get() == 0).all()                        # what the weight-update GEMMs read: exactly 0
     np.testing.assert_array_equal(dz[3], 0)                    # diverged: nothing moves, activations zeroed
     np.testing.assert_array_equal(dzs[3], 0)
     np.testing.assert_array_equal(dbo.get()[3], bo[3])
@@ -706,19 +708,30 @@ def test_softmax_xent_step(dtype, loss):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_relu_backward(dtype):
+    """The masked gradient, its -lr scaling and the bias update for the networks the step updates; for a diverged
+    network, a stopped one and one past the end of its subset, zeros and the bias untouched even where the
+    incoming gradient is NaN (0 * inf from overflowed weights)."""
     cp = gpu.device.cupy_module()
     g = np.random.default_rng(4)
-    S, R, K = 3, 17, 133                                       # K = 133: crosses blocks of 128 threads
+    S, R, K, start = 5, 17, 133, 34                            # K = 133: crosses blocks of 128 threads
     da = g.standard_normal((S, R, K)).astype(dtype)
+    da[2:, 0, :3] = np.nan
     a = np.maximum(g.standard_normal((S, R, K)), 0).astype(dtype)
     bias = g.standard_normal((S, K)).astype(dtype)
-    lrs = np.array([0.1, 0.2, 0.3], dtype)
-    d_dz, d_dzs, d_bias = cp.asarray(da), cp.zeros(S * R * K, dtype=dtype), cp.asarray(bias)
-    gpu.relu_backward(d_dz, d_dzs, d_bias, cp.asarray(a), cp.asarray(lrs), 0.5, S, R)
+    lrs = np.array([0.1, 0.2, 0.3, 0.4, 0.5], dtype)
+    n = np.array([40, 35, 60, 60, 34], np.int32)                # network 4 has no rows from 34 on
+    trained = np.array([1, 1, 1, 0, 1], np.int32)              # network 3 stopped
+    diverged = np.array([0, 0, 1, 0, 0], np.int32)             # network 2 diverged
+    d_dz, d_dzs, d_bias = cp.asarray(da), cp.full(S * R * K, 9.0, dtype=dtype), cp.asarray(bias)
+    gpu.relu_backward(d_dz, d_dzs, d_bias, cp.asarray(a), cp.asarray(lrs), cp.asarray(n), cp.asarray(trained),
+                      cp.asarray(diverged), 0.5, start, S, R)
     dz = da.astype(np.float64) * (a > 0)
+    dz[2:] = 0
     assert_close(d_dz.get(), dz, "forward", dtype)
     assert_close(d_dzs.get().reshape(S, R, K), -lrs[:, None, None] * dz, "forward", dtype)
-    assert_close(d_bias.get(), bias - 0.5 * lrs[:, None] * dz.sum(axis=1), "step", dtype)
+    expected = bias - 0.5 * lrs[:, None] * dz.sum(axis=1)
+    assert_close(d_bias.get()[:2], expected[:2], "step", dtype)
+    np.testing.assert_array_equal(d_bias.get()[2:], bias[2:])
 
 
 # ---------------------------------------------------------------------------------------------- GPU: engine
@@ -858,6 +871,28 @@ def test_shapes_past_the_small_tests(case):
     _assert_engines_agree(*engines)
     if case == "M=128":
         assert engines[0].converged.any() and not engines[0].converged.all()   # some stopped, the rest went on
+
+
+@pytest.mark.gpu
+def test_a_diverged_networks_parameters_stay_as_on_the_cpu(data_medium):
+    """A learning rate so large (and inputs so large) that the first step overflows weights to inf while its own
+    loss is still finite: the next step's loss is not finite, and on both engines that step changes nothing (on the
+    GPU, 0 * inf in the zeroed step made 294 of the network's parameters NaN). The others train on unaffected."""
+    x, y = data_medium
+    args = (100 * x, y, 21, 1, 17, [1e-5, 1e38, 1e-4], [1, 2, 3])
+    gpu_e, cpu_e = gpu.GpuEngine(*args), Engine(*args)
+    for e in (gpu_e, cpu_e):
+        e.train_epochs(2)
+    assert list(gpu_e.diverged) == list(cpu_e.diverged) == [False, True, False]
+    for (W, b), (W_c, b_c) in zip(gpu_e.params(), cpu_e.params()):
+        for p, p_c in ((W, W_c), (b, b_c)):
+            np.testing.assert_array_equal(np.isnan(p), np.isnan(p_c))
+            both = np.isfinite(p) & np.isfinite(p_c)
+            assert_close(p[both], p_c[both], "step", np.float32)
+            edge = np.isinf(p) != np.isinf(p_c)    # summation order decides overflow, but only at float32's edge
+            assert (np.abs(np.where(np.isinf(p), p_c, p)[edge]) > 1e37).all()
+    assert not np.isnan(np.concatenate([W[1].ravel() for W, _ in gpu_e.params()])).any()
+    assert np.isinf(np.concatenate([W[1].ravel() for W, _ in cpu_e.params()])).any()   # the case it is about
 
 
 @pytest.mark.gpu

@@ -46,9 +46,11 @@ def test_a_wrong_launch_fails_on_the_host(cp):
     S, R, K = 2, 3, 5
     dz, dzs, a = (cp.zeros(S * R * K, dtype=cp.float32) for _ in range(3))
     bias, lrs = cp.zeros(S * K, dtype=cp.float32), cp.ones(S, dtype=cp.float32)
-    good = [dz, dzs, bias, a, lrs, np.float32(0.5), np.int32(R), np.int32(K)]
+    n, trained, diverged = cp.full(S, R, dtype=cp.int32), cp.ones(S, dtype=cp.int32), cp.zeros(S, dtype=cp.int32)
+    good = [dz, dzs, bias, a, lrs, n, trained, diverged, np.float32(0.5), np.int32(0), np.int32(R), np.int32(K)]
     f((1, S), (128,), tuple(good))                            # the launcher's own call
-    for i, wrong, match in ((6, R, "long long"), (5, 0.5, "long long"), (5, np.float64(0.5), "float64"),
+    for i, wrong, match in ((10, R, "long long"), (8, 0.5, "long long"), (8, np.float64(0.5), "float64"),
+                            (6, cp.ones(S, dtype=cp.int64), "int32 array"),
                             (2, cp.zeros(S * K, dtype=cp.float64), "float32 array"),
                             (0, np.zeros(S * R * K, np.float32), "device array"),
                             (3, cp.zeros((S * R * K, 2), dtype=cp.float32)[:, 0], "non-contiguous")):
@@ -60,7 +62,7 @@ def test_a_wrong_launch_fails_on_the_host(cp):
                                        ((1, S), (128,), 48 * 1024 + 1, "shared memory"), ((0, S), (128,), 0, "grid")):
         with pytest.raises(sim.SimulatorError, match=match):
             f(grid, block, tuple(good), shared_mem=shared)
-    with pytest.raises(sim.SimulatorError, match="takes 8 arguments"):
+    with pytest.raises(sim.SimulatorError, match="takes 12 arguments"):
         f((1, S), (128,), tuple(good[:-1]))
 
 

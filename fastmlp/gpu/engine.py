@@ -329,7 +329,8 @@ class GpuEngine(EngineBase):
             a = acts[l - 1]                                                           # (S, B, H) input of layer l
             self._blas.gemm(S, B, H, F, dz, B * F, False, W[l], H * F, True, da, B * H, c[l], 0.0)   # da = c dz W^T
             self._blas.gemm(S, H, F, B, a, B * H, True, dzs, B * F, False, W[l], H * F, c[l], 1.0)   # W += c a^T dzs
-            relu_backward(da, self._dzs, b[l - 1], a, st["lrs"], self._s[l - 1], S, B)
+            relu_backward(da, self._dzs, b[l - 1], a, st["lrs"], st["n"], st["trained"], st["diverged"],
+                          self._s[l - 1], start, S, B)
             dz, dzs, F = da, self._dzs, H
         self._blas.gemm(S, D, H, B, self._xb, B * D, True, dzs, B * H, False, W[0], D * H, c[0], 1.0)
 

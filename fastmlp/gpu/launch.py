@@ -153,17 +153,21 @@ def softmax_xent(dz, dzs, bo, loss_sum, steps, diverged, act, zc, Y, idx, n, tra
                                                    i32(loss_kind)))
 
 
-def relu_backward(dz, dzs, bias, a, lrs, s, S, R):
-    """dz (S, R, K) = da * (a > 0) in place, dzs = -lr dz, bias -= lr s sum_r dz."""
+def relu_backward(dz, dzs, bias, a, lrs, n, trained, diverged, s, start, S, R):
+    """dz (S, R, K) = da * (a > 0) in place, dzs = -lr dz, bias -= lr s sum_r dz, for the networks the step at
+    row `start` updates (live, n[m] > start); zeros and no bias change for the others."""
     dt = bias.dtype
     K = bias.shape[1]
     for name, arr in (("dz", dz), ("dzs", dzs), ("a", a)):
         need(name, arr, dt, size=S * R * K)
     need("bias", bias, dt, size=S * K)
     need("lrs", lrs, dt, size=S)
+    for name, arr in (("n", n), ("trained", trained), ("diverged", diverged)):
+        need(name, arr, np.int32, size=S)
     if S:
         kernel("relu_backward", dt)((blocks(K, 128), int(S)), (128,),
-                                     (dz, dzs, bias, a, lrs, real(s, dt), i32(R), i32(K)))
+                                     (dz, dzs, bias, a, lrs, n, trained, diverged, real(s, dt), i32(start), i32(R),
+                                      i32(K)))
 
 
 def evaluate(err, loss, zc, bo, s, Y, idx, n, trained, diverged, idx_stride, start, R, S, loss_kind=0):

@@ -12,8 +12,12 @@
 //                   bo[m] -= lr[m] s sum_b dz_b
 //                 and steps[m] += 1 when nb > 0, as fastmlp.cpu.train_epoch counts its minibatches.
 //                 A non-finite loss marks the network diverged (no more steps this epoch) and, like the CPU, the
-//                 step updates nothing: dz and dzs are zeroed and so are the network's hidden activations `act`
-//                 (L, S, B, H), which the weight-update GEMMs of this step still read (0 * inf would be NaN).
+//                 step updates nothing. Nor does it for a network with no rows in this step (nb = 0: not live,
+//                 or past the end of its subset). For both, dz and dzs are zeroed and so are the network's hidden
+//                 activations `act` (L, S, B, H), which the weight-update GEMMs of this step still read: they may
+//                 hold inf or NaN (a diverging network, or 0 * inf from weights that overflowed in the network's
+//                 last step), and 0 * inf would be NaN. relu_backward zeroes the lower layers' gradients for the
+//                 same networks, so their parameters stay exactly as they were, as on the CPU.
 //                 Float64 inside, as fastmlp.cpu._loss: z is cast from REAL, the gradient rounded back to REAL.
 #include "common.cuh"
 
@@ -61,7 +65,7 @@ extern "C" __global__ void softmax_xent(REAL* dz, REAL* dzs, REAL* bo, double* l
     }
     __syncthreads();
 
-    if (bad) {                                 // no update at all from this step (uniform branch: `bad` is shared)
+    if (bad || nb == 0) {                      // no update at all from this step (uniform: `bad` is shared)
         for (int e = threadIdx.x; e < B * N_CLASSES; e += blockDim.x) {
             dz[base + e] = REAL(0);
             dzs[base + e] = REAL(0);
