@@ -736,15 +736,28 @@ def test_relu_backward(dtype):
 
 # ---------------------------------------------------------------------------------------------- GPU: engine
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("param, init, scale", [("standard", "he", 1.0), ("standard", "lecun", 0.5),
                                                 ("standard", "torch", 1.0), ("standard", "torch", 0.1),
                                                 ("ntk", "he", 0.3)])
-def test_initial_weights_equal_the_cpus_bit_for_bit(data_medium, param, init, scale):
+def test_initial_weights_drawn_on_the_device_equal_the_cpus(data_medium, param, init, scale, dtype):
+    """The initial parameters drawn on the device (kernels/init.cu) from the CPU's Philox streams: uniform draws
+    (torch) bit for bit, Gaussians to the last bit but for the rare one-ulp difference of the device's libm."""
     x, y = data_medium
     seeds = [3, 2**32 - 1, 3, 0]
-    kw = dict(param=param, init=init, init_scale=scale)
-    g = gpu.GpuEngine(x, y, 21, 3, 17, [0.1] * 4, seeds, **kw)
-    _assert_params_equal(g.params(), Engine(x, y, 21, 3, 17, [0.1] * 4, seeds, **kw).params())
+    kw = dict(param=param, init=init, init_scale=scale, dtype=dtype)
+    g = gpu.GpuEngine(x, y, 21, 3, 17, [0.1] * 4, seeds, **kw).params()
+    c = Engine(x, y, 21, 3, 17, [0.1] * 4, seeds, **kw).params()
+    if init == "torch":
+        _assert_params_equal(g, c)
+        return
+    # float32: one ulp at most, rarely; float64 shows the libm's ulp of log and sincos directly (a few in 1000)
+    rtol, exact = (np.finfo(np.float32).eps, 0.999) if dtype == np.float32 else (4 * np.finfo(np.float64).eps, 0.99)
+    for (W, b), (W_c, b_c) in zip(g, c):
+        for p, p_c in ((W, W_c), (b, b_c)):
+            np.testing.assert_allclose(p, p_c, rtol=rtol, atol=0)
+            assert (p == p_c).mean() > exact
+        assert param == "ntk" or not b.any()
 
 
 @pytest.mark.gpu

@@ -18,6 +18,7 @@ from ..provenance import cuda_library, cudasim, gpu_info, gpu_install_hint
 # stem -> the kernels of kernels/<stem>.cu; DTYPE_FREE stems do not use REAL and are compiled once
 KERNELS = {
     "rng": ("philox_words", "permutation"),
+    "init": ("init_values",),
     "tasks": ("labeled_rows", "gaussian_rows"),
     "forward": ("gather_rows", "bias_relu"),
     "softmax_xent": ("softmax_xent",),

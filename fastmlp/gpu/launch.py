@@ -62,6 +62,20 @@ def philox_words(ctr, key):
     return out
 
 
+def init_values(out, seeds, layer, part, scale):
+    """out (M, ...) of every network: one part (W or b) of `layer`'s initial values, (counter b, uniform, factor)
+    of reference.init_draws, times scale, drawn from each network's seed on the device (kernels/init.cu)."""
+    M = out.shape[0]
+    n = out.size // max(M, 1)
+    need("out", out, out.dtype)
+    need("seeds", seeds, np.uint32, shape=(M,))
+    counter, uniform, factor = part
+    if M and n:
+        kernel("init_values", out.dtype)((blocks(blocks(n, 4), 128), M), (128,),
+                                          (out, seeds, i32(n), u32(layer), u32(counter), i32(bool(uniform)),
+                                           np.float64(factor), np.float64(scale)))
+
+
 def labeled_rows(x, y, offsets, n_shifts, seed, stream, start):
     """Draw samples start.. into x (n, D) float32 and label each into y (n,) int8 from the row just drawn."""
     n, D = x.shape
