@@ -48,7 +48,7 @@ def _usable_gpu():
 def without_gpu(monkeypatch):
     """The simulator off for this test, so that it sees a machine without a usable GPU (skipped on a real one)."""
     if _real_device():
-        pytest.skip("a CUDA device is usable here")
+        pytest.skip("a GPU is usable here: the test needs a machine without one")
     monkeypatch.delenv(provenance.CUDASIM, raising=False)
 
 

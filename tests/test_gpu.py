@@ -292,6 +292,24 @@ def test_gpu_check_stops_before_the_tests_when_the_engine_cannot_train(tmp_path,
     assert json.loads((out / "info.json").read_text())["gpu_stack"]["problem"].startswith("CuPy is not importable")
 
 
+def test_gpu_check_fits_its_budget_in_the_order_of_value_and_returns_at_most_8_files():
+    """bench/gpu_check.sh: the steps' caps add up to no more than the 460 s budget (8 minutes of a device with its
+    start), correctness first, then the GPU rates, the protocol and the rest; it writes at most 8 files, and the
+    only wheels it carries, skopt and pyaml, install without dependencies."""
+    text = (ROOT / "bench" / "gpu_check.sh").read_text()
+    caps = [entry.split(":") for entry in re.search(r'^CAPS="([^"]+)"', text, re.M).group(1).split()]
+    assert [name for name, _ in caps] == ["environment", "install", "preflight", "smoke", "gpu-tests", "bench-gpu",
+                                          "protocol", "other-tests", "bench-cpu"]
+    assert sum(int(c) for _, c in caps) <= int(re.search(r"GPU_CHECK_BUDGET:-(\d+)", text).group(1)) == 460
+    assert [m.group(1) for m in re.finditer(r'^step ([\w-]+) ', text, re.M)] == [name for name, _ in caps]
+    assert not re.search(r"run_capped \d", text)                   # no cap but the table's
+    written = set(re.findall(r'\$OUT_DIR/([\w.]+)', text)) | {"bench_gpu.jsonl", "summary.json"}  # + bench_gpu.py's
+    assert len(written) <= 8 and int(re.search(r"^MAX_FILES=(\d+)", text, re.M).group(1)) == 8, written
+    download = re.search(r"pip download (.+)", text).group(1)
+    assert "--no-deps" in download and download.split()[-2:] == ["scikit-optimize==0.10.2", "pyaml"]
+    assert re.search(r"pip install -q --no-index --no-deps .*\$wheels", text)
+
+
 # ------------------------------------------------------------ everywhere: the GPU stack, with fakes of CuPy and cuBLAS
 class _FakeArray:
     def __init__(self, n):
