@@ -870,6 +870,31 @@ def test_learns_1_local_and_task_metrics_match_the_cpu():
     assert_close(loss, loss_c, "loss", np.float32)
 
 
+# ------------------------------------------------------------------------ only a device: what the simulator cannot show
+@pytest.mark.device
+def test_tf32_rounds_the_gemms_only_when_asked(data_medium):
+    """TF32 tensor cores (10-bit products) move the parameters by more than float32 rounding, yet stay near them;
+    the simulator computes every GEMM in float32, so only a device shows the difference."""
+    x, y = data_medium
+    args = (x, y, 64, 2, 17, [0.1, 0.2], [1, 2])
+    exact, tf32 = gpu.GpuEngine(*args), gpu.GpuEngine(*args, tf32=True)
+    for e in (exact, tf32):
+        e.train_epochs(2)
+    assert tf32.tf32 and not exact.tf32
+    W, W_t = exact.params()[0][0], tf32.params()[0][0]
+    assert np.abs(W_t - W).max() > 1e-5                        # beyond the "step" tolerance of float32
+    np.testing.assert_allclose(W_t, W, rtol=0.05, atol=1e-2)
+
+
+@pytest.mark.device
+def test_preflight_sees_the_devices_memory():
+    """What preflight checks the GPU's allocations against: free device memory, at most the device's total."""
+    from fastmlp import preflight
+    cp = gpu.device.cupy_module()
+    free, total = cp.cuda.Device().mem_info
+    assert 0 < preflight.available_memory(cp) <= total and free <= total
+
+
 def _assert_engines_agree(gpu_e, cpu_e, dtype=np.float32):
     """Parameters to the "step" tolerance, epochs and stop flags exactly."""
     for (W, b), (W_c, b_c) in zip(gpu_e.params(), cpu_e.params()):

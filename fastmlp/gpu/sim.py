@@ -26,6 +26,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import types
 import weakref
 from bisect import bisect_right
@@ -40,6 +41,7 @@ HEADER = Path(__file__).resolve().parent / "kernels" / "host_cuda.h"
 WARNINGS = ("-Wall", "-Wextra", "-Wshadow", "-Wno-unknown-pragmas", "-Werror")
 FLAGS = ("-x", "c++", "-O1", "-fPIC", "-ffp-contract=off", *WARNINGS)
 SHARED_BYTES_MAX = 48 * 1024          # dynamic shared memory a kernel gets without opting in
+_LAUNCH = threading.Lock()
 BLOCK_MAX, BLOCK_Z_MAX, GRID_X_MAX, GRID_YZ_MAX = 1024, 64, 2**31 - 1, 65535
 
 
@@ -503,8 +505,9 @@ class Function:
         g, b = (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block)
 
         def run():
-            if self.entry(g, b, ctypes.c_ulonglong(int(shared_mem)), pointers) != 0:
-                raise SimulatorError(f"{self.name}: {self.module.lib.fastmlp_sim_error().decode()}")
+            with _LAUNCH:                  # the host library keeps one launch's state: one launch at a time
+                if self.entry(g, b, ctypes.c_ulonglong(int(shared_mem)), pointers) != 0:
+                    raise SimulatorError(f"{self.name}: {self.module.lib.fastmlp_sim_error().decode()}")
         run.keep = (values, pointers, g, b)
         (stream or get_current_stream()).issue(f"kernel {self.name}", run, owners)
 
