@@ -509,7 +509,12 @@ class Function:
                 if self.entry(g, b, ctypes.c_ulonglong(int(shared_mem)), pointers) != 0:
                     raise SimulatorError(f"{self.name}: {self.module.lib.fastmlp_sim_error().decode()}")
         run.keep = (values, pointers, g, b)
-        (stream or get_current_stream()).issue(f"kernel {self.name}", run, owners)
+        stream = stream or get_current_stream()
+        recorder = capturing()
+        if recorder is not None and recorder is not stream:
+            raise SimulatorError(f"{self.name} launched on a stream other than the one capturing a graph: the graph "
+                                 "would miss it")
+        stream.issue(f"kernel {self.name}", run, owners)
 
 
 _SCALARS = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double,
