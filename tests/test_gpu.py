@@ -1,15 +1,18 @@
 """The GPU backend: kernels/*.cu against the float64 reference and the CPU, and GpuEngine against Engine.
 
-Everywhere: every .cu file compiles with nvcc -arch=sm_90 (where nvcc exists) and through NVRTC as CuPy will
-compile it (where CuPy and NVRTC exist), with exactly the -D options fastmlp.gpu passes; the kernel sources are
-found in a checkout and inside the wheel; asking for the GPU where there is none is one line and exit status 2.
-On a GPU (tests marked gpu, skipped without CuPy and a device): Philox words and datasets equal the CPU's, each
-kernel follows the reference, and the engine follows the reference for 20 steps, the CPU engine, and the stop rule.
-Shapes cross block and warp edges on purpose (D = 11, H = 21, B = 17, N = 37 / 75, P > 6144 for the order kernel).
-Without a GPU, too: the order kernel runs on the host (its CUDA text compiled by g++ with the built-ins emulated by
-threads) against the CPU's order, beside a NumPy model of its rounds; and fakes of CuPy, cuda.pathfinder and cuBLAS
-show what makes the backend available (NVRTC, cuBLAS, a driver for CuPy's CUDA), how cuBLAS is found and set up,
-what `fastmlp info` reports, and that bench/gpu_check.sh stops when the engine cannot train.
+Everywhere: every .cu file compiles with nvcc -arch=sm_90 (where nvcc exists), through NVRTC as CuPy will compile
+it (where CuPy and NVRTC exist), and for the host with g++ -Wall -Wextra -Wshadow -Werror, with exactly the -D
+options fastmlp.gpu passes; the kernel sources are found in a checkout and inside the wheel; asking for the GPU where
+there is none is one line and exit status 2.
+Tests marked gpu run on a device, else on the host simulator (FASTMLP_CUDASIM=1, which conftest switches on where
+g++ is): Philox words and datasets equal the CPU's, each kernel follows the reference, the epoch order kernel equals
+the CPU's for any block size, the engine follows the CPU engine for every loss and dtype, graphs change nothing,
+the stop rule, diverged networks, shapes up to H = 500, M = 128 and subsets of 7000, and `fastmlp train` / `run`
+with --backend gpu. Shapes cross block and warp edges on purpose (D = 11, H = 21, B = 17, N = 37 / 75, P > 6144 for
+the order kernel). Tests marked device need real hardware (TF32 rounding, device memory).
+Without a GPU, too: a NumPy model of the order kernel's rounds; fakes of CuPy, cuda.pathfinder and cuBLAS show what
+makes the backend available (NVRTC, cuBLAS, a driver for CuPy's CUDA), how cuBLAS is found and set up, what
+`fastmlp info` reports, and that bench/gpu_check.sh stops when the engine cannot train and fits its budget.
 """
 import ctypes
 import importlib.abc
