@@ -96,6 +96,13 @@ extern "C" __global__ void rotate_and_sum(int* out, double* total, int skip) {
         f((1,), (40,), (out, total, np.int32(0)))               # block_sum needs whole warps
 
 
+def test_a_raw_kernel_runs_as_cupys_does(cp):
+    """cupy.RawKernel's call, as fastmlp.provenance probes NVRTC with it: one block of 32 threads."""
+    x = cp.zeros(32, dtype=cp.int32)
+    cp.RawKernel(provenance._PROBE, "fastmlp_probe")((1,), (32,), (x,))
+    np.testing.assert_array_equal(x.get(), 7 * np.arange(32) + 1)
+
+
 def test_kernels_with_barriers_are_found_through_the_functions_they_call():
     src = gpu.source("softmax_xent")
     fibers = sim.uses_barriers(src)

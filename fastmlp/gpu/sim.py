@@ -448,6 +448,11 @@ class RawModule:
         return Function(self, name)
 
 
+def RawKernel(code, name, options=(), **kwargs):
+    """cupy.RawKernel: one kernel of a source, built for the host."""
+    return RawModule(code=code, options=options).get_function(name)
+
+
 def _dims(v, what):
     v = (v,) if isinstance(v, (int, np.integer)) else tuple(v)
     if not 1 <= len(v) <= 3 or not all(isinstance(d, (int, np.integer)) for d in v):
