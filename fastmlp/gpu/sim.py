@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..provenance import SIM_DEVICE
+
 __version__ = "fastmlp-cudasim"
 HEADER = Path(__file__).resolve().parent / "kernels" / "host_cuda.h"
 # -O1: the kernels run a few times faster than at -O0 and compile in about a second each; -ffp-contract=off: no
@@ -296,10 +298,8 @@ def get_default_memory_pool():
 
 
 def _properties(device_id):
-    return {"name": DEVICE_NAME.encode(), "multiProcessorCount": 1, "sharedMemPerBlock": SHARED_BYTES_MAX}
+    return {"name": SIM_DEVICE.encode(), "multiProcessorCount": 1, "sharedMemPerBlock": SHARED_BYTES_MAX}
 
-
-DEVICE_NAME = "fastmlp host simulator"
 cuda = types.SimpleNamespace(
     Stream=Stream, Device=_Device, get_current_stream=get_current_stream, Graph=Graph,
     runtime=types.SimpleNamespace(runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000,
