@@ -23,7 +23,6 @@ import ctypes
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..provenance import SIM_DEVICE
+from ..provenance import SIM_DEVICE, host_compiler
 
 __version__ = "fastmlp-cudasim"
 HEADER = Path(__file__).resolve().parent / "kernels" / "host_cuda.h"
@@ -53,7 +52,7 @@ class SimulatorError(RuntimeError):
 
 def compiler():
     """The host C++ compiler: $CXX or g++; None if there is none."""
-    return shutil.which(os.environ.get("CXX", "g++"))
+    return host_compiler()
 
 
 # ---------------------------------------------------------------------------------------------- arrays
@@ -130,9 +129,9 @@ class HostArray(np.ndarray):
     def set(self, arr):
         """Copy a host array of the same shape in, as cupy.ndarray.set."""
         _no_transfer_while_capturing("ndarray.set")
-        arr = np.asarray(arr)
         if isinstance(arr, HostArray):
             raise TypeError("ndarray.set takes a host NumPy array")
+        arr = np.asarray(arr)
         if arr.shape != self.shape:
             raise ValueError(f"ndarray.set: shape {arr.shape} differs from the array's {self.shape}")
         self.view(np.ndarray)[...] = arr
@@ -299,6 +298,7 @@ def get_default_memory_pool():
 
 def _properties(device_id):
     return {"name": SIM_DEVICE.encode(), "multiProcessorCount": 1, "sharedMemPerBlock": SHARED_BYTES_MAX}
+
 
 cuda = types.SimpleNamespace(
     Stream=Stream, Device=_Device, get_current_stream=get_current_stream, Graph=Graph,
