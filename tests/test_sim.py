@@ -103,6 +103,20 @@ def test_a_raw_kernel_runs_as_cupys_does(cp):
     np.testing.assert_array_equal(x.get(), 7 * np.arange(32) + 1)
 
 
+def test_a_barrier_the_source_analysis_misses_is_an_error_not_a_no_op(cp):
+    """A barrier hidden from fastmlp.gpu.sim.uses_barriers (here behind a macro) runs in a launch without fibers,
+    where it cannot wait: the launch fails instead of passing with the barrier skipped."""
+    mod = _module(cp, r'''
+#define WAIT_FOR_THE_BLOCK __syncthreads
+extern "C" __global__ void hidden(int* out) {
+    out[threadIdx.x] = 1;
+    WAIT_FOR_THE_BLOCK();
+}
+''')
+    with pytest.raises(sim.SimulatorError, match="uses_barriers missed it"):
+        mod.get_function("hidden")((1,), (32,), (cp.zeros(32, dtype=cp.int32),))
+
+
 def test_kernels_with_barriers_are_found_through_the_functions_they_call():
     src = gpu.source("softmax_xent")
     fibers = sim.uses_barriers(src)
