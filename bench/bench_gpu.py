@@ -1,6 +1,6 @@
-"""GPU benchmarks (run by bench/gpu_check.sh): the GPU engine on W1-W4 with and without CUDA graphs, W2 with TF32,
-W2 with M = 400, W4 with M = 100 and with M = 40 (the paper's engine call: 4 candidates x 10 folds, H = 500), the CPU
-engine on W1-W4 for the GPU/CPU ratio, and the cost of one launch.
+"""GPU benchmarks (run by bench/gpu_check.sh), in the order of what they are worth: the GPU engine on W1-W5 with and
+without CUDA graphs, W2 and W5 with M = 400, W2 with TF32, W4 with M = 40 (the paper's engine call: 4 candidates x
+10 folds, H = 500), the CPU engine on W1-W5 for the GPU/CPU ratio, and the cost of one launch.
 
     python bench/bench_gpu.py --out-dir "$OUT"                      # everything
     python bench/bench_gpu.py --out-dir "$OUT" --parts gpu           # the GPU part alone, then
@@ -9,9 +9,10 @@ engine on W1-W4 for the GPU/CPU ratio, and the cost of one launch.
 Correctness first: a few epochs of the GPU engine against the CPU engine on the same networks, else no timing.
 One JSON line per (workload, impl, M) on stdout, in the format of `fastmlp bench`; --out-dir also gets them as
 bench_gpu.jsonl and a summary.json built from every line in that file (so a later --parts cpu --append completes
-it): device names, GPU/CPU ratios, graph speed-ups, launch costs, the paper-shape rate (docs/gpu.md turns it into
-a wall time for examples/k2-paper.toml) and whether W2 with M = 400 reaches the 10 TFLOP/s (float32, no TF32)
-target. Exit status: 0, 3 below that target, 2 no usable GPU, 1 the correctness check failed.
+it; rewritten after every line, so a run cut short keeps what it measured): device names, GPU/CPU ratios, graph
+speed-ups, launch costs, the paper-shape rate (docs/gpu.md turns it into a wall time for examples/k2-paper.toml)
+and whether W2 with M = 400 reaches the 10 TFLOP/s (float32, no TF32) target. Exit status: 0, 3 below that target,
+2 no usable GPU, 1 the correctness check failed.
 """
 import argparse
 import json
@@ -28,8 +29,9 @@ from fastmlp.bench import DEFAULT_EPOCHS, GPU_IMPLS, IMPLS, WORKLOADS, bench_imp
 from fastmlp.errors import UsageError
 
 # Epochs per timed call on the GPU: each call long enough (tens of ms or more) that timer noise does not matter.
-GPU_EPOCHS = {"W1": 20, "W2": 10, "W3": 10, "W4": 2}
-BIG = [("W2", 400, 4), ("W4", 100, 1)]   # (workload, M, epochs per timed call)
+GPU_EPOCHS = {"W1": 20, "W2": 10, "W3": 10, "W4": 2, "W5": 1}
+TIMED = ("W1", "W2", "W3", "W4", "W5")   # with and without graphs on the GPU; the CPU engine for ratios
+BIG = [("W2", 400, 4), ("W5", 400, 1)]   # (workload, M, epochs per timed call)
 PAPER = ("W4", 40, 1)   # H = 500 with the paper's M = 40 networks per engine call (graphs only)
 TARGET_TFLOPS = 10.0
 
@@ -159,6 +161,8 @@ def main():
         if out:
             with open(out / "bench_gpu.jsonl", "a") as f:
                 f.write(line + "\n")
+            every = [json.loads(line) for line in (out / "bench_gpu.jsonl").read_text().splitlines() if line.strip()]
+            (out / "summary.json").write_text(json.dumps(summarize(every), indent=1))
 
     threads = os.cpu_count()
     if "gpu" in parts:
@@ -166,18 +170,18 @@ def main():
         launch = launch_costs()
         print(f"bench_gpu: launch costs {launch}", file=sys.stderr)
         emit({"bench": "launch", "launch": launch})
-        for w in ("W1", "W2", "W3", "W4"):
+        for w in TIMED:
             for name in ("fastmlp-gpu", "fastmlp-gpu-nograph"):
                 emit(bench_impl(name, GPU_IMPLS[name], w, GPU_EPOCHS[w], args.repeats, threads))
         for w, M, epochs in BIG:
             for name in ("fastmlp-gpu", "fastmlp-gpu-nograph"):
                 emit(bench_impl(name, GPU_IMPLS[name], w, epochs, args.repeats, threads, networks=M))
-        w, M, epochs = PAPER
-        emit(bench_impl("fastmlp-gpu", GPU_IMPLS["fastmlp-gpu"], w, epochs, args.repeats, threads, networks=M))
         emit(bench_impl("fastmlp-gpu-tf32", GPU_IMPLS["fastmlp-gpu-tf32"], "W2", GPU_EPOCHS["W2"], args.repeats,
                         threads))
+        w, M, epochs = PAPER
+        emit(bench_impl("fastmlp-gpu", GPU_IMPLS["fastmlp-gpu"], w, epochs, args.repeats, threads, networks=M))
     if "cpu" in parts:
-        for w in ("W1", "W2", "W3", "W4"):
+        for w in TIMED:
             emit(bench_impl("fastmlp-cpu", IMPLS["fastmlp-cpu"], w, DEFAULT_EPOCHS[w], args.repeats, threads))
 
     if out:

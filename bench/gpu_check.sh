@@ -1,36 +1,37 @@
 #!/usr/bin/env bash
-# The GPU check: install fastmlp without dependencies, prove that the GPU engine builds and trains, run the GPU
-# tests, the GPU benchmarks, the quick protocol on the GPU and the CPU engine for the ratios; JSON to $OUT.
+# The GPU check: install fastmlp without dependencies, prove that the GPU engine builds and trains and agrees with
+# the CPU, then measure: the GPU benchmarks, the quick protocol on the GPU, the rest. JSON to $OUT.
 #
 # For a machine with an NVIDIA GPU, CuPy for CUDA 13 with NVIDIA's cuBLAS and NVRTC wheels preinstalled (what
 # cupy-cuda13x[ctk], fastmlp's `gpu` extra, installs) and no network, such as this workplace's device tool (whose
-# image also has numpy, numba, scipy, click and matplotlib):
+# image also has numpy, numba, scipy, click, matplotlib, scikit-learn, PyYAML and pytest):
 #
 #     bash bench/gpu_check.sh                  # from the repository root; $OUT, if set, receives the results
 #
-# Python packages that machine lacks travel as wheels in .whl/ (or $WHEELS) and are installed from there, offline,
-# into /tmp/fastmlp-site. The quick protocol needs scikit-optimize and what it imports that the image lacks, and
-# the tests pytest where the image lacks it; fetch them on a machine with a network, from the repository root
-# (.whl/ is ignored by git: never commit the wheels):
-#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#         --platform manylinux2014_x86_64 -d .whl scikit-optimize==0.10.2 scikit-learn joblib threadpoolctl \
-#         cloudpickle pyaml PyYAML pytest iniconfig pluggy
+# The only Python packages that machine lacks are scikit-optimize (the protocol's optimizer) and its pyaml. Their
+# wheels travel in .whl/ (or $WHEELS) and are installed from there, offline and without dependencies (so nothing
+# replaces the image's scikit-learn or pytest), into /tmp/fastmlp-site; any other wheel there is left alone. Fetch
+# them on a machine with a network, from the repository root (.whl/ is ignored by git: never commit the wheels):
+#     python3 -m pip download --no-deps --only-binary=:all: -d .whl scikit-optimize==0.10.2 pyaml
 # With the device tool, name .whl in `carry`.
 #
-# Steps, each with its own time cap, all within one budget of GPU_CHECK_BUDGET seconds (460: under 8 minutes):
-#   environment  nvidia-smi, Python                                                         seconds
-#   install      wheels from .whl, pip install --no-deps -e . (else PYTHONPATH), fastmlp info
+# The steps run in the order of what their results are worth, each under its own time cap; the caps (CAPS below)
+# add up to the budget, GPU_CHECK_BUDGET = 460 s, so that the check fits 8 minutes of an H100 or H200 with the
+# machine's start:
+#   environment  nvidia-smi, Python
+#   install      the two wheels, pip install --no-deps -e . (else PYTHONPATH), fastmlp info
 #   preflight    what the later steps import besides CuPy (scikit-optimize for the protocol)
-#   smoke        build a GpuEngine and train one epoch (the kernels compile here)   < 150 s
-#   gpu-tests    pytest tests/test_gpu.py; no test may be skipped for want of a GPU  < 200 s
-#   other-tests  pytest -m gpu on the other test files (NTK on CuPy, a sweep)        <  60 s
-#   bench-gpu    bench/bench_gpu.py --parts gpu: W1-W4 with and without graphs,      < 120 s
-#                W2 and W4 at M = 400 / 100, W4 at the paper's M = 40, W2 TF32
-#   protocol     fastmlp run, the quick protocol (2-local, D = 500, N = 1000, L = 3,  <  90 s
-#                H = 100, 10 folds, 20 learning rates in batches of 4, 10 repeats) --backend gpu
-#   bench-cpu    bench/bench_gpu.py --parts cpu --append: the CPU engine on W1-W4    <  90 s
-# Output in $OUT: gpu_check.log, gpu_check.json (every step: status, exit code, seconds), info.json, smoke.json,
-# gpu_tests.xml (JUnit) and gpu_tests.json, bench_gpu.jsonl and summary.json, protocol_gpu.json.
+#   smoke        build a GpuEngine and train one epoch (the kernels compile here)
+#   gpu-tests    correctness against the CPU and the reference: pytest tests/test_gpu.py (the CPU engine compiles
+#                here); no test may be skipped for want of a GPU
+#   bench-gpu    bench/bench_gpu.py --parts gpu: W1-W5 with and without graphs, W2 and W5 with M = 400, W2 with
+#                TF32, W4 at the paper's M = 40 (each line lands in bench_gpu.jsonl, and summary.json, at once)
+#   protocol     fastmlp run, the quick protocol (2-local, D = 500, N = 1000, L = 3, H = 100, 10 folds, 20
+#                learning rates in batches of 4, 10 repeats) --backend gpu
+#   other-tests  pytest -m gpu on the other test files (the engines' tests, a sweep)
+#   bench-cpu    bench/bench_gpu.py --parts cpu --append: the CPU engine on W1-W5, for the GPU/CPU ratios
+# At most 8 files in $OUT: gpu_check.log, gpu_check.json (every step: status, exit code, seconds), info.json,
+# smoke.json, gpu_tests.json, bench_gpu.jsonl, summary.json, protocol_gpu.json (the JUnit XML stays in /tmp).
 # A step the later ones need (environment, install, preflight, smoke) stops the check at once, loudly, before any
 # more device time is spent: then the GPU tests would only skip. A failing test or measurement step is reported
 # as loudly, the remaining measurements still run (each benchmark checks its own correctness first), and the exit
@@ -41,6 +42,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT_DIR=${OUT:-$PWD/gpu_check_out}
 BUDGET=${GPU_CHECK_BUDGET:-460}   # seconds; a step killed at the end may take 10 s more: under 8 minutes
+# step:cap in seconds, in the order the steps run; the caps add up to the default budget (tests/test_gpu.py)
+CAPS="environment:5 install:20 preflight:5 smoke:45 gpu-tests:140 bench-gpu:130 protocol:60 other-tests:20 bench-cpu:35"
+MAX_FILES=8                       # what a device run returns
 mkdir -p "$OUT_DIR"
 exec > >(tee "$OUT_DIR/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1
@@ -79,28 +83,38 @@ failed() {        # failed RC MESSAGE: this step failed; the measurements after 
     echo "!! gpu_check: FAILED step '$STEP' (exit $1$why): $2"
 }
 passed() { record passed 0; echo "== [$(now)s] $STEP: passed"; }
-limit() {         # limit CAP: seconds this step may take, the cap or what is left of the budget
-    local left=$(( BUDGET - $(now) ))
-    if [ "$left" -lt 10 ]; then
+cap() {           # cap STEP: that step's cap in CAPS
+    local entry
+    for entry in $CAPS; do
+        [ "${entry%%:*}" = "$1" ] && { echo "${entry#*:}"; return; }
+    done
+    echo 0
+}
+limit() {         # limit: seconds the current step may take, its cap or what is left of the budget
+    local left=$(( BUDGET - $(now) )) c
+    c=$(cap "$STEP")
+    if [ "$left" -lt 5 ]; then
         echo 0
-    elif [ "$left" -lt "$1" ]; then
+    elif [ "$left" -lt "$c" ]; then
         echo "$left"
     else
-        echo "$1"
+        echo "$c"
     fi
 }
-run_capped() {    # run_capped CAP CMD...: the command under `timeout`; 124 or 137 when it ran out of time
-    local t
-    t=$(limit "$1")
-    shift
+run_capped() {    # run_capped CMD...: the command under `timeout` for the current step's limit; 124 or 137 when
+    local t       # it ran out of time
+    t=$(limit)
     if [ "$t" -eq 0 ]; then
         echo "!! gpu_check: no time left in the ${BUDGET} s budget for step '$STEP'" >&2
         return 124
     fi
-    timeout -k 10 "$t" "$@"       # SIGTERM at the limit, SIGKILL 10 s later (137)
+    timeout -k 5 "$t" "$@"        # SIGTERM at the limit, SIGKILL 5 s later (137)
 }
 
 # ---------------------------------------------------------------------------------------------- environment
+total=0
+for entry in $CAPS; do total=$(( total + ${entry#*:} )); done
+echo "gpu_check: steps capped at $total s in all, within a budget of $BUDGET s"
 step environment "nvidia-smi, Python"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader \
     || echo "gpu_check: nvidia-smi not found or failed (the GPU steps will say whether CUDA sees a device)"
@@ -110,12 +124,14 @@ passed
 # ---------------------------------------------------------------------------------------------- install
 step install "wheels from .whl, fastmlp without dependencies"
 WHEELS=${WHEELS:-.whl}
-if compgen -G "$WHEELS/*.whl" > /dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/fastmlp-site "$WHEELS"/*.whl \
+wheels=$(compgen -G "$WHEELS/scikit_optimize-*.whl"; compgen -G "$WHEELS/pyaml-*.whl")
+if [ -n "$wheels" ]; then
+    # shellcheck disable=SC2086
+    run_capped $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/fastmlp-site $wheels \
         || stop 1 "the wheels in $WHEELS do not install"
     export PYTHONPATH=/tmp/fastmlp-site${PYTHONPATH:+:$PYTHONPATH}
 fi
-if ! $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . ; then
+if ! run_capped $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . ; then
     echo "gpu_check: pip install failed: using the checkout through PYTHONPATH"
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
@@ -141,7 +157,7 @@ passed
 
 # ---------------------------------------------------------------------------------------------- smoke
 step smoke "build a GpuEngine and train one epoch (the kernels compile now)"
-run_capped 150 $PY - "$OUT_DIR/smoke.json" <<'EOF'
+run_capped $PY - "$OUT_DIR/smoke.json" <<'EOF'
 import json
 import sys
 import time
@@ -175,12 +191,13 @@ rc=$?
 passed
 
 # ---------------------------------------------------------------------------------------------- tests
-step gpu-tests "pytest tests/test_gpu.py"
-run_capped 200 $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py --junitxml="$OUT_DIR/gpu_tests.xml"
+step gpu-tests "correctness: pytest tests/test_gpu.py"
+JUNIT=$(mktemp /tmp/gpu_tests.XXXXXX.xml)
+run_capped $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py --junitxml="$JUNIT"
 rc=$?
-$PY - "$OUT_DIR/gpu_tests.xml" "$OUT_DIR/gpu_tests.json" <<'EOF'
+$PY - "$JUNIT" "$OUT_DIR/gpu_tests.json" <<'EOF'
 import json, os, sys, xml.etree.ElementTree as ET
-if not os.path.exists(sys.argv[1]):
+if not os.path.getsize(sys.argv[1]):
     print("tests: no JUnit report (pytest did not finish)")
     sys.exit(0)
 s = ET.parse(sys.argv[1]).getroot()
@@ -202,18 +219,9 @@ else
     passed
 fi
 
-step other-tests "pytest -m gpu on the other test files"
-run_capped 60 $PY -m pytest -q -rs -p no:cacheprovider -m gpu tests --ignore=tests/test_gpu.py
-rc=$?
-if [ "$rc" -eq 0 ] || [ "$rc" -eq 5 ]; then     # 5: no test selected
-    passed
-else
-    failed "$rc" "the other modules' GPU tests failed"
-fi
-
 # ---------------------------------------------------------------------------------------------- benchmarks
 step bench-gpu "bench/bench_gpu.py --parts gpu"
-run_capped 120 $PY bench/bench_gpu.py --parts gpu --out-dir "$OUT_DIR"
+run_capped $PY bench/bench_gpu.py --parts gpu --out-dir "$OUT_DIR"
 rc=$?
 if [ "$rc" -eq 0 ]; then
     passed
@@ -226,7 +234,7 @@ else
 fi
 
 step protocol "the quick protocol, fastmlp run --backend gpu"
-run_capped 90 $PY -m fastmlp.cli run 2-local --D 500 --N 1000 --L 3 --H 100 --B 50 --folds 10 --bo-calls 20 \
+run_capped $PY -m fastmlp.cli run 2-local --D 500 --N 1000 --L 3 --H 100 --B 50 --folds 10 --bo-calls 20 \
     --bo-batch 4 --repeats 10 --n-test 10000 --backend gpu --json > "$OUT_DIR/protocol_gpu.json"
 rc=$?
 if [ "$rc" -eq 0 ]; then
@@ -241,12 +249,27 @@ else
     failed "$rc" "the quick protocol on the GPU failed"
 fi
 
+# ---------------------------------------------------------------------------------------------- the rest
+step other-tests "pytest -m gpu on the other test files"
+run_capped $PY -m pytest -q -rs -p no:cacheprovider -m gpu tests --ignore=tests/test_gpu.py
+rc=$?
+if [ "$rc" -eq 0 ] || [ "$rc" -eq 5 ]; then     # 5: no test selected
+    passed
+else
+    failed "$rc" "the other modules' GPU tests failed"
+fi
+
 step bench-cpu "bench/bench_gpu.py --parts cpu --append (the CPU engine for the ratios)"
-run_capped 90 $PY bench/bench_gpu.py --parts cpu --append --out-dir "$OUT_DIR"
+run_capped $PY bench/bench_gpu.py --parts cpu --append --out-dir "$OUT_DIR"
 rc=$?
 if [ "$rc" -eq 0 ]; then passed; else failed "$rc" "the CPU benchmarks failed"; fi
 
 # ---------------------------------------------------------------------------------------------- done
+files=$(find "$OUT_DIR" -mindepth 1 -maxdepth 1 | wc -l)
+if [ "$files" -gt "$MAX_FILES" ]; then
+    echo "!! gpu_check: $files files in $OUT_DIR, more than the $MAX_FILES a device run returns"
+    FAILED="$FAILED files"
+fi
 if [ -n "$FAILED" ]; then
     write_json failed null
     echo "!! gpu_check: FAILED steps:$FAILED ($(now) s)"

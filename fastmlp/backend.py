@@ -50,11 +50,12 @@ def generate_on(backend, spec, seed, split, start, n):
 
 
 def array_module(backend):
-    """numpy for 'cpu', cupy for 'gpu' (UsageError where it is not usable)."""
+    """numpy for 'cpu', cupy for 'gpu' (the host simulator's under FASTMLP_CUDASIM=1; UsageError where it is not
+    usable)."""
     check(backend)
     if backend == "gpu":
-        import cupy
-        return cupy
+        from .gpu.device import cupy_module
+        return cupy_module()
     return np
 
 

@@ -2,7 +2,9 @@
 import ctypes
 import functools
 import importlib
+import os
 import platform
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -203,6 +205,28 @@ def _probe(cupy):
     return out
 
 
+CUDASIM = "FASTMLP_CUDASIM"     # =1: the GPU backend runs on the host simulator (fastmlp.gpu.sim), no CuPy needed
+SIM_DEVICE = "host simulator (FASTMLP_CUDASIM=1)"
+
+
+def cudasim():
+    """True when FASTMLP_CUDASIM asks for the host simulator of the GPU backend."""
+    return os.environ.get(CUDASIM, "") not in ("", "0")
+
+
+def host_compiler():
+    """The C++ compiler the simulator builds the kernels with: $CXX or g++ (None if not found)."""
+    return shutil.which(os.environ.get("CXX") or "g++")
+
+
+def _sim_report():
+    cxx = host_compiler()
+    return {**dict.fromkeys(("cupy", "cuda_runtime", "cuda_driver", "nvrtc", "cublas_path")),
+            "devices": 1, "device": SIM_DEVICE, "cublas": "NumPy twin (fastmlp.gpu.sim_cublas)",
+            "problem": None if cxx else (f"{CUDASIM}=1 runs the GPU kernels on the host, which needs a C++ compiler "
+                                         "(g++, or $CXX); none was found")}
+
+
 def gpu_report():
     """What the GPU backend needs, as found here, as a dict:
 
@@ -214,7 +238,9 @@ def gpu_report():
                                  what to install
 
     Whatever it finds is filled in up to the first problem. The checks (a kernel compiled and run, cuBLAS loaded)
-    run once per process."""
+    run once per process. Under FASTMLP_CUDASIM=1 it describes the host simulator instead, and CuPy is not asked."""
+    if cudasim():
+        return _sim_report()
     try:
         import cupy
     except Exception as e:    # ImportError, or a CuPy that cannot load its own libraries

@@ -51,6 +51,23 @@ def check_init(init, init_scale):
         raise UsageError(f"--init-scale must be positive and finite (got {init_scale!r})")
 
 
+def init_draws(D, H, L, param="standard", init=DEFAULT_INIT):
+    """What init_params draws for each layer l, as [(W, b)]: each (counter b, uniform, factor), or None for a zero
+    bias. A part's values are factor x, x the vector (seed, STREAM_INIT, l, counter b) of standard Gaussians or,
+    when uniform, of 2 u - 1 (u uniform in (0, 1)), then times init_scale. The GPU draws the same on the device."""
+    draws = []
+    for l, (fan_in, fan_out) in enumerate(layer_sizes(D, H, L)):
+        if param == "standard" and init == "torch":
+            bound = 1.0 / np.sqrt(fan_in)
+            draws.append(((2, True, bound), (3, True, bound)))
+        elif param == "standard":
+            gain = 2.0 if init == "he" and l < L else 1.0   # He's ReLU gain; LeCun and every output layer 1
+            draws.append(((0, False, np.sqrt(gain / fan_in)), None))
+        else:
+            draws.append(((0, False, 1.0), (1, False, 1.0)))
+    return draws
+
+
 def init_params(D, H, L, seeds, param="standard", dtype=np.float64, init=DEFAULT_INIT, init_scale=1.0):
     """Initial weights of len(seeds) networks, a pure function of each seed (stream STREAM_INIT, a = layer).
 
@@ -62,25 +79,22 @@ def init_params(D, H, L, seeds, param="standard", dtype=np.float64, init=DEFAULT
     Gaussian draws: counter b = 0 for W, b = 1 for the NTK biases; uniform draws (torch): b = 2 for W, 3 for b.
     """
     seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
+
+    def draw(n, seed, l, part):
+        counter, uniform, factor = part
+        if uniform:
+            return factor * (2.0 * rng.uniform_np(n, seed, STREAM_INIT, l, counter) - 1.0)
+        return rng.gaussian_np(n, seed, STREAM_INIT, l, counter) * factor
+
     params = []
-    for l, (fan_in, fan_out) in enumerate(layer_sizes(D, H, L)):
+    for l, ((fan_in, fan_out), (w_part, b_part)) in enumerate(zip(layer_sizes(D, H, L), init_draws(D, H, L, param,
+                                                                                                    init))):
         W = np.empty((len(seeds), fan_in, fan_out))   # (M, fan_in, fan_out)
         b = np.zeros((len(seeds), fan_out))           # (M, fan_out)
         for m, seed in enumerate(seeds):
-            seed = int(seed)
-            if param == "standard" and init == "torch":
-                bound = 1.0 / np.sqrt(fan_in)
-                W[m] = bound * (2.0 * rng.uniform_np(fan_in * fan_out, seed, STREAM_INIT, l, 2) - 1.0).reshape(
-                    fan_in, fan_out)
-                b[m] = bound * (2.0 * rng.uniform_np(fan_out, seed, STREAM_INIT, l, 3) - 1.0)
-                continue
-            g = rng.gaussian_np(fan_in * fan_out, seed, STREAM_INIT, l, 0).reshape(fan_in, fan_out)
-            if param == "standard":
-                gain = 2.0 if init == "he" and l < L else 1.0   # He's ReLU gain; LeCun and every output layer 1
-                W[m] = g * np.sqrt(gain / fan_in)
-            else:
-                W[m] = g
-                b[m] = rng.gaussian_np(fan_out, seed, STREAM_INIT, l, 1)
+            W[m] = draw(fan_in * fan_out, int(seed), l, w_part).reshape(fan_in, fan_out)
+            if b_part is not None:
+                b[m] = draw(fan_out, int(seed), l, b_part)
         W *= init_scale   # exact for a scale of 1: he at scale 1 is bit for bit the first release's
         b *= init_scale
         params.append((W.astype(dtype), b.astype(dtype)))

@@ -1,7 +1,12 @@
 """Shared tolerances, small data sets and engine helpers for the tests, the package every process a test starts
 imports, and the one rule for GPU and SLURM tests: a test marked `gpu` is skipped where the GPU backend cannot run
 (fastmlp.backend.gpu_available), one marked `slurm` where no SLURM cluster answers (fastmlp.slurm.environment_ok;
-the tests never start one)."""
+the tests never start one).
+
+Where no CUDA device is usable but a C++ compiler is, the GPU tests run on the host simulator of the GPU backend
+(FASTMLP_CUDASIM=1, set here for this process and every process it starts): the CUDA kernels built for the host,
+launched by the same code. Only the tests marked `device` (timings, TF32 rounding, memory limits, CuPy itself) need
+a real device and are skipped without one."""
 import os
 from pathlib import Path
 
@@ -9,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastmlp
-from fastmlp import reference
+from fastmlp import provenance, reference
 
 # Every process a test starts (the CLI, Dask workers, batch jobs) imports the package the tests import: they test
 # the same code, and they share its Numba cache (an installed copy elsewhere would compile its own, minutes).
@@ -17,9 +22,34 @@ PACKAGE_ROOT = str(Path(fastmlp.__file__).resolve().parent.parent)
 os.environ["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])
 
 
+
+def _real_device():
+    """A CUDA device the GPU backend can use, not the simulator (CuPy is asked once, with the simulator off)."""
+    if not hasattr(_real_device, "answer"):
+        saved = os.environ.pop(provenance.CUDASIM, None)
+        try:
+            _real_device.answer = provenance.gpu_report()["problem"] is None
+        finally:
+            if saved is not None:
+                os.environ[provenance.CUDASIM] = saved
+    return _real_device.answer
+
+
+if provenance.CUDASIM not in os.environ and not _real_device() and provenance.host_compiler():
+    os.environ[provenance.CUDASIM] = "1"
+
+
 def _usable_gpu():
     from fastmlp.backend import gpu_available
     return gpu_available()
+
+
+@pytest.fixture
+def without_gpu(monkeypatch):
+    """The simulator off for this test, so that it sees a machine without a usable GPU (skipped on a real one)."""
+    if _real_device():
+        pytest.skip("a GPU is usable here: the test needs a machine without one")
+    monkeypatch.delenv(provenance.CUDASIM, raising=False)
 
 
 def _usable_slurm():
@@ -28,7 +58,10 @@ def _usable_slurm():
 
 
 SKIPPED = {   # marker: (whether it can run here, the reason when not)
-    "gpu": (_usable_gpu, "needs CuPy and a CUDA device (fastmlp.backend.gpu_available() is False)"),
+    "gpu": (_usable_gpu, "needs CuPy and a CUDA device, or g++ for the host simulator (fastmlp.backend."
+                         "gpu_available() is False)"),
+    "device": (_real_device, "needs a real CUDA device (timings, TF32, memory limits): the host simulator cannot "
+                             "show it"),
     "slurm": (_usable_slurm, "needs a SLURM cluster whose sinfo shows a usable node (for the one-node cluster of the "
                              "tests: sudo bash bench/slurm_local.sh start)"),
 }

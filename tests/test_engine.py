@@ -49,7 +49,13 @@ def test_first_20_steps_follow_the_reference(engine_cls, param, init, loss, dtyp
     e = engine_cls(x, y, H, L, B, lrs, seeds, param=param, dtype=dtype, sigma_b2=SIGMA_B2[param], init=init,
                    loss=loss)
     start = e.params()
-    _assert_params_equal(start, reference.init_params(D, H, L, seeds, param, dtype=dtype, init=init))
+    expected = reference.init_params(D, H, L, seeds, param, dtype=dtype, init=init)
+    if engine_cls is Engine:
+        _assert_params_equal(start, expected)
+    else:   # drawn on the device, whose log and sincos may round a Gaussian one ulp apart (test_gpu.py)
+        for (W, b), (W_r, b_r) in zip(start, expected):
+            np.testing.assert_allclose(W, W_r, rtol=4 * np.finfo(dtype).eps, atol=0)
+            np.testing.assert_allclose(b, b_r, rtol=4 * np.finfo(dtype).eps, atol=0)
     e.train_epochs(4)
     for m in range(2):
         ref, losses = reference.train_steps(_network(start, m), _scales(e), x, y, lrs[m], seeds[m], np.arange(N),

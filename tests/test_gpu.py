@@ -1,15 +1,18 @@
 """The GPU backend: kernels/*.cu against the float64 reference and the CPU, and GpuEngine against Engine.
 
-Everywhere: every .cu file compiles with nvcc -arch=sm_90 (where nvcc exists) and through NVRTC as CuPy will
-compile it (where CuPy and NVRTC exist), with exactly the -D options fastmlp.gpu passes; the kernel sources are
-found in a checkout and inside the wheel; asking for the GPU where there is none is one line and exit status 2.
-On a GPU (tests marked gpu, skipped without CuPy and a device): Philox words and datasets equal the CPU's, each
-kernel follows the reference, and the engine follows the reference for 20 steps, the CPU engine, and the stop rule.
-Shapes cross block and warp edges on purpose (D = 11, H = 21, B = 17, N = 37 / 75, P > 6144 for the order kernel).
-Without a GPU, too: the order kernel runs on the host (its CUDA text compiled by g++ with the built-ins emulated by
-threads) against the CPU's order, beside a NumPy model of its rounds; and fakes of CuPy, cuda.pathfinder and cuBLAS
-show what makes the backend available (NVRTC, cuBLAS, a driver for CuPy's CUDA), how cuBLAS is found and set up,
-what `fastmlp info` reports, and that bench/gpu_check.sh stops when the engine cannot train.
+Everywhere: every .cu file compiles with nvcc -arch=sm_90 (where nvcc exists), through NVRTC as CuPy will compile
+it (where CuPy and NVRTC exist), and for the host with g++ -Wall -Wextra -Wshadow -Werror, with exactly the -D
+options fastmlp.gpu passes; the kernel sources are found in a checkout and inside the wheel; asking for the GPU where
+there is none is one line and exit status 2.
+Tests marked gpu run on a device, else on the host simulator (FASTMLP_CUDASIM=1, which conftest switches on where
+g++ is): Philox words and datasets equal the CPU's, each kernel follows the reference, the epoch order kernel equals
+the CPU's for any block size, the engine follows the CPU engine for every loss and dtype, graphs change nothing,
+the stop rule, diverged networks, shapes up to H = 500, M = 128 and subsets of 7000, and `fastmlp train` / `run`
+with --backend gpu. Shapes cross block and warp edges on purpose (D = 11, H = 21, B = 17, N = 37 / 75, P > 6144 for
+the order kernel). Tests marked device need real hardware (TF32 rounding, device memory).
+Without a GPU, too: a NumPy model of the order kernel's rounds; fakes of CuPy, cuda.pathfinder and cuBLAS show what
+makes the backend available (NVRTC, cuBLAS, a driver for CuPy's CUDA), how cuBLAS is found and set up, what
+`fastmlp info` reports, and that bench/gpu_check.sh stops when the engine cannot train and fits its budget.
 """
 import ctypes
 import importlib.abc
@@ -31,6 +34,7 @@ import pytest
 from click.testing import CliRunner
 
 from fastmlp import backend, gpu, provenance, reference, rng, tasks
+from fastmlp.gpu import sim
 from fastmlp.cli import main
 from fastmlp.constants import (LOSSES, N_CLASSES, PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, PHILOX_W0, PHILOX_W1,
                                STREAM_FOLD, STREAM_INIT, STREAM_ORDER, STREAM_TEST_X, STREAM_TRAIN_X)
@@ -38,10 +42,9 @@ from fastmlp.backend import engine_class, generate_on
 from fastmlp.cpu_engine import Engine
 from fastmlp.errors import UsageError
 from conftest import (DTYPES, assert_close, assert_params_equal as _assert_params_equal, check_fit_stop_rule,
-                      scales as _scales, subsets as _subsets)
+                      make_data, scales as _scales, subsets as _subsets)
 
 ROOT = Path(__file__).resolve().parent.parent
-HAS_GPU = backend.gpu_available()          # the GPU engine can be built and run here; never raises
 NVCC = shutil.which("nvcc")
 # (stem, dtype): stems that use REAL compile for both dtypes
 BUILDS = [(stem, dt) for stem in sorted(gpu.KERNELS) for dt in (DTYPES if stem not in gpu.DTYPE_FREE else [np.float32])]
@@ -131,152 +134,58 @@ def test_kernel_compiles_with_nvrtc(build, nvrtc):
     assert "warning" not in log.getvalue().lower(), log.getvalue()
 
 
-# The minibatch-order kernel, run on the host: rng.cu's own text compiled by g++ with the CUDA built-ins it uses
-# emulated (one OS thread per CUDA thread, a barrier per block, atomics), so that its rounds of reservations run
-# truly concurrently; on stderr it reports the rounds of each block and how many threads took part.
-_HOST_CUDA = r"""
-#include <cmath>
-#include <cstdio>
-#include <pthread.h>
-#include <vector>
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __shared__
-struct uint3 { unsigned int x, y, z; };
-struct uint4 { unsigned int x, y, z, w; };
-struct double2 { double x, y; };
-static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
-static inline double2 make_double2(double a, double b) { return {a, b}; }
-static inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
-static inline double __dmul_rn(double a, double b) { return a * b; }
-static inline double __dadd_rn(double a, double b) { return a + b; }
-template <typename T> T __shfl_down_sync(unsigned, T v, int) { return v; }
-thread_local uint3 threadIdx;
-static uint3 blockIdx, blockDim;
-static pthread_barrier_t barrier;
-static int or_flag, rounds, atomics_by[4096];
-static inline void __syncthreads() { pthread_barrier_wait(&barrier); }
-static inline int __syncthreads_or(int v) {
-    __syncthreads();
-    if (v) __atomic_store_n(&or_flag, 1, __ATOMIC_SEQ_CST);
-    __syncthreads();
-    const int r = __atomic_load_n(&or_flag, __ATOMIC_SEQ_CST);
-    __syncthreads();
-    if (threadIdx.x == 0) { __atomic_store_n(&or_flag, 0, __ATOMIC_SEQ_CST); rounds += r; }
-    return r;
-}
-static inline unsigned atomicMax(unsigned* a, unsigned v) {
-    atomics_by[threadIdx.x] = 1;
-    unsigned old = __atomic_load_n(a, __ATOMIC_SEQ_CST);
-    while (old < v && !__atomic_compare_exchange_n(a, &old, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
-    return old;
-}
-extern "C" { unsigned int smem[1 << 20]; }
-#include "kernel.cu"
-
-// stdin: M P use_shared threads, then per network: n seed epoch trained and its P subset entries.
-// stdout: the M order rows (-1 where the kernel wrote nothing); stderr: per block "rounds R threads T".
-struct Args { int *order, *sub, *n, *ep, *tr; unsigned *scratch, *seeds; int P, shared; unsigned t; };
-static void* run(void* p) {
-    Args* a = (Args*)p;
-    threadIdx = {a->t, 0, 0};
-    permutation(a->order, a->scratch, a->sub, a->n, a->seeds, a->ep, a->tr, a->P, a->shared);
-    return nullptr;
-}
-int main() {
-    int M, P, shared, T;
-    if (scanf("%d %d %d %d", &M, &P, &shared, &T) != 4 || T > 4096 || 2LL * P > (1 << 20)) return 2;
-    std::vector<int> order((size_t)M * P, -1), sub((size_t)M * P), n(M), ep(M), tr(M);
-    std::vector<unsigned> scratch((size_t)M * P, 0xABCDu), seeds(M);
-    for (int m = 0; m < M; ++m) {
-        if (scanf("%d %u %d %d", &n[m], &seeds[m], &ep[m], &tr[m]) != 4) return 2;
-        for (int i = 0; i < P; ++i) if (scanf("%d", &sub[(size_t)m * P + i]) != 1) return 2;
-    }
-    blockDim = {(unsigned)T, 1, 1};
-    for (int m = 0; m < M; ++m) {
-        blockIdx = {(unsigned)m, 0, 0};
-        rounds = 0;
-        for (int t = 0; t < T; ++t) atomics_by[t] = 0;
-        pthread_barrier_init(&barrier, nullptr, T);
-        std::vector<pthread_t> th(T);
-        std::vector<Args> args(T);
-        for (int t = 0; t < T; ++t) {
-            args[t] = {order.data(), sub.data(), n.data(), ep.data(), tr.data(), scratch.data(), seeds.data(), P,
-                       shared, (unsigned)t};
-            pthread_create(&th[t], nullptr, run, &args[t]);
-        }
-        for (int t = 0; t < T; ++t) pthread_join(th[t], nullptr);
-        pthread_barrier_destroy(&barrier);
-        int busy = 0;
-        for (int t = 0; t < T; ++t) busy += atomics_by[t];
-        fprintf(stderr, "rounds %d threads %d\n", rounds, busy);
-    }
-    for (int m = 0; m < M; ++m) {
-        for (int i = 0; i < P; ++i) printf("%d ", order[(size_t)m * P + i]);
-        printf("\n");
-    }
-    return 0;
-}
-"""
+@pytest.mark.parametrize("build", BUILDS, ids=_id)
+def test_kernel_compiles_for_the_host_without_a_warning(build, tmp_path):
+    """Every kernel file through g++ -Wall -Wextra -Wshadow -Werror, with kernels/host_cuda.h, exactly as the
+    simulator builds it: the host compiler warns where nvcc does not (a `double d1` shadowing the REAL d1 in
+    softmax_xent once left the class-1 logit without a gradient, and nvcc compiled it silently)."""
+    if sim.compiler() is None:
+        pytest.skip("no host C++ compiler (g++ or $CXX)")
+    stem, dtype = build
+    src = tmp_path / f"{stem}.cu"
+    src.write_text(sim.host_source(gpu.source(stem), gpu.defines(dtype)["REAL"]))
+    cmd = sim.compile_command(gpu.compile_options(dtype), src)
+    assert {"-Wall", "-Wextra", "-Wshadow", "-Werror", "-fsyntax-only"} <= set(cmd)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "warning" not in r.stderr.lower(), r.stderr[-3000:]
 
 
-@pytest.fixture(scope="module")
-def host_permutation(tmp_path_factory):
-    """rng.cu's permutation kernel built for the host (g++, pthreads): run(subsets, seeds, epochs, trained,
-    use_shared, threads) -> (order rows (M, P), [(rounds, threads that reserved)] per block)."""
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not found")
-    d = tmp_path_factory.mktemp("host_cuda")
-    (d / "kernel.cu").write_text(gpu.source("rng"))
-    (d / "host.cpp").write_text(_HOST_CUDA)
-    defines = [o for o in gpu.compile_options(np.float32) if o.startswith("-D")]
-    r = subprocess.run([gxx, "-O2", "-std=c++17", "-pthread", *defines, "-o", str(d / "host"), str(d / "host.cpp")],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-
-    def run(subsets, seeds, epochs, trained, use_shared, threads):
-        M, P = len(subsets), max(len(s) for s in subsets)
-        lines = [f"{M} {P} {int(use_shared)} {threads}"]
-        for s, seed, epoch, tr in zip(subsets, seeds, epochs, trained):
-            row = np.zeros(P, np.int64)
-            row[:len(s)] = s
-            lines.append(f"{len(s)} {seed} {epoch} {tr} " + " ".join(map(str, row)))
-        r = subprocess.run([str(d / "host")], input="\n".join(lines), capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
-        order = np.array([[int(v) for v in line.split()] for line in r.stdout.splitlines()])
-        stats = [tuple(int(w) for w in line.split()[1::2]) for line in r.stderr.splitlines()]
-        return order, stats
-
-    return run
+def _launch_permutation(subsets, seeds, epochs, trained, use_shared, threads):
+    """rng.cu's permutation kernel with `threads` per block, straight through its module (not the launcher, which
+    fixes ORDER_THREADS) -> the order rows (-1 where the kernel wrote nothing)."""
+    cp = gpu.device.cupy_module()
+    M, P = len(subsets), max(len(s) for s in subsets)
+    table = np.zeros((M, P), np.int32)
+    for m, s in enumerate(subsets):
+        table[m, :len(s)] = s
+    order, scratch = cp.full((M, P), -1, dtype=cp.int32), cp.zeros((M, P), dtype=cp.uint32)
+    args = (order, scratch, cp.asarray(table), cp.asarray([len(s) for s in subsets], dtype=cp.int32),
+            cp.asarray(seeds, dtype=cp.uint32), cp.asarray(epochs, dtype=cp.int32),
+            cp.asarray(trained, dtype=cp.int32), np.int32(P), np.int32(use_shared))
+    gpu.device.kernel("permutation")((M,), (threads,), args, shared_mem=8 * P if use_shared else 0)
+    return order.get()
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("use_shared, threads", [(1, 64), (0, 64), (0, 7), (1, 1), (0, 256)],
                          ids=["shared-64", "global-64", "global-7", "shared-1", "global-256"])
-def test_minibatch_order_kernel_on_the_host_equals_the_cpus(host_permutation, use_shared, threads):
+def test_minibatch_order_kernel_equals_the_cpus_for_any_block_size(use_shared, threads):
     """The kernel's rows are rng.permute_into's, bit for bit, for either variant and any block size (7 threads:
-    groups of four steps split unevenly), with every thread reserving: the shuffle no longer runs on one thread,
-    and it takes O(log n) rounds (at most 50 at n = 30,000) instead of n sequential steps."""
+    groups of four steps split unevenly; 1: one thread does every step), up to n = 30,000."""
     g = np.random.default_rng(1)
-    lengths = [1, 2, 3, 4, 5, 37, 1000, 7001, 0, 30000, 6]
-    seeds = [0, 2**32 - 1, 5, 77, 123, 9, 4, 8, 1, 3, 2**31]
-    epochs = [0, 3, 1, 2, 10, 0, 7, 5, 1, 2, 2**31 - 1]
+    lengths = [1, 2, 3, 4, 5, 37, 1000, 7001, 0, 30000, 6] if not use_shared else [1, 2, 3, 5, 37, 1000, 6, 0]
+    seeds = [0, 2**32 - 1, 5, 77, 123, 9, 4, 8, 1, 3, 2**31][:len(lengths)]
+    epochs = [0, 3, 1, 2, 10, 0, 7, 5, 1, 2, 2**31 - 1][:len(lengths)]
     trained = [1] * len(lengths)
     trained[5] = 0                                             # a stopped network: its row is left alone
     subsets = [np.sort(g.choice(10**5, n, replace=False)) for n in lengths]
-    order, stats = host_permutation(subsets, seeds, epochs, trained, use_shared, threads)
+    order = _launch_permutation(subsets, seeds, epochs, trained, use_shared, threads)
     for m, s in enumerate(subsets):
         if not trained[m]:
-            assert (order[m] == -1).all() and stats[m] == (0, 0)
+            assert (order[m] == -1).all()
             continue
         np.testing.assert_array_equal(order[m, :len(s)], s[rng.permutation_np(len(s), seeds[m], epochs[m])],
                                       err_msg=f"n = {len(s)}")
-        rounds, busy = stats[m]
-        if len(s) >= 4 * threads:                              # every thread has a group of four steps
-            assert busy == threads, stats[m]
-    big = lengths.index(30000)
-    assert 10 <= stats[big][0] <= 50, stats[big]
 
 
 def _order_in_rounds(subset, seed, epoch):
@@ -331,7 +240,7 @@ def test_wheel_ships_the_kernels(tmp_path):
         names = set(z.namelist())
         z.extractall(site)
     for p in gpu.kernel_dir().iterdir():
-        if p.suffix in (".cu", ".cuh"):
+        if p.suffix in (".cu", ".cuh", ".h"):                  # host_cuda.h: the simulator builds with it
             assert f"fastmlp/gpu/kernels/{p.name}" in names, p.name
     r = subprocess.run([sys.executable, "-c", "import fastmlp.gpu as g; print(g.kernel_dir())"], cwd=tmp_path,
                        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
@@ -341,7 +250,7 @@ def test_wheel_ships_the_kernels(tmp_path):
 
 
 # --------------------------------------------------------------------------------- everywhere: no device
-def test_without_cupy_the_gpu_backend_says_so_in_one_line(monkeypatch):
+def test_without_cupy_the_gpu_backend_says_so_in_one_line(monkeypatch, without_gpu):
     monkeypatch.setitem(sys.modules, "cupy", None)           # import cupy now raises ImportError
     assert not gpu.available() and not backend.gpu_available()
     spec = tasks.parse_task("2-local", D=10)
@@ -354,8 +263,7 @@ def test_without_cupy_the_gpu_backend_says_so_in_one_line(monkeypatch):
         assert str(e.value).endswith("use --backend cpu")
 
 
-@pytest.mark.skipif(HAS_GPU, reason="a GPU is usable here")
-def test_train_backend_gpu_without_a_gpu_exits_2_with_one_line():
+def test_train_backend_gpu_without_a_gpu_exits_2_with_one_line(without_gpu):
     r = CliRunner().invoke(main, ["train", "2-local", "--D", "10", "--N", "20", "--lr", "0.1", "--backend", "gpu"])
     assert r.exit_code == 2
     lines = r.stderr.strip().splitlines()
@@ -365,8 +273,7 @@ def test_train_backend_gpu_without_a_gpu_exits_2_with_one_line():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(HAS_GPU, reason="a GPU is usable here")
-def test_gpu_check_stops_before_the_tests_when_the_engine_cannot_train(tmp_path):
+def test_gpu_check_stops_before_the_tests_when_the_engine_cannot_train(tmp_path, without_gpu):
     """bench/gpu_check.sh where the GPU engine cannot run (here: no CuPy): it stops at the smoke step, which builds
     a GpuEngine and trains one epoch, with the reason, before the GPU tests (which would all skip and pass)."""
     python = tmp_path / "python"                          # pip refuses (no install here); the checkout is used
@@ -374,7 +281,7 @@ def test_gpu_check_stops_before_the_tests_when_the_engine_cannot_train(tmp_path)
                       f'exec {sys.executable} "$@"\n')
     python.chmod(0o755)
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "WHEELS", "PYTHONPATH")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "WHEELS", "PYTHONPATH", "FASTMLP_CUDASIM")}
     r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], capture_output=True, text=True, timeout=300,
                        env={**env, "PYTHON": str(python), "OUT": str(out), "WHEELS": str(tmp_path / "no-wheels")})
     log = r.stdout + r.stderr
@@ -386,6 +293,24 @@ def test_gpu_check_stops_before_the_tests_when_the_engine_cannot_train(tmp_path)
     assert [(s["step"], s["status"]) for s in status["steps"]] == [
         ("environment", "passed"), ("install", "passed"), ("preflight", "passed"), ("smoke", "stopped")]
     assert json.loads((out / "info.json").read_text())["gpu_stack"]["problem"].startswith("CuPy is not importable")
+
+
+def test_gpu_check_fits_its_budget_in_the_order_of_value_and_returns_at_most_8_files():
+    """bench/gpu_check.sh: the steps' caps add up to no more than the 460 s budget (8 minutes of a device with its
+    start), correctness first, then the GPU rates, the protocol and the rest; it writes at most 8 files, and the
+    only wheels it carries, skopt and pyaml, install without dependencies."""
+    text = (ROOT / "bench" / "gpu_check.sh").read_text()
+    caps = [entry.split(":") for entry in re.search(r'^CAPS="([^"]+)"', text, re.M).group(1).split()]
+    assert [name for name, _ in caps] == ["environment", "install", "preflight", "smoke", "gpu-tests", "bench-gpu",
+                                          "protocol", "other-tests", "bench-cpu"]
+    assert sum(int(c) for _, c in caps) <= int(re.search(r"GPU_CHECK_BUDGET:-(\d+)", text).group(1)) == 460
+    assert [m.group(1) for m in re.finditer(r'^step ([\w-]+) ', text, re.M)] == [name for name, _ in caps]
+    assert not re.search(r"run_capped \d", text)                   # no cap but the table's
+    written = set(re.findall(r'\$OUT_DIR/([\w.]+)', text)) | {"bench_gpu.jsonl", "summary.json"}  # + bench_gpu.py's
+    assert len(written) <= 8 and int(re.search(r"^MAX_FILES=(\d+)", text, re.M).group(1)) == 8, written
+    download = re.search(r"pip download (.+)", text).group(1)
+    assert "--no-deps" in download and download.split()[-2:] == ["scikit-optimize==0.10.2", "pyaml"]
+    assert re.search(r"pip install -q --no-index --no-deps .*\$wheels", text)
 
 
 # ------------------------------------------------------------ everywhere: the GPU stack, with fakes of CuPy and cuBLAS
@@ -436,6 +361,7 @@ def fake_gpu(monkeypatch):
     """install(**kw): a fake CuPy (_fake_cupy) in sys.modules, probed afresh; no cuda.pathfinder unless a test
     installs one."""
     monkeypatch.setattr(provenance, "_PROBED", [], raising=False)   # (absent before the probe existed)
+    monkeypatch.delenv(provenance.CUDASIM, raising=False)      # the real stack's checks, not the simulator's
     monkeypatch.setitem(sys.modules, "cuda", None)             # `from cuda import pathfinder` raises ImportError
 
     def install(**kw):
@@ -696,7 +622,7 @@ def test_datasets_equal_the_cpus(task, D):
 @pytest.mark.parametrize("lengths", [[1, 2, 5, 37, 1000, 6144 // 2], [3, 7000, 64], [16000, 30000, 2]],
                          ids=["shared", "global", "paper"])   # 2 * 7000 words do not fit shared memory
 def test_minibatch_order_equals_the_cpus(lengths):
-    import cupy as cp
+    cp = gpu.device.cupy_module()
     g = np.random.default_rng(1)
     M, P = len(lengths) + 1, max(lengths)
     seeds = np.array([0, 2**32 - 1, 5, 77, 123, 9, 4][:M], np.uint32)
@@ -723,7 +649,7 @@ def test_minibatch_order_equals_the_cpus(lengths):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bias_relu_and_gather_rows(dtype):
-    import cupy as cp
+    cp = gpu.device.cupy_module()
     g = np.random.default_rng(2)
     S, R, F = 3, 17, 21
     z = g.standard_normal((S, R, F)).astype(dtype)
@@ -757,7 +683,7 @@ def test_bias_relu_and_gather_rows(dtype):
 def test_softmax_xent_step(dtype, loss):
     """Loss, dlogits, the scaled gradient and the output-bias update against reference.output_loss, for every
     loss; a short minibatch, a network past its rows, and a diverging network that updates nothing."""
-    import cupy as cp
+    cp = gpu.device.cupy_module()
     g = np.random.default_rng(3)
     S, B, L, H, P = 4, 17, 2, 5, 40
     zc = (3 * g.standard_normal((S, B, N_CLASSES))).astype(dtype)
@@ -791,7 +717,9 @@ def test_softmax_xent_step(dtype, loss):
         assert_close(dbo.get()[m], bo[m] - lrs[m] * s * dlogits[0].sum(axis=0), "step", dtype)
         assert (act[:, m].get() == 1).all()
     np.testing.assert_array_equal(dz[2], 0)                    # no rows left: no gradient, no update
+    np.testing.assert_array_equal(dzs[2], 0)
     np.testing.assert_array_equal(dbo.get()[2], bo[2])
+    assert (act[:, 2].get() == 0).all()                        # what the weight-update GEMMs read: exactly 0
     np.testing.assert_array_equal(dz[3], 0)                    # diverged: nothing moves, activations zeroed
     np.testing.assert_array_equal(dzs[3], 0)
     np.testing.assert_array_equal(dbo.get()[3], bo[3])
@@ -801,44 +729,70 @@ def test_softmax_xent_step(dtype, loss):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_relu_backward(dtype):
-    import cupy as cp
+    """The masked gradient, its -lr scaling and the bias update for the networks the step updates; for a diverged
+    network, a stopped one and one past the end of its subset, zeros and the bias untouched even where the
+    incoming gradient is NaN (0 * inf from overflowed weights)."""
+    cp = gpu.device.cupy_module()
     g = np.random.default_rng(4)
-    S, R, K = 3, 17, 133                                       # K = 133: crosses blocks of 128 threads
+    S, R, K, start = 5, 17, 133, 34                            # K = 133: crosses blocks of 128 threads
     da = g.standard_normal((S, R, K)).astype(dtype)
+    da[2:, 0, :3] = np.nan
     a = np.maximum(g.standard_normal((S, R, K)), 0).astype(dtype)
     bias = g.standard_normal((S, K)).astype(dtype)
-    lrs = np.array([0.1, 0.2, 0.3], dtype)
-    d_dz, d_dzs, d_bias = cp.asarray(da), cp.zeros(S * R * K, dtype=dtype), cp.asarray(bias)
-    gpu.relu_backward(d_dz, d_dzs, d_bias, cp.asarray(a), cp.asarray(lrs), 0.5, S, R)
+    lrs = np.array([0.1, 0.2, 0.3, 0.4, 0.5], dtype)
+    n = np.array([40, 35, 60, 60, 34], np.int32)                # network 4 has no rows from 34 on
+    trained = np.array([1, 1, 1, 0, 1], np.int32)              # network 3 stopped
+    diverged = np.array([0, 0, 1, 0, 0], np.int32)             # network 2 diverged
+    d_dz, d_dzs, d_bias = cp.asarray(da), cp.full(S * R * K, 9.0, dtype=dtype), cp.asarray(bias)
+    gpu.relu_backward(d_dz, d_dzs, d_bias, cp.asarray(a), cp.asarray(lrs), cp.asarray(n), cp.asarray(trained),
+                      cp.asarray(diverged), 0.5, start, S, R)
     dz = da.astype(np.float64) * (a > 0)
+    dz[2:] = 0
     assert_close(d_dz.get(), dz, "forward", dtype)
     assert_close(d_dzs.get().reshape(S, R, K), -lrs[:, None, None] * dz, "forward", dtype)
-    assert_close(d_bias.get(), bias - 0.5 * lrs[:, None] * dz.sum(axis=1), "step", dtype)
+    expected = bias - 0.5 * lrs[:, None] * dz.sum(axis=1)
+    assert_close(d_bias.get()[:2], expected[:2], "step", dtype)
+    np.testing.assert_array_equal(d_bias.get()[2:], bias[2:])
 
 
 # ---------------------------------------------------------------------------------------------- GPU: engine
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("param, init, scale", [("standard", "he", 1.0), ("standard", "lecun", 0.5),
                                                 ("standard", "torch", 1.0), ("standard", "torch", 0.1),
                                                 ("ntk", "he", 0.3)])
-def test_initial_weights_equal_the_cpus_bit_for_bit(data_medium, param, init, scale):
+def test_initial_weights_drawn_on_the_device_equal_the_cpus(data_medium, param, init, scale, dtype):
+    """The initial parameters drawn on the device (kernels/init.cu) from the CPU's Philox streams: uniform draws
+    (torch) bit for bit, Gaussians to the last bit but for the rare one-ulp difference of the device's libm."""
     x, y = data_medium
     seeds = [3, 2**32 - 1, 3, 0]
-    kw = dict(param=param, init=init, init_scale=scale)
-    g = gpu.GpuEngine(x, y, 21, 3, 17, [0.1] * 4, seeds, **kw)
-    _assert_params_equal(g.params(), Engine(x, y, 21, 3, 17, [0.1] * 4, seeds, **kw).params())
+    kw = dict(param=param, init=init, init_scale=scale, dtype=dtype)
+    g = gpu.GpuEngine(x, y, 21, 3, 17, [0.1] * 4, seeds, **kw).params()
+    c = Engine(x, y, 21, 3, 17, [0.1] * 4, seeds, **kw).params()
+    if init == "torch":
+        _assert_params_equal(g, c)
+        return
+    # float32: one ulp at most, rarely; float64 shows the libm's ulp of log and sincos directly (a few in 1000)
+    rtol, exact = (np.finfo(np.float32).eps, 0.999) if dtype == np.float32 else (4 * np.finfo(np.float64).eps, 0.99)
+    for (W, b), (W_c, b_c) in zip(g, c):
+        for p, p_c in ((W, W_c), (b, b_c)):
+            np.testing.assert_allclose(p, p_c, rtol=rtol, atol=0)
+            assert (p == p_c).mean() > exact
+        assert param == "ntk" or not b.any()
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gpu_engine_follows_the_cpu_engine(data_medium, dtype):
-    """Same seeds, subsets and minibatches: the parameters after 3 epochs and the epoch losses agree."""
+def test_gpu_engine_follows_the_cpu_engine(data_medium, dtype, loss):
+    """Same seeds, subsets and minibatches: the parameters after 3 epochs (45 steps) and the epoch losses agree,
+    for every loss."""
     x, y = data_medium
     H, L, B = 21, 2, 17
     lrs, seeds = [0.02, 0.05, 0.1, 0.2, 0.5], [7, 1, 7, 2**32 - 1, 0]
     subsets = _subsets(len(x), [300, 250, 200, 290, 123], seed=5)
-    cpu_e = Engine(x, y, H, L, B, lrs, seeds, subsets=subsets, dtype=dtype)
-    gpu_e = gpu.GpuEngine(x, y, H, L, B, lrs, seeds, subsets=subsets, dtype=dtype)
+    cpu_e = Engine(x, y, H, L, B, lrs, seeds, subsets=subsets, dtype=dtype, loss=loss)
+    gpu_e = gpu.GpuEngine(x, y, H, L, B, lrs, seeds, subsets=subsets, dtype=dtype, loss=loss)
     cpu_e.train_epochs(3)
     gpu_e.train_epochs(3)
     for (W, b), (W_c, b_c) in zip(gpu_e.params(), cpu_e.params()):
@@ -895,7 +849,7 @@ def test_evaluate_and_logits_follow_the_reference(data_medium, dtype):
     n = keep.sum()
     np.testing.assert_array_equal(err, np.rint(err_ref * n).astype(np.int64))
     assert_close(loss, loss_ref * n, "evaluate", dtype)
-    import cupy as cp
+    cp = gpu.device.cupy_module()
     halves = [(x[:60], y[:60]), (cp.asarray(x[60:]), cp.asarray(y[60:]))]   # host and device chunks
     in_halves = np.rint(e.test_error(halves) * len(x))
     assert np.abs(in_halves - e.evaluate(x, y)[0]).max() <= 1          # other GEMM shapes: a near-tie may flip
@@ -917,6 +871,87 @@ def test_learns_1_local_and_task_metrics_match_the_cpu():
     err_c, loss_c = cpu_e.task_metrics(spec, 0, "test", 10000)
     assert np.abs(err - err_c).max() <= 3 / 10000
     assert_close(loss, loss_c, "loss", np.float32)
+
+
+# ------------------------------------------------------------------------ only a device: what the simulator cannot show
+@pytest.mark.device
+def test_tf32_rounds_the_gemms_only_when_asked(data_medium):
+    """TF32 tensor cores (10-bit products) move the parameters by more than float32 rounding, yet stay near them;
+    the simulator computes every GEMM in float32, so only a device shows the difference."""
+    x, y = data_medium
+    args = (x, y, 64, 2, 17, [0.1, 0.2], [1, 2])
+    exact, tf32 = gpu.GpuEngine(*args), gpu.GpuEngine(*args, tf32=True)
+    for e in (exact, tf32):
+        e.train_epochs(2)
+    assert tf32.tf32 and not exact.tf32
+    W, W_t = exact.params()[0][0], tf32.params()[0][0]
+    assert np.abs(W_t - W).max() > 1e-5                        # beyond the "step" tolerance of float32
+    np.testing.assert_allclose(W_t, W, rtol=0.05, atol=1e-2)
+
+
+@pytest.mark.device
+def test_preflight_sees_the_devices_memory():
+    """What preflight checks the GPU's allocations against: free device memory, at most the device's total."""
+    from fastmlp import preflight
+    cp = gpu.device.cupy_module()
+    free, total = cp.cuda.Device().mem_info
+    assert 0 < preflight.available_memory(cp) <= total and free <= total
+
+
+def _assert_engines_agree(gpu_e, cpu_e, dtype=np.float32):
+    """Parameters to the "step" tolerance, epochs and stop flags exactly."""
+    for (W, b), (W_c, b_c) in zip(gpu_e.params(), cpu_e.params()):
+        assert_close(W, W_c, "step", dtype)
+        assert_close(b, b_c, "step", dtype)
+    for name in ("epochs", "converged", "diverged", "stopped"):
+        np.testing.assert_array_equal(getattr(gpu_e, name), getattr(cpu_e, name), err_msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["H=500", "M=128", "P=7000"])
+def test_shapes_past_the_small_tests(case):
+    """Shapes the small tests never reach, against the CPU engine: the paper's width (H = 500: the CPU's wide-layer
+    path, GEMMs of 500 x 500), more networks than any block count used elsewhere (M = 128, fit with its stop
+    checks and compaction), and training subsets longer than 6144 samples (the order kernel's global-memory
+    variant, 140 steps an epoch)."""
+    D, H, L, B, N, M, epochs = {"H=500": (20, 500, 2, 50, 150, 2, 2), "M=128": (11, 16, 1, 25, 100, 128, 5),
+                                "P=7000": (5, 8, 1, 50, 7000, 2, 1)}[case]
+    x, _ = make_data(N, D, seed=4)
+    y = (x[:, 0] > 0).astype(np.int8)                  # 1-local: some networks fit it within a few epochs
+    g = np.random.default_rng(5)
+    lrs, seeds = list(g.choice([0.02, 0.1, 0.5], M)), list(range(M))
+    subsets = _subsets(N, [N - 37 * (m % 3) for m in range(M)], seed=6)
+    engines = [cls(x, y, H, L, B, lrs, seeds, subsets=subsets) for cls in (gpu.GpuEngine, Engine)]
+    for e in engines:
+        if case == "M=128":
+            e.fit(max_epochs=epochs)
+        else:
+            e.train_epochs(epochs)
+    _assert_engines_agree(*engines)
+    if case == "M=128":
+        assert engines[0].converged.any() and not engines[0].converged.all()   # some stopped, the rest went on
+
+
+@pytest.mark.gpu
+def test_a_diverged_networks_parameters_stay_as_on_the_cpu(data_medium):
+    """A learning rate so large (and inputs so large) that the first step overflows weights to inf while its own
+    loss is still finite: the next step's loss is not finite, and on both engines that step changes nothing (on the
+    GPU, 0 * inf in the zeroed step made 294 of the network's parameters NaN). The others train on unaffected."""
+    x, y = data_medium
+    args = (100 * x, y, 21, 1, 17, [1e-5, 1e38, 1e-4], [1, 2, 3])
+    gpu_e, cpu_e = gpu.GpuEngine(*args), Engine(*args)
+    for e in (gpu_e, cpu_e):
+        e.train_epochs(2)
+    assert list(gpu_e.diverged) == list(cpu_e.diverged) == [False, True, False]
+    for (W, b), (W_c, b_c) in zip(gpu_e.params(), cpu_e.params()):
+        for p, p_c in ((W, W_c), (b, b_c)):
+            np.testing.assert_array_equal(np.isnan(p), np.isnan(p_c))
+            both = np.isfinite(p) & np.isfinite(p_c)
+            assert_close(p[both], p_c[both], "step", np.float32)
+            edge = np.isinf(p) != np.isinf(p_c)    # summation order decides overflow, but only at float32's edge
+            assert (np.abs(np.where(np.isinf(p), p_c, p)[edge]) > 1e37).all()
+    assert not np.isnan(np.concatenate([W[1].ravel() for W, _ in gpu_e.params()])).any()
+    assert np.isinf(np.concatenate([W[1].ravel() for W, _ in cpu_e.params()])).any()   # the case it is about
 
 
 @pytest.mark.gpu
@@ -943,3 +978,17 @@ def test_cli_train_and_protocol_run_on_the_gpu():
                        backend="gpu", max_epochs=200)
     assert rec["config"]["backend"] == "gpu" and len(rec["final"]["repeats"]) == 3
     assert rec["final"]["test_error"]["mean"] < 0.3
+    # `fastmlp run` end to end, the search included, on both backends: the same folds, candidates and test set
+    point = ["run", "1-local", "--D", "10", "--N", "120", "--L", "1", "--H", "16", "--B", "20", "--folds", "3",
+             "--bo-calls", "4", "--bo-batch", "2", "--repeats", "2", "--n-test", "2000", "--max-epochs", "60",
+             "--json"]
+    recs = {}
+    for name in ("gpu", "cpu"):
+        r = CliRunner().invoke(main, point + ["--backend", name])
+        assert r.exit_code == 0, r.output
+        recs[name] = json.loads(r.stdout)
+    assert recs["gpu"]["provenance"]["backend"] == "gpu"
+    history = [[(h["lr"], h["mean_error"]) for h in recs[b]["search"]["history"]] for b in ("gpu", "cpu")]
+    assert len(history[0]) == 4 and history[0][0][0] == history[1][0][0]   # the same first candidate, scored alike
+    assert abs(history[0][0][1] - history[1][0][1]) <= 0.02                # (near-ties may flip a sample or two)
+    assert abs(recs["gpu"]["final"]["test_error"]["mean"] - recs["cpu"]["final"]["test_error"]["mean"]) < 0.02

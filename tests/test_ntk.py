@@ -360,7 +360,7 @@ def test_a_sweep_of_an_overflowing_kernel_exits_2_before_anything_runs(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ the GPU
-@pytest.mark.gpu
+@pytest.mark.device        # CuPy's own linear algebra (cupyx), which the host simulator does not stand in for
 def test_cupy_kernel_and_regression_match_numpy():
     import cupy
     x, y = generate(parse_task("1-local", D=20), 0, "train", 0, 600)

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import NETWORKS_AND_NTK
 
-from fastmlp import backend, ntk, sweep
+from fastmlp import ntk, sweep
 from fastmlp.cli import main, ntk as ntk_command, run as run_command, sweep_keys, train as train_command
 from fastmlp import store as store_mod
 from fastmlp.store import Store
@@ -826,8 +826,7 @@ def test_a_dask_worker_killed_mid_job_does_not_stop_the_sweep(tmp_path, dask_clu
     assert lost and all(records[job_id]["worker"]["pid"] != killed.pid for job_id in lost)
 
 
-@pytest.mark.skipif(backend.gpu_available(), reason="a GPU is usable here")
-def test_gpu_jobs_are_refused_up_front_where_no_gpu_is_usable(tmp_path):
+def test_gpu_jobs_are_refused_up_front_where_no_gpu_is_usable(tmp_path, without_gpu):
     result = cli("sweep", write(tmp_path / "s.toml", TINY), "--store", tmp_path / "store", "--set", "backend=gpu")
     assert result.exit_code == 2 and "--backend gpu needs CuPy and a CUDA device" in result.output
     assert not list((tmp_path / "store").glob("*.json"))

@@ -12,10 +12,10 @@ from .data import generate
 from .device import (DTYPE_FREE, KERNELS, available, compile_options, defines, device_name, kernel_dir,
                      source)
 from .engine import GpuEngine, graphs_default
-from .launch import (REPORT, bias_relu, epoch_begin, epoch_end, evaluate, gather_rows, gaussian_rows, labeled_rows,
-                     permutation, philox_words, relu_backward, softmax_xent)
+from .launch import (REPORT, bias_relu, epoch_begin, epoch_end, evaluate, gather_rows, gaussian_rows, init_values,
+                     labeled_rows, permutation, philox_words, relu_backward, softmax_xent)
 
 __all__ = ["DTYPE_FREE", "GpuEngine", "KERNELS", "REPORT", "available", "bias_relu", "compile_options", "defines",
            "device_name", "epoch_begin", "epoch_end", "evaluate", "gather_rows", "gaussian_rows", "generate",
-           "graphs_default", "kernel_dir", "labeled_rows", "permutation", "philox_words", "relu_backward",
-           "softmax_xent", "source"]
+           "graphs_default", "init_values", "kernel_dir", "labeled_rows", "permutation", "philox_words",
+           "relu_backward", "softmax_xent", "source"]

@@ -13,11 +13,12 @@ import numpy as np
 
 from ..constants import (N_CLASSES, PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, PHILOX_W0, PHILOX_W1, STREAM_FOLD,
                          STREAM_INIT, STREAM_ORDER, STREAM_TEST_X, STREAM_TRAIN_X)
-from ..provenance import cuda_library, gpu_info, gpu_install_hint
+from ..provenance import cuda_library, cudasim, gpu_info, gpu_install_hint
 
 # stem -> the kernels of kernels/<stem>.cu; DTYPE_FREE stems do not use REAL and are compiled once
 KERNELS = {
     "rng": ("philox_words", "permutation"),
+    "init": ("init_values",),
     "tasks": ("labeled_rows", "gaussian_rows"),
     "forward": ("gather_rows", "bias_relu"),
     "softmax_xent": ("softmax_xent",),
@@ -79,7 +80,12 @@ def compile_options(dtype=np.float32):
 
 # ---------------------------------------------------------------------------------------------- device
 def cupy_module():
-    """CuPy, imported on first use (fastmlp.backend checks first that it is usable)."""
+    """CuPy, imported on first use (fastmlp.backend checks first that it is usable); under FASTMLP_CUDASIM=1 the
+    host simulator in its place (fastmlp.gpu.sim: NumPy arrays, the kernels built for the host). The GPU package
+    asks here and nowhere else, so the engine runs unchanged on either."""
+    if cudasim():
+        import fastmlp.gpu.sim as sim
+        return sim
     import cupy
     return cupy
 
@@ -93,7 +99,12 @@ def available():
 
 def load_library(name):
     """The CUDA library `name` ('cublas') that CuPy uses, through ctypes -> (ctypes.CDLL, where from); OSError with
-    one line if it is not found (fastmlp.provenance.cuda_library)."""
+    one line if it is not found (fastmlp.provenance.cuda_library). Under the simulator: its NumPy twin."""
+    if cudasim():
+        if name != "cublas":
+            raise OSError(f"the host simulator has no {name}")
+        from .sim_cublas import Library
+        return Library(), Library.path
     return cuda_library(name, cupy_module())
 
 
@@ -124,7 +135,7 @@ _FUNCTIONS = {}
 
 def current_device():
     cp = cupy_module()
-    dev = cp.cuda.Device().id
+    dev = (cp.__name__, cp.cuda.Device().id)          # the simulator's and CuPy's devices apart
     if dev not in _DEVICES:
         _DEVICES[dev] = _Device(cp)
     return _DEVICES[dev]
@@ -151,7 +162,7 @@ def kernel(name, dtype=np.float32):
     stem = next(s for s, names in KERNELS.items() if name in names)
     if stem in DTYPE_FREE:
         dtype = np.float32
-    key = (cp.cuda.Device().id, stem, np.dtype(dtype).name)
+    key = (cp.__name__, cp.cuda.Device().id, stem, np.dtype(dtype).name)
     if (key, name) not in _FUNCTIONS:
         if key not in _MODULES:
             _MODULES[key] = cp.RawModule(code=source(stem), options=compile_options(dtype))

@@ -38,8 +38,8 @@ from ..tasks import _check_sample_range
 from .cublas import handle
 from .data import generate
 from .device import KERNELS, cupy_module, kernel, on_device
-from .launch import (REPORT, SHARED_WORDS, bias_relu, epoch_begin, epoch_end, evaluate, gather_rows, permutation,
-                     relu_backward, softmax_xent)
+from .launch import (REPORT, SHARED_WORDS, bias_relu, epoch_begin, epoch_end, evaluate, gather_rows, init_values,
+                     permutation, relu_backward, softmax_xent)
 
 EVAL_BYTES = 512 << 20             # activations of one stop-check / evaluation chunk of every network
 EVAL_ROWS_MAX = 4096
@@ -105,20 +105,28 @@ class GpuEngine(EngineBase):
         sub = np.zeros((M, P), np.int32)
         for m, idx in enumerate(subsets):
             sub[m, :len(idx)] = idx
-        params = reference.init_params(D, H, L, seeds, param, init=init, init_scale=init_scale)
         with on_device() as dev:
             self._dev = dev
             self._blas = handle(dev, self.tf32)
             self._X = cp.ascontiguousarray(cp.asarray(x, dtype=dt))                  # (N, D)
             self._Y = cp.ascontiguousarray(cp.asarray(y, dtype=cp.int8))             # (N,)
-            self._W = [cp.asarray(np.ascontiguousarray(W, dtype=dt)) for W, _ in params]   # (M, fan_in, fan_out)
-            self._b = [cp.asarray(np.ascontiguousarray(b, dtype=dt)) for _, b in params]   # (M, fan_out)
-
             def i32(v):
                 return cp.asarray(np.asarray(v, np.int32))
 
+            # reference.init_params, drawn on the device from each network's seed: W_l (M, fan_in, fan_out),
+            # b_l (M, fan_out)
+            seeds_d = cp.asarray(seeds.astype(np.uint32))
+            self._W, self._b = [], []
+            for l, ((fan_in, fan_out), (w_part, b_part)) in enumerate(zip(reference.layer_sizes(D, H, L),
+                                                                          reference.init_draws(D, H, L, param, init))):
+                self._W.append(cp.empty((M, fan_in, fan_out), dtype=dt))
+                self._b.append(cp.zeros((M, fan_out), dtype=dt))
+                init_values(self._W[l], seeds_d, l, w_part, init_scale)
+                if b_part is not None:
+                    init_values(self._b[l], seeds_d, l, b_part, init_scale)
+
             self._st = {                                             # per-slot state, permuted by _repack
-                "sub": cp.asarray(sub), "n": i32(self.n_train), "seeds": cp.asarray(seeds.astype(np.uint32)),
+                "sub": cp.asarray(sub), "n": i32(self.n_train), "seeds": seeds_d,
                 "lrs": cp.asarray(lrs.astype(dt)), "epochs": i32(np.zeros(M)), "active": i32(np.zeros(M)),
                 "stopped": i32(np.zeros(M)), "converged": i32(np.zeros(M)), "diverged": i32(np.zeros(M)),
                 "trained": i32(np.zeros(M)), "steps": i32(np.zeros(M)),
@@ -332,7 +340,8 @@ class GpuEngine(EngineBase):
             a = acts[l - 1]                                                           # (S, B, H) input of layer l
             self._blas.gemm(S, B, H, F, dz, B * F, False, W[l], H * F, True, da, B * H, c[l], 0.0)   # da = c dz W^T
             self._blas.gemm(S, H, F, B, a, B * H, True, dzs, B * F, False, W[l], H * F, c[l], 1.0)   # W += c a^T dzs
-            relu_backward(da, self._dzs, b[l - 1], a, st["lrs"], self._s[l - 1], S, B)
+            relu_backward(da, self._dzs, b[l - 1], a, st["lrs"], st["n"], st["trained"], st["diverged"],
+                          self._s[l - 1], start, S, B)
             dz, dzs, F = da, self._dzs, H
         self._blas.gemm(S, D, H, B, self._xb, B * D, True, dzs, B * H, False, W[0], D * H, c[0], 1.0)
 

@@ -62,6 +62,20 @@ def philox_words(ctr, key):
     return out
 
 
+def init_values(out, seeds, layer, part, scale):
+    """out (M, ...) of every network: one part (W or b) of `layer`'s initial values, (counter b, uniform, factor)
+    of reference.init_draws, times scale, drawn from each network's seed on the device (kernels/init.cu)."""
+    M = out.shape[0]
+    n = out.size // max(M, 1)
+    need("out", out, out.dtype)
+    need("seeds", seeds, np.uint32, shape=(M,))
+    counter, uniform, factor = part
+    if M and n:
+        kernel("init_values", out.dtype)((blocks(blocks(n, 4), 128), M), (128,),
+                                          (out, seeds, i32(n), u32(layer), u32(counter), i32(bool(uniform)),
+                                           np.float64(factor), np.float64(scale)))
+
+
 def labeled_rows(x, y, offsets, n_shifts, seed, stream, start):
     """Draw samples start.. into x (n, D) float32 and label each into y (n,) int8 from the row just drawn."""
     n, D = x.shape
@@ -153,17 +167,21 @@ def softmax_xent(dz, dzs, bo, loss_sum, steps, diverged, act, zc, Y, idx, n, tra
                                                    i32(loss_kind)))
 
 
-def relu_backward(dz, dzs, bias, a, lrs, s, S, R):
-    """dz (S, R, K) = da * (a > 0) in place, dzs = -lr dz, bias -= lr s sum_r dz."""
+def relu_backward(dz, dzs, bias, a, lrs, n, trained, diverged, s, start, S, R):
+    """dz (S, R, K) = da * (a > 0) in place, dzs = -lr dz, bias -= lr s sum_r dz, for the networks the step at
+    row `start` updates (live, n[m] > start); zeros and no bias change for the others."""
     dt = bias.dtype
     K = bias.shape[1]
     for name, arr in (("dz", dz), ("dzs", dzs), ("a", a)):
         need(name, arr, dt, size=S * R * K)
     need("bias", bias, dt, size=S * K)
     need("lrs", lrs, dt, size=S)
+    for name, arr in (("n", n), ("trained", trained), ("diverged", diverged)):
+        need(name, arr, np.int32, size=S)
     if S:
         kernel("relu_backward", dt)((blocks(K, 128), int(S)), (128,),
-                                     (dz, dzs, bias, a, lrs, real(s, dt), i32(R), i32(K)))
+                                     (dz, dzs, bias, a, lrs, n, trained, diverged, real(s, dt), i32(start), i32(R),
+                                      i32(K)))
 
 
 def evaluate(err, loss, zc, bo, s, Y, idx, n, trained, diverged, idx_stride, start, R, S, loss_kind=0):

@@ -10,7 +10,8 @@
 //   N_CLASSES            output units (the softmax kernels are written for 2)
 //   PHILOX_*, STREAM_*   see philox.cuh
 // No system header is included: NVRTC (through CuPy) compiles these files at run time, and nvcc --cubin in the
-// tests; fastmlp.gpu inlines the #include "..." lines itself so that CuPy's disk cache sees every byte.
+// tests; fastmlp.gpu inlines the #include "..." lines itself so that CuPy's disk cache sees every byte. For the host
+// (the simulator, the host-warnings test) g++ compiles them with host_cuda.h, which brings the CUDA built-ins.
 #ifndef FASTMLP_COMMON_CUH
 #define FASTMLP_COMMON_CUH
 

@@ -28,7 +28,8 @@
 // would be larger and would have held R[i]), so ORDER_DONE in R[i] is never overwritten; position j_i of a step
 // still to do is never done (step j_i comes after step i). The swap targets are drawn again from Philox in every
 // phase (one call serves four steps) instead of being stored: the two rows are all the memory the kernel has.
-// tests/test_gpu.py runs this file's kernel on the host (one OS thread per CUDA thread) against rng.permutation_np.
+// tests/test_gpu.py runs this kernel against rng.permutation_np for several block sizes, on the host simulator where
+// no device is usable (host_cuda.h: the block's threads as fibers, a real barrier at each __syncthreads).
 #include "common.cuh"
 #include "philox.cuh"
 

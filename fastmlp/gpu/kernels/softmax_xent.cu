@@ -12,8 +12,12 @@
 //                   bo[m] -= lr[m] s sum_b dz_b
 //                 and steps[m] += 1 when nb > 0, as fastmlp.cpu.train_epoch counts its minibatches.
 //                 A non-finite loss marks the network diverged (no more steps this epoch) and, like the CPU, the
-//                 step updates nothing: dz and dzs are zeroed and so are the network's hidden activations `act`
-//                 (L, S, B, H), which the weight-update GEMMs of this step still read (0 * inf would be NaN).
+//                 step updates nothing. Nor does it for a network with no rows in this step (nb = 0: not live,
+//                 or past the end of its subset). For both, dz and dzs are zeroed and so are the network's hidden
+//                 activations `act` (L, S, B, H), which the weight-update GEMMs of this step still read: they may
+//                 hold inf or NaN (a diverging network, or 0 * inf from weights that overflowed in the network's
+//                 last step), and 0 * inf would be NaN. relu_backward zeroes the lower layers' gradients for the
+//                 same networks, so their parameters stay exactly as they were, as on the CPU.
 //                 Float64 inside, as fastmlp.cpu._loss: z is cast from REAL, the gradient rounded back to REAL.
 #include "common.cuh"
 
@@ -37,9 +41,9 @@ extern "C" __global__ void softmax_xent(REAL* dz, REAL* dzs, REAL* bo, double* l
         REAL d0 = REAL(0), d1 = REAL(0);
         if (b < nb) {
             const int y = Y[idx[(long long)m * idx_stride + start + b]];
-            double d1;
-            lsum += out_loss((double)(zc[o] + s * b0), (double)(zc[o + 1] + s * b1), y, loss_kind, &d1);
-            const double g1 = d1 / nb;
+            double dl1;                        // dloss/dz1 in float64 (not d1: that is the REAL written below)
+            lsum += out_loss((double)(zc[o] + s * b0), (double)(zc[o + 1] + s * b1), y, loss_kind, &dl1);
+            const double g1 = dl1 / nb;
             d0 = (REAL)(-g1);
             d1 = (REAL)g1;
         }
@@ -61,7 +65,7 @@ extern "C" __global__ void softmax_xent(REAL* dz, REAL* dzs, REAL* bo, double* l
     }
     __syncthreads();
 
-    if (bad) {                                 // no update at all from this step (uniform branch: `bad` is shared)
+    if (bad || nb == 0) {                      // no update at all from this step (uniform: `bad` is shared)
         for (int e = threadIdx.x; e < B * N_CLASSES; e += blockDim.x) {
             dz[base + e] = REAL(0);
             dzs[base + e] = REAL(0);
