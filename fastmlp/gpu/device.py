@@ -24,6 +24,7 @@ KERNELS = {
     "softmax_xent": ("softmax_xent",),
     "backward": ("relu_backward",),
     "evaluate": ("evaluate",),
+    "f0": ("subtract_f0",),
     "stop": ("epoch_begin", "epoch_end"),
 }
 DTYPE_FREE = ("rng", "tasks", "stop")

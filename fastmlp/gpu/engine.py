@@ -39,7 +39,7 @@ from .cublas import handle
 from .data import generate
 from .device import KERNELS, cupy_module, kernel, on_device
 from .launch import (REPORT, SHARED_WORDS, bias_relu, epoch_begin, epoch_end, evaluate, gather_rows, init_values,
-                     permutation, relu_backward, softmax_xent)
+                     permutation, relu_backward, softmax_xent, subtract_f0)
 
 EVAL_BYTES = 512 << 20             # activations of one stop-check / evaluation chunk of every network
 EVAL_ROWS_MAX = 4096
@@ -70,8 +70,6 @@ class GpuEngine(EngineBase):
         lrs, seeds, self.dtype, subsets = check_engine_args(
             tuple(x.shape), tuple(y.shape), hidden_width, depth, batch_size, lrs, seeds, subsets, param, dtype,
             sigma_w2, sigma_b2, init, init_scale, loss, stop, target_loss, f0)
-        if f0 != "keep":
-            raise UsageError("--f0 subtract runs on the CPU engine only so far (use --backend cpu)")
         cp = cupy_module()
         N, D = x.shape
         H, L, B, M = int(hidden_width), int(depth), int(batch_size), len(lrs)
@@ -90,6 +88,7 @@ class GpuEngine(EngineBase):
         self.n_train = np.array([len(s) for s in subsets])
 
         self._init_training(loss, stop, target_loss)
+        self.f0 = f0
 
         P = int(self.n_train.max())
         self.P = P
@@ -146,10 +145,23 @@ class GpuEngine(EngineBase):
             self._dzs = cp.zeros(M * B * H, dtype=dt)                # -lr dz of the layer below
             self._ones = i32(np.ones(M))
             self._zeros = i32(np.zeros(M))
+            # f0 = "subtract": the initial weights (per slot, permuted with the rest) and the raw initial logits of
+            # every training row, F0 (M, N, C), that subtract_f0 takes off every step's and check's logits
+            self._initial = None
+            if f0 == "subtract":
+                self._initial = ([W.copy() for W in self._W], [b.copy() for b in self._b])
+                self._F0 = cp.zeros((M, N, N_CLASSES), dtype=dt)
+                R, _, ea, ez, _ = self._eval_buffers()
+                acts = [ea[l % 2] for l in range(L)]
+                for start in range(0, N, R):
+                    r = min(R, N - start)
+                    self._forward(M, self._X[start:start + r], 0, r, acts, ez)
+                    self._F0[:, start:start + r] = ez[:M * r * N_CLASSES].reshape(M, r, N_CLASSES)
 
     # ------------------------------------------------------------------------------------------ parameters
     def set_params(self, params):
-        """Replace every network's parameters (reference layout: [(W (M, fan_in, fan_out), b (M, fan_out))])."""
+        """Replace every network's parameters (reference layout: [(W (M, fan_in, fan_out), b (M, fan_out))]).  With
+        f0 = "subtract" the initial function subtracted stays the one of the engine's own initialization."""
         if len(params) != self.L + 1:
             raise ValueError(f"need {self.L + 1} layers of parameters, got {len(params)}")
         with on_device():
@@ -226,7 +238,10 @@ class GpuEngine(EngineBase):
         rest = np.setdiff1d(np.arange(self.M), head)          # idle slots, then the ones already beyond S
         order = np.concatenate([head, rest])
         perm = cp.asarray(order)
-        for arr in self._W + self._b + list(self._st.values()):
+        per_slot = self._W + self._b + list(self._st.values())
+        if self._initial is not None:
+            per_slot += self._initial[0] + self._initial[1] + [self._F0]
+        for arr in per_slot:
             arr[...] = arr[perm]                                 # in place: captured pointers stay valid
         self._slot = self._slot[order]
         self._active = self._active[order]
@@ -310,18 +325,28 @@ class GpuEngine(EngineBase):
                       RuntimeWarning, stacklevel=3)
         return None
 
-    def _forward(self, S, x, x_stride, R, acts, zc):
+    def _forward(self, S, x, x_stride, R, acts, zc, weights=None):
         """Hidden activations acts[l] (S, R, H) and raw logits zc (S, R, C) = c_L a_L @ W_L of inputs x (S, R, D)
-        (x_stride = 0: the same R inputs for every network)."""
+        (x_stride = 0: the same R inputs for every network); weights: (W, b) lists, the current ones if None."""
         D, H, L = self.D, self.H, self.L
+        Ws, bs = weights or (self._W, self._b)
         a, a_stride, K = x, x_stride, D
         for l in range(L):
             out = acts[l]
-            self._blas.gemm(S, R, H, K, a, a_stride, False, self._W[l], K * H, False, out, R * H, self._c[l], 0.0)
-            bias_relu(out, self._b[l], self._s[l], True, S, R)
+            self._blas.gemm(S, R, H, K, a, a_stride, False, Ws[l], K * H, False, out, R * H, self._c[l], 0.0)
+            bias_relu(out, bs[l], self._s[l], True, S, R)
             a, a_stride, K = out, R * H, H
-        self._blas.gemm(S, R, N_CLASSES, K, a, a_stride, False, self._W[L], K * N_CLASSES, False, zc,
+        self._blas.gemm(S, R, N_CLASSES, K, a, a_stride, False, Ws[L], K * N_CLASSES, False, zc,
                         R * N_CLASSES, self._c[L], 0.0)
+
+    def _less_initial(self, S, x, R, acts, zc, start, idx, n):
+        """With f0 = "subtract": zc (S, R, C), the raw logits of rows start.. of inputs x (R, D) shared by every
+        network (idx, n: as for evaluate), less the initial network's (computed here into the spare buffer)."""
+        if self._initial is None:
+            return
+        z0 = self._eval_buffers()[4]
+        self._forward(S, x, 0, R, acts, z0, self._initial)
+        subtract_f0(zc, z0, self._initial[1][self.L], self._s[self.L], idx, n, 0, start, R, S, R * N_CLASSES, start)
 
     def _step(self, S, s):
         """One SGD step of the S leading networks: minibatch rows s*B .. s*B+B-1 of each one's epoch order."""
@@ -331,6 +356,9 @@ class GpuEngine(EngineBase):
         gather_rows(self._xb, self._X, self._order, st["n"], st["trained"], st["diverged"], self.P, start, B, S)
         acts = [self._act[l] for l in range(L)]
         self._forward(S, self._xb, B * D, B, acts, self._zc)
+        if self._initial is not None:
+            subtract_f0(self._zc, self._F0, self._initial[1][L], self._s[L], self._order, st["n"], self.P, start, B,
+                        S, self.N * C)
         softmax_xent(self._dlog, self._dlog_s, b[L], st["loss_sum"], st["steps"], st["diverged"], self._act,
                      self._zc, self._Y, self._order, st["n"], st["trained"], st["lrs"], self._s[L], self.P, start,
                      S, B, self.loss_kind)
@@ -346,7 +374,8 @@ class GpuEngine(EngineBase):
         self._blas.gemm(S, D, H, B, self._xb, B * D, True, dzs, B * H, False, W[0], D * H, c[0], 1.0)
 
     def _eval_buffers(self):
-        """Activation buffers of one evaluation chunk of every network: rows per chunk, inputs, 2 x hidden, logits."""
+        """Buffers of one evaluation chunk of every network: rows per chunk, inputs, 2 x hidden, logits, and the
+        initial network's logits (f0 = "subtract" only)."""
         if self._eval is None:
             cp = cupy_module()
             M, D, H = self.M, self.D, self.H
@@ -354,18 +383,22 @@ class GpuEngine(EngineBase):
             R = int(max(1, min(EVAL_ROWS_MAX, EVAL_BYTES // per_row)))
             self._eval = (R, cp.zeros(M * R * D, dtype=self.dtype),
                           [cp.zeros(M * R * H, dtype=self.dtype) for _ in range(2)],
-                          cp.zeros(M * R * N_CLASSES, dtype=self.dtype))
+                          cp.zeros(M * R * N_CLASSES, dtype=self.dtype),
+                          cp.zeros(M * R * N_CLASSES, dtype=self.dtype) if self.f0 == "subtract" else None)
         return self._eval
 
     def _check(self, S, n_check):
         """The stop check: every training network over its whole training subset, in chunks."""
-        R, xe, ea, ez = self._eval_buffers()
+        R, xe, ea, ez, _ = self._eval_buffers()
         st = self._st
         acts = [ea[l % 2] for l in range(self.L)]
         for start in range(0, n_check, R):
             r = min(R, n_check - start)
             gather_rows(xe, self._X, st["sub"], st["n"], st["trained"], st["diverged"], self.P, start, r, S)
             self._forward(S, xe, r * self.D, r, acts, ez)
+            if self._initial is not None:
+                subtract_f0(ez, self._F0, self._initial[1][self.L], self._s[self.L], st["sub"], st["n"], self.P,
+                            start, r, S, self.N * N_CLASSES)
             evaluate(st["err"], st["eloss"], ez, self._b[self.L], self._s[self.L], self._Y, st["sub"], st["n"],
                      st["trained"], st["diverged"], self.P, start, r, S, self.loss_kind)
 
@@ -383,13 +416,14 @@ class GpuEngine(EngineBase):
         """err (M,) += error counts, loss (M,) += summed losses of every slot on device arrays x (n, D), y (n,)."""
         cp = cupy_module()
         n, M = x.shape[0], self.M
-        R, _, ea, ez = self._eval_buffers()
+        R, _, ea, ez, _ = self._eval_buffers()
         idx = cp.arange(n, dtype=cp.int32)
         n_rows = cp.full(M, n, dtype=cp.int32)
         acts = [ea[l % 2] for l in range(self.L)]
         for start in range(0, n, R):
             r = min(R, n - start)
             self._forward(M, x[start:start + r], 0, r, acts, ez)
+            self._less_initial(M, x[start:start + r], r, acts, ez, start, idx, n_rows)
             evaluate(err, loss, ez, self._b[self.L], self._s[self.L], y, idx, n_rows, self._ones, self._zeros, 0,
                      start, r, M, self.loss_kind)
 
@@ -404,16 +438,21 @@ class GpuEngine(EngineBase):
             return self._by_network(err.get()), self._by_network(loss.get())
 
     def logits(self, x):
-        """Logits (M, n, C) of every network on x (n, D), as a host NumPy array of the engine's dtype."""
+        """Logits (M, n, C) of every network on x (n, D), as a host NumPy array of the engine's dtype (less the
+        initial ones with f0 = "subtract")."""
+        cp = cupy_module()
         with on_device():
             x, _ = self._device_xy(x, None)
             n, M = x.shape[0], self.M
-            R, _, ea, ez = self._eval_buffers()
+            R, _, ea, ez, _ = self._eval_buffers()
             out = np.zeros((M, n, N_CLASSES), self.dtype)
             acts = [ea[l % 2] for l in range(self.L)]
+            idx = cp.arange(n, dtype=cp.int32)
+            n_rows = cp.full(M, n, dtype=cp.int32)
             for start in range(0, n, R):
                 r = min(R, n - start)
                 self._forward(M, x[start:start + r], 0, r, acts, ez)
+                self._less_initial(M, x[start:start + r], r, acts, ez, start, idx, n_rows)
                 bias_relu(ez, self._b[self.L], self._s[self.L], False, M, r)
                 out[:, start:start + r] = ez[:M * r * N_CLASSES].get().reshape(M, r, N_CLASSES)
             return self._by_network(out)
@@ -440,5 +479,6 @@ class GpuEngine(EngineBase):
     # ----------------------------------------------------------------------------------------- reporting
     def launches_per_step(self):
         """Kernel and GEMM launches of one training step: gather, L+1 x (GEMM + bias_relu) less the output's
-        bias_relu, softmax_xent, L x (2 GEMMs + relu_backward), the first layer's update GEMM."""
-        return 5 * self.L + 4
+        bias_relu, softmax_xent, L x (2 GEMMs + relu_backward), the first layer's update GEMM; with f0 =
+        "subtract", subtract_f0."""
+        return 5 * self.L + 4 + (self._initial is not None)

@@ -201,6 +201,20 @@ def evaluate(err, loss, zc, bo, s, Y, idx, n, trained, diverged, idx_stride, sta
                                                i32(idx_stride), i32(start), i32(R), i32(loss_kind)))
 
 
+def subtract_f0(zc, f0, bo0, s, idx, n, idx_stride, start, R, S, f0_stride, f0_start=0):
+    """zc (S, R, C) in place: the logits less the initial ones, f0 (raw initial logits, network m's at
+    f0[m * f0_stride + row * C]) and s bo0 (see kernels/f0.cu), on rows start + r < n[m]."""
+    dt = zc.dtype
+    need("zc", zc, dt, size=S * R * N_CLASSES)
+    need("f0", f0, dt)
+    need("bo0", bo0, dt, size=S * N_CLASSES)
+    need("idx", idx, np.int32, size=(S - 1) * idx_stride + 1)
+    need("n", n, np.int32, size=S)
+    if S and R:
+        kernel("subtract_f0", dt)((S,), (128,), (zc, f0, bo0, real(s, dt), idx, n, i32(idx_stride), i32(start),
+                                                 i32(R), np.int64(f0_stride), i32(f0_start)))
+
+
 def epoch_begin(st, S):
     """Mark the networks that train this epoch and zero their accumulators (st: the slot arrays)."""
     if S:
