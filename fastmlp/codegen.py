@@ -45,12 +45,14 @@ class Family(NamedTuple):
 FAMILIES = {
     # 32 x 512 bit (16 floats): fwd 5 x 32 holds 10 accumulators, dweight 8 x 32 16, dinp 8 x 32 16 and 6 x 56 24
     "avx512": Family("avx512", 512, 32, "_microkernels", (32, 8), (8, 8), ((8, 32), (6, 56))),
-    # 16 x 256 bit (8 floats): fwd 5 x 16 holds 10 accumulators, dweight 4 x 16 8 (8 x 8 in a narrow panel),
-    # dinp 4 x 16 8 and 2 x 56 14, each with room left for a broadcast and the streamed operand
-    "avx2": Family("avx2", 256, 16, "_microkernels_avx2", (16, 8), (4, 8), ((4, 16), (2, 56))),
+    # 16 x 256 bit (8 floats): fwd 5 x 16 holds 10 accumulators, dweight 4 x 16 8 (4 x 8 in a narrow panel: at
+    # 8 x 8 LLVM kept one of dweight_t's accumulators on the stack), dinp 4 x 16 8 and 2 x 40 10, each with room
+    # for the broadcasts and the streamed operand (2 x 56 held 14, and two went to the stack: bench/kernel_spills.py);
+    # B = 50 is one 40-wide tile and one 16-wide
+    "avx2": Family("avx2", 256, 16, "_microkernels_avx2", (16, 8), (4, 4), ((4, 16), (2, 40))),
     # anything else (NEON: 32 x 128 bit, 4 floats): as many float lanes as AVX2's register file, in twice the
     # registers, so AVX2's tiles fit it with more room for operands; they share AVX2's module
-    "portable": Family("portable", 128, 32, "_microkernels_avx2", (16, 8), (4, 8), ((4, 16), (2, 56))),
+    "portable": Family("portable", 128, 32, "_microkernels_avx2", (16, 8), (4, 4), ((4, 16), (2, 40))),
 }
 
 

@@ -16,7 +16,7 @@ of the minibatch to whole tiles.
 
 Packed layout (built by the CPU engine), padded so that every tile is full: Hp = H rounded up to 8, Dp = D rounded
 up to 8, Bp = B rounded up to 5 rows, Bt = Bp rounded up to a sum of the wide input gradient's tile widths (AVX-512:
-32 and 56, AVX2: 16 and 56; dinp_columns; B = 50: 56): the columns of the transposed activations and gradients, and
+32 and 56, AVX2: 16 and 40; dinp_columns; B = 50: 56): the columns of the transposed activations and gradients, and
 the rows of the gradients in the other layout. Padding weights and inputs are zero and stay zero (their gradients
 are zero). A weight matrix (K, J) is stored flat as its column panels (codegen: 32 columns wide on AVX-512, 16 on
 AVX2, then 8), each a contiguous (K, width) block, so that every kernel streams whole blocks however wide the layer
