@@ -2,7 +2,7 @@
 stack, per kernel, in the machine code Numba compiles for each instruction set asked for.
 
     python bench/kernel_spills.py --isa avx2 --isa native
-    git worktree add /tmp/before 7c25b9e && python bench/kernel_spills.py --isa avx2 --src /tmp/before
+    git worktree add ../before 7c25b9e && python bench/kernel_spills.py --isa avx2 --src ../before
 
 For each --isa (`native`: the CPU Numba compiles for here; `avx2`: fastmlp.isa.ISA_ENV's target, which any x86-64
 machine can compile for), a worker process compiles the CPU engine (both input-gradient paths, float32 and float64)
@@ -132,17 +132,17 @@ def worker():
         for wide in (False, True):   # H = 40: both panel widths on every family
             Engine(x, y, hidden_width=40, depth=3, batch_size=50, lrs=np.full(2, 0.01), seeds=np.arange(2),
                    dtype=dtype, wide=wide, threads=2).train_epochs(1)
-    family = family()
+    name_of_family = family()
     for name in sorted(n for n in dir(cpu.mk) if not n.startswith("_") and hasattr(getattr(cpu.mk, n), "signatures")):
         f = getattr(cpu.mk, name)
         for sig in f.signatures:
-            print(json.dumps({"family": family, "kernel": name, "dtype": str(sig[0].dtype),
+            print(json.dumps({"family": name_of_family, "kernel": name, "dtype": str(sig[0].dtype),
                               **counts(f.inspect_asm(sig))}))
     for name in ("train_epoch", "train_epoch_split"):
         f = getattr(cpu, name)
         for sig in f.signatures:
-            print(json.dumps({"family": family, "kernel": name + " (callees included)", "dtype": str(sig[5].dtype),
-                              **counts(f.inspect_asm(sig))}))
+            print(json.dumps({"family": name_of_family, "kernel": name + " (callees included)",
+                              "dtype": str(sig[5].dtype), **counts(f.inspect_asm(sig))}))
 
 
 def main():

@@ -157,7 +157,7 @@ def _dinp(MR, NR, panels):
     """The (MR, NR) tile at (k0, b0) of dZp^T = c * (W @ dZ^T) * (Ap^T > 0): the input gradient of a wide layer,
     computed from the layer's own packed W (K, J), the transposed gradient dZT (J, Bt) and the
     transposed activations ApT (K, Bt) that fwd writes with ``tr``.  Its columns are minibatch rows, so a tile's
-    width NR is a number of rows the minibatch is padded to (DINP_TILES, cpu.dinp_columns): the rate per padded
+    width NR is a number of rows the minibatch is padded to (Family.dinp_tiles, cpu.dinp_columns): the rate per padded
     FLOP hardly depends on it from 32 up, and below it falls (measured on one Zen 4 core at H = 504: 8 x 32 at 92
     GFLOP/s, 6 x 56 at 97, 6 x 40 at 97, 2 x 56 at 77; 8 x 24 at 75, 8 x 16 at 42, 8 x 8 at 36).  B = 50 is one
     6 x 56 tile wide (89% of it useful) instead of two 8 x 32 ones (78%).

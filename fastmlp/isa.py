@@ -38,6 +38,7 @@ def family_of(name, features):
     import llvmlite.binding as llvm
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
+    name = llvm.get_host_cpu_name() if name == "host" else name   # NUMBA_CPU_NAME=host: the host's CPU
     machine = llvm.Target.from_default_triple().create_target_machine(cpu=name, features=features)
     asm = machine.emit_assembly(llvm.parse_assembly(_PROBE))
     if "vfmadd" not in asm:
