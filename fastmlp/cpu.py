@@ -213,29 +213,45 @@ def _dinp_layer(dZp, dZpT, ApT, dZT, W, K, c):
     _dinp_rows(dZp, dZpT, ApT, dZT, W, K, c, 0, K)
 
 
+@njit(inline="always", **_jit)
+def _fma8(acc, x, y):
+    """acc (8 partial sums) + x[:8] * y[:8], lane by lane: one step of 8 FMA chains (constant indices into slices,
+    as in the micro-kernels: SLP sees 8 adjacent loads)."""
+    return (acc[0] + x[0] * y[0], acc[1] + x[1] * y[1], acc[2] + x[2] * y[2], acc[3] + x[3] * y[3],
+            acc[4] + x[4] * y[4], acc[5] + x[5] * y[5], acc[6] + x[6] * y[6], acc[7] + x[7] * y[7])
+
+
+@njit(inline="always", **_jit)
+def _sum8(acc):
+    """The 8 partial sums of _fma8, added pairwise."""
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+
+
 @njit(**_jit)
 def _output_forward(z, a, Wo, bo, n, c, s):
-    """z[:n] = c * a[:n] @ Wo^T + s * bo   (n, C).
+    """z[:n] = c * a[:n] @ Wo^T + s * bo   (n, C = 2).
 
-    Two dot products of length Hp (a multiple of PAD = 8) per row, each summed as 8 FMA chains (chain i takes k = i
-    mod 8) added pairwise at the end: independent chains that SLP packs into one vector (a strict left-to-right sum
-    is one long scalar chain), in an order written out, so that every CPU computes the same numbers.  ('reassoc'
-    would let LLVM choose the order, and it chooses by the vector width: AVX2 and AVX-512 trained different
-    networks.)"""
+    Each dot product of length Hp (a multiple of PAD = 8) is summed as 8 FMA chains (chain i takes k = i mod 8)
+    added pairwise at the end, an order written out, so that every CPU computes the same numbers ('reassoc' would
+    let LLVM choose the order, and it chooses by the vector width: AVX2 and AVX-512 trained different networks).
+    Two rows and both classes at once: four independent groups of 8 chains, which SLP packs into vectors and the
+    core overlaps (one group alone waits on its FMA's latency)."""
     Hp = a.shape[1]
-    for b in range(n):
-        for u in range(N_CLASSES):
-            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = c - c   # typed zero (a literal 0 promotes float32 to float64)
-            for k in range(0, Hp, 8):
-                s0 += a[b, k] * Wo[u, k]
-                s1 += a[b, k + 1] * Wo[u, k + 1]
-                s2 += a[b, k + 2] * Wo[u, k + 2]
-                s3 += a[b, k + 3] * Wo[u, k + 3]
-                s4 += a[b, k + 4] * Wo[u, k + 4]
-                s5 += a[b, k + 5] * Wo[u, k + 5]
-                s6 += a[b, k + 6] * Wo[u, k + 6]
-                s7 += a[b, k + 7] * Wo[u, k + 7]
-            z[b, u] = c * (((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))) + s * bo[u]
+    zero = c - c   # typed zero (a literal 0 promotes float32 to float64)
+    for b in range(0, n, 2):
+        b1 = min(b + 1, n - 1)   # an odd last row is computed twice, the same numbers
+        a0, a1, w0, w1 = a[b], a[b1], Wo[0], Wo[1]
+        s00 = s01 = s10 = s11 = (zero, zero, zero, zero, zero, zero, zero, zero)
+        for k in range(0, Hp, 8):
+            x0, x1, y0, y1 = a0[k:k + 8], a1[k:k + 8], w0[k:k + 8], w1[k:k + 8]
+            s00 = _fma8(s00, x0, y0)
+            s01 = _fma8(s01, x0, y1)
+            s10 = _fma8(s10, x1, y0)
+            s11 = _fma8(s11, x1, y1)
+        z[b, 0] = c * _sum8(s00) + s * bo[0]
+        z[b, 1] = c * _sum8(s01) + s * bo[1]
+        z[b1, 0] = c * _sum8(s10) + s * bo[0]
+        z[b1, 1] = c * _sum8(s11) + s * bo[1]
 
 
 @njit(inline="always", **_jit)
