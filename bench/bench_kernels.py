@@ -13,9 +13,9 @@ Kernels: fwd0 / dweight0, the first layer (K = D, reading the minibatch's rows o
 dweight, a hidden layer (K = J = H) by the path the engine takes at that width (cpu.WIDE_H), and on the wide path
 dinp once more with its first tiles alone (8 x 32 on AVX-512), the minibatch padded to a multiple of their width
 (the layout before the 56-column tiles); output+loss, the output layer forward, the loss, the gradient below it and
-its update (12 B H FLOP). Medians of --repeats. Every line names the kernel family (codegen.FAMILIES) it timed:
-`--isa avx2` runs the whole script again in a process compiled for AVX2 + FMA (fastmlp.isa.ISA_ENV; Numba keeps that
-target's compiled kernels beside this machine's, under keys of their own).
+its update (12 B H FLOP).  Medians of --repeats.  Every line names the kernel family (codegen.FAMILIES) it timed:
+`--isa avx2` runs the whole script again in a process compiled for AVX2 + FMA (fastmlp.isa.ISA_ENV; Numba keeps
+that target's compiled kernels beside this machine's, under keys of their own).
 """
 import argparse
 import json
