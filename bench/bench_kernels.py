@@ -7,23 +7,29 @@ FLOPs.  The last line trains one network of the workload on one thread (the engi
 included) for the same comparison.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_kernels.py W5 --repeats 5
+    python bench/bench_kernels.py W5 --isa avx2     # the AVX2 family (compiled for Haswell), on any x86-64 machine
 
 Kernels: fwd0 / dweight0, the first layer (K = D, reading the minibatch's rows out of the dataset); fwd / dinp /
 dweight, a hidden layer (K = J = H) by the path the engine takes at that width (cpu.WIDE_H), and on the wide path
-dinp once more with 8 x 32 tiles alone, the minibatch padded to a multiple of 32 (the layout before the 56-column
-tiles); output+loss, the output layer forward, the loss, the gradient below it and its update (12 B H FLOP).
-Medians of --repeats.
+dinp once more with its first tiles alone (8 x 32 on AVX-512), the minibatch padded to a multiple of their width
+(the layout before the 56-column tiles); output+loss, the output layer forward, the loss, the gradient below it and
+its update (12 B H FLOP).  Medians of --repeats.  Every line names the kernel family (codegen.FAMILIES) it timed:
+`--isa avx2` runs the whole script again in a process compiled for AVX2 + FMA (fastmlp.isa.ISA_ENV; Numba keeps
+that target's compiled kernels beside this machine's, under keys of their own).
 """
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numba
 import numpy as np
 from numba import njit
 
-from fastmlp import _microkernels as mk, bench, cpu
+from fastmlp import bench, cpu, isa
 from fastmlp.cpu_engine import Engine
 
 
@@ -54,14 +60,14 @@ def _dinp(reps, dZp, dZpT, ApT, dZT, Ws, K):
 
 @njit(cache=False)
 def _dinp_32(reps, dZp, dZpT, ApT, dZT, Ws, K):
-    """dinp with 8 x 32 tiles alone, the minibatch padded to a multiple of 32 columns: the layout before the 56-wide
-    tiles, for comparison."""
+    """dinp with its first tiles alone (DR x DC: 8 x 32 on AVX-512), the minibatch padded to a multiple of DC
+    columns: the layout before the 56-wide tiles, for comparison."""
     J = Ws.shape[1] // K
     for r in range(reps):
         for l in range(Ws.shape[0]):
-            for k0 in range(0, K, 8):
-                for b0 in range(0, dZT.shape[1], 32):
-                    mk.dinp_8x32(dZp, dZpT, ApT, dZT, Ws[l], k0, b0, K, J, np.float32(1))
+            for k0 in range(0, K, cpu.DR):
+                for b0 in range(0, dZT.shape[1], cpu.DC):
+                    cpu._dinp_d(dZp, dZpT, ApT, dZT, Ws[l], k0, b0, K, J, np.float32(1))
 
 
 @njit(cache=False)
@@ -94,7 +100,12 @@ def main():
     ap.add_argument("workload", choices=list(bench.WORKLOADS))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--reps", type=int, default=200, help="kernel calls per layer in one timed run")
+    ap.add_argument("--isa", choices=["native", "avx2"], default="native",
+                    help="the kernel family of this CPU, or the AVX2 family (in a subprocess compiled for Haswell)")
     args = ap.parse_args()
+    env = {} if args.isa == "native" else isa.ISA_ENV[args.isa]
+    if any(os.environ.get(k) != v for k, v in env.items()):   # Numba reads its target as it loads
+        sys.exit(subprocess.run([sys.executable, __file__, *sys.argv[1:]], env=os.environ | env).returncode)
     numba.set_num_threads(1)
     w = bench.WORKLOADS[args.workload]
     D, H, L, B, N = w["D"], w["H"], w["L"], w["B"], w["N"]
@@ -128,12 +139,12 @@ def main():
     if L > 1:
         results += [("fwd", _fwd, (act, actT, wide, act[0], ident, Bp, Wh, Hp, bias), nh, flop_h)]
         if wide:
-            B32 = cpu.round_up(Bp, 32)
+            B32 = cpu.round_up(Bp, cpu.DC)
             pad32 = [np.zeros((Hp, B32), f32), np.zeros((B32, Hp), f32), np.zeros((Hp, B32), f32),
                      np.zeros((Hp, B32), f32)]
             pad32[2][:, :Bt], pad32[3][:, :Bt] = actT, dzT   # the same real columns, more padding
             results += [(f"dinp ({Bt} columns)", _dinp, (dz2, dz2T, actT, dzT, Wh, Hp), nh, flop_h),
-                        (f"dinp, 8 x 32 tiles only ({B32} columns)", _dinp_32,
+                        (f"dinp, {cpu.DR} x {cpu.DC} tiles only ({B32} columns)", _dinp_32,
                          (pad32[1], pad32[0], pad32[2], pad32[3], Wh, Hp), nh, flop_h),
                         ("dweight", _dweight, (Wh, Wh, False, Hp, bias, act[0], ident, dz, B), nh, flop_h)]
         else:
@@ -148,8 +159,9 @@ def main():
         sec = timed(fn, fargs, args.reps, args.repeats)
         calls = args.reps * per_rep
         share = flop * (L - 1 if per_rep > 1 else 1) / step_flop   # the hidden layers' kernels cycle nh >= 2
-        print(json.dumps({"workload": args.workload, "kernel": name, "gflops": flop * calls / sec / 1e9,
-                          "us_per_call": sec / calls * 1e6, "share_of_step_flops": round(share, 3),
+        print(json.dumps({"workload": args.workload, "family": cpu.FAMILY.name, "kernel": name,
+                          "gflops": flop * calls / sec / 1e9, "us_per_call": sec / calls * 1e6,
+                          "share_of_step_flops": round(share, 3),
                           "wide": wide}), flush=True)
 
     # one network, one thread, the engine's whole step
@@ -164,7 +176,8 @@ def main():
         eng.train_epochs(1)
         times.append(time.perf_counter() - t0)
     rate = N / statistics.median(times)
-    print(json.dumps({"workload": args.workload, "kernel": "engine, one network", "network_samples_per_s": rate,
+    print(json.dumps({"workload": args.workload, "family": cpu.FAMILY.name, "kernel": "engine, one network",
+                      "network_samples_per_s": rate,
                       "gflops": rate * bench.useful_flops_per_sample(D, H, L) / 1e9}), flush=True)
 
 

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from .backend import gpu_available
+from .isa import ISA_ENV, target_info
 from .provenance import cpu_name
 from .reference import useful_flops_per_sample
 
@@ -37,6 +38,12 @@ WORKLOADS = {
 # Epochs per timed call: about 0.5-5 s for the NumPy and PyTorch baselines on the project's 2-core CPU.
 DEFAULT_EPOCHS = {"W1": 15, "W2": 8, "W3": 7, "W4": 1, "W5": 1, "W6": 3}
 SGEMM_N = 4096   # the machine's large-sgemm rate: one (N, N) @ (N, N) float32 product through NumPy's BLAS
+
+# The peers' switches to an instruction set (`fastmlp bench --isa`), read when each library loads, so set before the
+# process starts: OpenBLAS's core type (NumPy's BLAS, and the sgemm ceiling), MKL's and PyTorch's dispatch, and
+# NumPy's own SIMD loops (its AVX-512 targets turned off).  The engine's is fastmlp.isa.ISA_ENV.
+PEER_ISA_ENV = {"avx2": {"OPENBLAS_CORETYPE": "Haswell", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                         "ATEN_CPU_CAPABILITY": "avx2", "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}}
 
 BENCH_LR = 0.01  # small enough that no network diverges: non-finite values would time a different code path
 C = 2            # output classes
@@ -475,15 +482,45 @@ def bench_sgemm(threads, repeats=3, n=SGEMM_N):
             "repeats": repeats, "threads": threads, "dtype": "float32", "device": cpu_name()}
 
 
+def isa_env(isa):
+    """The environment of a run restricted to an instruction set ('native': none): the engine's and the peers'."""
+    return {} if isa == "native" else {**ISA_ENV[isa], **PEER_ISA_ENV[isa]}
+
+
+def isa_report(isa="native"):
+    """What this process runs on, as each library reports it (JSON-ready): the engine's kernel family and target,
+    the BLAS libraries threadpoolctl finds (OpenBLAS's core type is its 'architecture'), PyTorch's CPU capability,
+    NumPy's AVX-512 dispatch, and the switches of isa_env as set.  MKL says nothing of its dispatch: its switch is
+    reported as set, not as taken."""
+    out = {"isa": isa, "fastmlp-cpu": target_info()}
+    if importlib.util.find_spec("threadpoolctl") is not None:
+        from threadpoolctl import threadpool_info
+        out["blas"] = [{k: lib.get(k) for k in ("internal_api", "version", "architecture")}
+                       for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    if _torch_available():
+        import torch
+        out["torch"] = {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                        "mkl": torch.backends.mkl.is_available()}
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+        out["numpy_dispatch"] = [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
+    except ImportError:   # NumPy 1.x keeps them elsewhere; leave them out
+        pass
+    keys = sorted({k for env in PEER_ISA_ENV.values() for k in env} | {k for env in ISA_ENV.values() for k in env})
+    out["env"] = {k: os.environ[k] for k in keys if k in os.environ}
+    return out
+
+
 def run_bench(workloads=tuple(WORKLOADS), impls=None, epochs=None, repeats=3, threads=None, emit=print,
-              networks=None, sgemm=True):
+              networks=None, sgemm=True, isa=None):
     """Every impl on every workload, side by side in this process, in rounds (bench_impls); through `emit`, one JSON
     line per (workload, impl), then per workload one line of per-round ratios for each fastmlp impl (round_ratios).
 
     impls: names from IMPLS or GPU_IMPLS, or a dict name -> trainer (default: all of IMPLS, and fastmlp-gpu when
     a GPU is usable). epochs: an int for every workload, or None for DEFAULT_EPOCHS. networks: M for every workload
     instead of its own. sgemm: first a line with the machine's large-sgemm rate (bench_sgemm), and one sgemm
-    product in every round.
+    product in every round. isa: a name of isa_env that this process was started under: first a line that says what
+    each library runs (isa_report).
     """
     known = {**IMPLS, **LOSS_IMPLS, **GPU_IMPLS}
     if impls is None:
@@ -500,6 +537,8 @@ def run_bench(workloads=tuple(WORKLOADS), impls=None, epochs=None, repeats=3, th
         raise ValueError(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
     threads = threads or os.cpu_count()
 
+    if isa is not None:
+        emit(json.dumps(isa_report(isa)))
     if sgemm:   # the ceiling, measured in the same run as the workloads
         emit(json.dumps(bench_sgemm(threads, repeats)))
     for workload in workloads:

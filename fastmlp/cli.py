@@ -153,6 +153,8 @@ def info(as_json):
     click.echo(f"fastmlp {__version__}")
     click.echo(f"cpu backend: {cpu['device']}, {cpu['threads']} threads (fastmlp --threads N for fewer, "
                f"NUMBA_NUM_THREADS for more)")
+    click.echo(f"cpu kernels: {cpu['kernels']} family, compiled for {cpu['llvm_target']} with {cpu['llvm_features']} "
+               f"features (NUMBA_CPU_NAME and NUMBA_CPU_FEATURES choose another)")
     found = [f"{label} {value}" for label, value in (
         ("CuPy", report["cupy"]), ("CUDA runtime", cuda_version(report["cuda_runtime"])),
         ("driver for CUDA", cuda_version(report["cuda_driver"])), ("NVRTC", report["nvrtc"]),
@@ -639,7 +641,11 @@ def plot(store_dir, out, x):
 @click.option("--threads", type=int, default=None, help="threads for every implementation [default: all cores]")
 @click.option("--networks", type=int, default=None, help="networks M trained at once [default: the workload's]")
 @click.option("--no-sgemm", is_flag=True, help="leave out the first line, the machine's large-sgemm rate")
-def bench(workloads, impls, repeats, epochs, threads, networks, no_sgemm):
+@click.option("--isa", type=click.Choice(["native", "avx2"]), default="native", show_default=True,
+              help="instruction set: native (this CPU's), or avx2: the engine compiled for AVX2 + FMA and the peers "
+                   "and sgemm restricted to it (OpenBLAS core type, MKL, PyTorch, NumPy), in a process of its own: "
+                   "what an AVX2 machine gets, measured on a wider one")
+def bench(workloads, impls, repeats, epochs, threads, networks, no_sgemm, isa):
     """Throughput on the standard workloads W1-W6 (docs/design.md), one JSON line per (workload, impl), after a line
     with the machine's large-sgemm rate (a 4096 x 4096 float32 product through NumPy's BLAS) in the same run.
 
@@ -647,8 +653,11 @@ def bench(workloads, impls, repeats, epochs, threads, networks, no_sgemm):
     in one process; rates are network-samples/s and useful GFLOP/s (4DH + 6(L-1)H^2 + 12H per network-sample).
     They run in rounds, one timed call of each (and one sgemm product) per round, so that the machine's load falls
     on all alike; per workload, a last line gives fastmlp's ratios to the best peer and to sgemm taken within each
-    round (median and quartiles over the rounds).
+    round (median and quartiles over the rounds).  The first line says what each library runs on (--isa).
     """
+    import os
+    import subprocess
+
     from . import bench as b
     if repeats < 1:
         raise UsageError(f"--repeats must be at least 1 (got {repeats})")
@@ -662,8 +671,16 @@ def bench(workloads, impls, repeats, epochs, threads, networks, no_sgemm):
         raise UsageError("--impl torch needs PyTorch (pip install torch); it is not importable here")
     if any(name.startswith("fastmlp-gpu") for name in impls):
         _check_backend("gpu")
+    env = b.isa_env(isa)
+    if any(os.environ.get(k) != v for k, v in env.items()):   # the switches are read as the libraries load
+        args = [f"--{name}={value}" for name, values in (("workload", workloads), ("impl", impls)) for value in values]
+        args += [f"--{name}={value}" for name, value in (("repeats", repeats), ("epochs", epochs), ("threads", threads),
+                                                          ("networks", networks)) if value is not None]
+        args += ["--no-sgemm"] * no_sgemm
+        sys.exit(subprocess.run([sys.executable, "-m", "fastmlp.cli", "bench", f"--isa={isa}", *args],
+                                env=os.environ | env).returncode)
     b.run_bench(workloads=workloads or tuple(b.WORKLOADS), impls=list(impls) or None, epochs=epochs,
-                repeats=repeats, threads=threads, emit=click.echo, networks=networks, sgemm=not no_sgemm)
+                repeats=repeats, threads=threads, emit=click.echo, networks=networks, sgemm=not no_sgemm, isa=isa)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
 """Source generator for the register-blocked micro-kernels of the CPU backend.
 
 A micro-kernel keeps an (MR x NR) tile of its output in scalar locals for the whole reduction loop; LLVM's SLP
-vectorizer packs each row of NR scalars into SIMD registers (NR = 32 or 8 floats: two 512-bit registers, or one
-256-bit), so the tile never touches memory until the epilogue.  Numba cannot spell SIMD types, and loops over a local
-array would keep the tile in memory (store-bound at ~50% of FMA peak), hence generated straight-line code.
+vectorizer packs each row of NR scalars into SIMD registers, so the tile never touches memory until the epilogue.
+Numba cannot spell SIMD types, and loops over a local array would keep the tile in memory (store-bound at ~50% of FMA
+peak), hence generated straight-line code.
+
+A tile must fit the register file of the CPU it runs on, with room for the operands it streams: one *family* of
+kernels per register file (FAMILIES), each in a module of its own, and the engine compiles the family of the CPU
+Numba compiles for (fastmlp.isa).  Every family computes every output as the same FMA chain in the same order (see
+_dinp), so they train bit for bit the same networks on every CPU with FMA (tests/test_isa.py).
 
 Weights are *packed*: a (K, J) matrix is stored flat, as its column panels one after another, each panel a (K, NR)
 row-major block (see `panel_widths`): panel p of width w starting at column j0 occupies W[K*j0 : K*(j0 + w)].  A
@@ -18,20 +23,45 @@ the first layer reads the minibatch straight out of the dataset without a gather
 exits 1 when the committed file differs from what it would write.
 """
 import pathlib
+from typing import NamedTuple
 
-MR_ROWS = 5          # batch rows per tile in fwd and dinp_t (B = 50 splits into 10 tiles)
-MR_K = 8             # input features per tile in dweight and dinp (D and H are padded to multiples of 8)
-NR_WIDE = (32, 8)    # output-column panel widths; widths are multiples of 8, so these two cover every case
-# (rows of W, minibatch columns) of the wide input-gradient tiles (_dinp): 8 x 32 and 6 x 56 (where 6 does not
-# divide the rows, the last 6-row tile overlaps the one before and writes its shared rows again, the same values)
-DINP_TILES = ((8, 32), (6, 56))
+MR_ROWS = 5          # batch rows per tile in fwd and dinp_t, every family (B = 50 splits into 10 tiles)
+PAD = 8              # D and H are padded to multiples of 8 floats: the narrow panel of every family
 
 
-def panel_widths(J):
-    """The column panels of a packed matrix with J columns (a multiple of 8): [(j0, width)], 32 wide, then 8."""
-    wide = J - J % NR_WIDE[0]
-    return [(j0, NR_WIDE[0]) for j0 in range(0, wide, NR_WIDE[0])] + [(j0, NR_WIDE[1]) for j0 in range(wide, J,
-                                                                                                      NR_WIDE[1])]
+class Family(NamedTuple):
+    """The tiles of one register file.  Accumulators are counted for float32 (float64 needs twice the registers)."""
+    name: str
+    vector_bits: int     # SIMD register width
+    registers: int       # SIMD registers
+    module: str          # the generated module (families with the same tiles share one)
+    panels: tuple        # (wide, narrow) column-panel widths of packed weights; narrow = PAD covers every width
+    dweight_rows: tuple  # input features per dweight tile, in a wide and in a narrow panel (each divides PAD)
+    dinp_tiles: tuple    # (rows of W, minibatch columns) of the wide input-gradient tiles (_dinp); the first's rows
+    #                      divide PAD; where the second's do not divide the rows, its last tile overlaps the one
+    #                      before and writes the shared rows again, with the same values
+
+
+FAMILIES = {
+    # 32 x 512 bit (16 floats): fwd 5 x 32 holds 10 accumulators, dweight 8 x 32 16, dinp 8 x 32 16 and 6 x 56 24
+    "avx512": Family("avx512", 512, 32, "_microkernels", (32, 8), (8, 8), ((8, 32), (6, 56))),
+    # 16 x 256 bit (8 floats): fwd 5 x 16 holds 10 accumulators, dweight 4 x 16 8 (4 x 8 in a narrow panel: at
+    # 8 x 8 LLVM kept one of dweight_t's accumulators on the stack), dinp 4 x 16 8 and 2 x 40 10, each with room
+    # for the broadcasts and the streamed operand (2 x 56 held 14, and two went to the stack: bench/kernel_spills.py);
+    # B = 50 is one 40-wide tile and one 16-wide
+    "avx2": Family("avx2", 256, 16, "_microkernels_avx2", (16, 8), (4, 4), ((4, 16), (2, 40))),
+    # anything else (NEON: 32 x 128 bit, 4 floats): as many float lanes as AVX2's register file, in twice the
+    # registers, so AVX2's tiles fit it with more room for operands; they share AVX2's module
+    "portable": Family("portable", 128, 32, "_microkernels_avx2", (16, 8), (4, 4), ((4, 16), (2, 40))),
+}
+
+
+def panel_widths(J, panels):
+    """The column panels of a packed matrix with J columns (a multiple of 8): [(j0, width)], `panels` = (wide,
+    narrow): wide ones, then narrow ones."""
+    wide = J - J % panels[0]
+    return [(j0, panels[0]) for j0 in range(0, wide, panels[0])] + [(j0, panels[1]) for j0 in range(wide, J,
+                                                                                                   panels[1])]
 
 
 def _row_panel(MR, NR, row, K, W, epilogue):
@@ -69,7 +99,7 @@ def _fwd(MR, NR):
     return L + _row_panel(MR, NR, "A[rows[i0 + {i}]]", "K", "W", epilogue)
 
 
-def _dweight(MR, NR, transposed=False):
+def _dweight(MR, NR, panels, transposed=False):
     """Column panel j0..j0+NR of W -= scale * A[rows[:nb]]^T dZ[:nb], MR input features per tile: the weight
     gradient fused with the SGD update, so dW is never stored.  W (K, J) packed: the panel is one (K, NR) block.
     ``transposed`` (dweight_t): the updated tile is also stored into W's transposed copy WT (J, K), packed."""
@@ -79,9 +109,10 @@ def _dweight(MR, NR, transposed=False):
         L = [f"def dweight_{MR}x{NR}(W, j0, K, A, rows, dZ, nb, scale):"]
     L.append("    zero = scale - scale")
     L.append("    wb = K * j0")
-    if transposed:   # WT (J, K) packed too: its column panels are 32 wide up to K - K % 32, then 8
+    wide, narrow = panels
+    if transposed:   # WT (J, K) packed too: its column panels are `wide` up to K - K % wide, then `narrow`
         L.append("    J = W.shape[0] // K")
-        L.append(f"    kwide = K - K % {NR_WIDE[0]}")
+        L.append(f"    kwide = K - K % {wide}")
     L.append(f"    for k0 in range(0, K, {MR}):")
     L += [f"        c{i}_{j} = zero" for i in range(MR) for j in range(NR)]
     L.append("        for b in range(nb):")
@@ -91,8 +122,10 @@ def _dweight(MR, NR, transposed=False):
         L.append(f"            x = a[{i}]")
         L += [f"            c{i}_{j} += x * d[{j}]" for j in range(NR)]
     if transposed:   # WT[j, k] of the tile: in the panel of column k0 (all MR columns share it), row j
-        L.append(f"        kq = k0 - k0 % {NR_WIDE[0]} if k0 < kwide else k0")
-        L.append(f"        wq = {NR_WIDE[0]} if k0 < kwide else {NR_WIDE[1]}")
+        # (a tile as tall as a narrow panel starts one; kwide is a multiple of narrow)
+        narrow_start = "k0" if MR == narrow else f"k0 - k0 % {narrow}"
+        L.append(f"        kq = k0 - k0 % {wide} if k0 < kwide else {narrow_start}")
+        L.append(f"        wq = {wide} if k0 < kwide else {narrow}")
         L.append("        tb = J * kq + k0 - kq + j0 * wq")
     for i in range(MR):
         L.append(f"        w = W[wb + (k0 + {i}) * {NR}:wb + (k0 + {i}) * {NR} + {NR}]")
@@ -120,11 +153,11 @@ def _dinp_t(MR, NR):
     return L + _row_panel(MR, NR, "dZ[i0 + {i}]", "J", "WT", epilogue)
 
 
-def _dinp(MR, NR):
+def _dinp(MR, NR, panels):
     """The (MR, NR) tile at (k0, b0) of dZp^T = c * (W @ dZ^T) * (Ap^T > 0): the input gradient of a wide layer,
     computed from the layer's own packed W (K, J), the transposed gradient dZT (J, Bt) and the
     transposed activations ApT (K, Bt) that fwd writes with ``tr``.  Its columns are minibatch rows, so a tile's
-    width NR is a number of rows the minibatch is padded to (DINP_TILES, cpu.dinp_columns): the rate per padded
+    width NR is a number of rows the minibatch is padded to (Family.dinp_tiles, cpu.dinp_columns): the rate per padded
     FLOP hardly depends on it from 32 up, and below it falls (measured on one Zen 4 core at H = 504: 8 x 32 at 92
     GFLOP/s, 6 x 56 at 97, 6 x 40 at 97, 2 x 56 at 77; 8 x 24 at 75, 8 x 16 at 42, 8 x 8 at 36).  B = 50 is one
     6 x 56 tile wide (89% of it useful) instead of two 8 x 32 ones (78%).
@@ -134,7 +167,7 @@ def _dinp(MR, NR):
     from j = 0, whatever the tile.  The tile is stored twice: as rows of dZpT (K, Bt), the next dinp's operand, and
     transposed into dZp (Bt, K), the next dweight's; that costs 1/H of transposing the weights, which a kernel
     reading W's transpose would need after every update."""
-    wide, narrow = NR_WIDE
+    wide, narrow = panels
     L = [f"def dinp_{MR}x{NR}(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c):"]
     L.append("    zero = c - c")
     L += [f"    c{i}_{n} = zero" for i in range(MR) for n in range(NR)]
@@ -156,8 +189,8 @@ def _dinp(MR, NR):
     return L
 
 
-def source():
-    """The whole generated module as text."""
+def source(family):
+    """The whole generated module of a Family as text."""
     parts = [
         '"""Generated by fastmlp/codegen.py (python -m fastmlp.codegen): register-blocked micro-kernels.',
         "",
@@ -170,22 +203,29 @@ def source():
         "_jit = njit(fastmath={'contract'}, cache=True, pipeline_class=StraightLine)",
         "",
     ]
-    kernels = [_fwd(MR_ROWS, nr) for nr in NR_WIDE] + [_dweight(MR_K, nr) for nr in NR_WIDE]
-    kernels += [_dweight(MR_K, nr, transposed=True) for nr in NR_WIDE] + [_dinp_t(MR_ROWS, nr) for nr in NR_WIDE]
-    kernels += [_dinp(MR, NR) for MR, NR in DINP_TILES]
+    panels, kmr = family.panels, family.dweight_rows
+    kernels = [_fwd(MR_ROWS, nr) for nr in panels] + [_dweight(mr, nr, panels) for mr, nr in zip(kmr, panels)]
+    kernels += [_dweight(mr, nr, panels, transposed=True) for mr, nr in zip(kmr, panels)]
+    kernels += [_dinp_t(MR_ROWS, nr) for nr in panels] + [_dinp(MR, NR, panels) for MR, NR in family.dinp_tiles]
     for lines in kernels:
         parts += ["", "@_jit"] + lines + [""]
     return "\n".join(parts)
 
 
-TARGET = pathlib.Path(__file__).with_name("_microkernels.py")
+def targets():
+    """{path of a generated module: its text}, one module per distinct set of tiles."""
+    here = pathlib.Path(__file__).parent
+    return {here / f"{family.module}.py": source(family) for family in FAMILIES.values()}
+
 
 if __name__ == "__main__":
     import sys
-    if "--check" in sys.argv:   # CI: the committed file is what this generator writes
-        if TARGET.read_text() != source():
-            sys.exit(f"{TARGET} is out of date: run python -m fastmlp.codegen")
-        print(f"{TARGET.name} is up to date")
+    if "--check" in sys.argv:   # CI: the committed files are what this generator writes
+        stale = [path.name for path, text in targets().items() if not path.exists() or path.read_text() != text]
+        if stale:
+            sys.exit(f"{', '.join(stale)} out of date: run python -m fastmlp.codegen")
+        print(", ".join(path.name for path in targets()) + " up to date")
     else:
-        TARGET.write_text(source())
-        print(f"wrote {TARGET}")
+        for path, text in targets().items():
+            path.write_text(text)
+            print(f"wrote {path}")

@@ -117,7 +117,7 @@ class Engine(EngineBase):
         """Compile (or load from Numba's on-disk cache) the kernels for this dtype without training anything;
         returns the seconds it took, so that timings of training never include compilation."""
         t0 = time.perf_counter()
-        with jitcache.first_compile(f"engine-{self.dtype.name}"):
+        with jitcache.first_compile(f"engine-{cpu.FAMILY.name}-{self.dtype.name}"):
             self._epoch(np.empty(0, np.int64), check=True, full=np.zeros(self.M, bool))
             self.evaluate(np.zeros((0, self.D), self.dtype), np.zeros(0, np.int8))
         return time.perf_counter() - t0

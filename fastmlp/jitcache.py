@@ -18,8 +18,10 @@ from numba.core.compiler import CompilerBase, DefaultPassBuilder
 from numba.core.untyped_passes import ReconstructSSA
 
 # everything cached code runs, and this file (its StraightLine compiles the micro-kernels)
-SOURCES = ("constants.py", "rng.py", "tasks.py", "_microkernels.py", "cpu.py", "jitcache.py")
-CACHED_MODULES = ("tasks", "_microkernels", "cpu")                              # modules with cache=True
+# (the cached drivers of another CPU target live in the same files, under their own keys: Numba keys by the target)
+SOURCES = ("constants.py", "rng.py", "tasks.py", "_microkernels.py", "_microkernels_avx2.py", "codegen.py", "isa.py",
+           "cpu.py", "jitcache.py")
+CACHED_MODULES = ("tasks", "_microkernels", "_microkernels_avx2", "cpu")     # modules with cache=True
 _checked = set()
 _cache_dirs = []     # the cache directories drop_stale has seen (where the stamps of first_compile live)
 _done = set()        # what this process has compiled or found warm

@@ -44,7 +44,8 @@ def git_commit():
 
 
 def cpu_name():
-    """The CPU model as the OS reports it, and LLVM's name for the target Numba compiles for."""
+    """The CPU model as the OS reports it, and LLVM's name for the target Numba compiles for (NUMBA_CPU_NAME, or
+    the host's)."""
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -54,16 +55,18 @@ def cpu_name():
     except OSError:
         pass
     try:
-        import llvmlite.binding as llvm
-        return f"{model} (llvm target {llvm.get_host_cpu_name()})"
-    except Exception:   # llvmlite missing or broken: the model name alone still identifies the machine
+        from .isa import compile_target
+        return f"{model} (llvm target {compile_target()[0]})"
+    except Exception:   # Numba missing or broken: the model name alone still identifies the machine
         return model
 
 
 def cpu_info():
-    """Backend 'cpu': device name and thread count."""
+    """Backend 'cpu': device name, thread count, and the micro-kernel family with the target it was chosen for."""
     import numba
-    return {"backend": "cpu", "device": cpu_name(), "threads": numba.get_num_threads()}
+
+    from .isa import target_info
+    return {"backend": "cpu", "device": cpu_name(), "threads": numba.get_num_threads(), **target_info()}
 
 
 # ------------------------------------------------------------------------------------------------ the GPU stack

@@ -1,7 +1,11 @@
 """The benchmark baselines train for real, agree with each other, and bench_impl reports consistent rates."""
 
 import json
+import os
+import platform
 import statistics
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -227,3 +231,21 @@ def test_numpy_split_over_processes_trains_the_numpy_baselines_networks():
         assert len(params) == len(expected) == 3
         for (W, b), (W_ref, b_ref) in zip(params, expected):
             assert np.array_equal(W, W_ref) and np.array_equal(b, b_ref)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="AVX2 is an x86 instruction set")
+def test_bench_isa_avx2_restricts_the_engine_the_peers_and_sgemm():
+    """`fastmlp bench --isa avx2` runs in a process of its own whose first line says what each library runs: the
+    engine's AVX2 family compiled for Haswell, OpenBLAS's Haswell kernels (NumPy and the sgemm ceiling), NumPy's
+    AVX-512 loops off; and its records name the target."""
+    r = subprocess.run([sys.executable, "-m", "fastmlp.cli", "bench", "--isa", "avx2", "--workload", "W1", "--impl",
+                        "numpy", "--repeats", "1", "--epochs", "1", "--networks", "2", "--no-sgemm"],
+                       env={k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU", "OPENBLAS_CORE"))},
+                       capture_output=True, text=True, check=True)
+    first, *records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert first["isa"] == "avx2" and first["env"] == bench.isa_env("avx2")
+    assert first["fastmlp-cpu"] == {"kernels": "avx2", "llvm_target": "haswell", "llvm_features": "the CPU name's"}
+    assert [lib["architecture"] for lib in first["blas"] if lib["internal_api"] == "openblas"] in ([], ["Haswell"])
+    assert "X86_V4" not in first.get("numpy_dispatch", []) and not any("AVX512" in f for f in first.get(
+        "numpy_dispatch", []))
+    assert [(rec["impl"], rec["device"].endswith("(llvm target haswell)")) for rec in records] == [("numpy", True)]

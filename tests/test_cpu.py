@@ -74,18 +74,21 @@ def test_one_epoch(data_small, H, L, B, param, dtype, wide):
 @pytest.mark.parametrize("H, L, B", [(16, 2, 50), (40, 3, 80)])
 def test_one_epoch_wide_input_gradient_tiles(data_medium, H, L, B, dtype):
     """The input gradient from W with its 56-column tiles: B = 50 pads to one 56-wide tile, B = 80 to a 32-wide and
-    a 56-wide one; at Hp = 16 and 40 the last 6-row tile overlaps the one before (6 divides neither)."""
-    assert cpu.dinp_columns(cpu.round_up(B, cpu.MR_ROWS)) == {50: 56, 80: 88}[B]
+    a 56-wide one on AVX-512 (five 16-wide ones on AVX2); at Hp = 16 and 40 the last 6-row tile of AVX-512 overlaps
+    the one before (6 divides neither)."""
+    assert cpu.dinp_columns(cpu.round_up(B, cpu.MR_ROWS)) == {50: 56, 80: 88 if cpu.DC == 32 else 80}[B]
     test_one_epoch(data_medium, H, L, B, "standard", dtype, True)   # 300 samples: several steps, the last short
 
 
 @pytest.mark.parametrize("Bp", range(5, 400, 5))
 def test_dinp_columns_pad_the_minibatch_to_whole_tiles(Bp):
-    """Bt holds Bp with less padding than one 32-wide tile, and _wide_tiles finds the layout dinp_columns chose."""
+    """Bt holds Bp with less padding than one DC-wide tile (32 on AVX-512), and _wide_tiles finds the layout
+    dinp_columns chose, of DC- and EC-wide tiles (EC = 56)."""
+    DC, EC = cpu.DC, cpu.EC
     Bt = cpu.dinp_columns(Bp)
     n56 = cpu._wide_tiles(Bt)
-    assert Bp <= Bt < Bp + 32 and Bt - 56 * n56 >= 0 and (Bt - 56 * n56) % 32 == 0
-    assert Bt == min(56 * n + 32 * a for n in range(10) for a in range(15) if 56 * n + 32 * a >= Bp)
+    assert Bp <= Bt < Bp + DC and Bt - EC * n56 >= 0 and (Bt - EC * n56) % DC == 0
+    assert Bt == min(EC * n + DC * a for n in range(10) for a in range(30) if EC * n + DC * a >= Bp)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -140,7 +143,7 @@ def test_packed_weights_are_column_panels_one_after_another(K, J):
     P = cpu.pack(W)
     assert P.shape == (2, K * J)
     widths = [w for _, w in cpu.panel_widths(J)]
-    assert sum(widths) == J and set(widths) <= {32, 8} and widths == sorted(widths, reverse=True)
+    assert sum(widths) == J and set(widths) <= set(cpu.FAMILY.panels) and widths == sorted(widths, reverse=True)
     for j0, w in cpu.panel_widths(J):
         assert np.array_equal(P[:, K * j0:K * (j0 + w)].reshape(2, K, w), W[:, :, j0:j0 + w])
     assert np.array_equal(cpu.unpack(P, K, J), W)
@@ -178,4 +181,4 @@ def test_split_panels_cover_every_panel_once_and_evenly(J, T):
     widths = [w for _, w in cpu.panel_widths(J)]
     assert bounds[0] == 0 and bounds[-1] == len(widths) and np.all(np.diff(bounds) >= 0) and len(bounds) == T + 1
     shares = [sum(widths[bounds[t]:bounds[t + 1]]) for t in range(T)]
-    assert sum(shares) == J and max(shares) - J / T <= 32     # no thread more than one panel above its share
+    assert sum(shares) == J and max(shares) - J / T <= cpu.NR    # no thread more than one panel above its share
