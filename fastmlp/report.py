@@ -58,7 +58,8 @@ from . import plot
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = "docs/results"
-DOCUMENTS = ("README.md", "docs/results.md", "docs/ntk.md", "docs/science.md")
+DOCUMENTS = ("README.md", "docs/results.md", "docs/ntk.md", "docs/science.md", "docs/benchmarks.md")
+BENCH = "docs/bench"   # the JSON lines that `fastmlp bench` printed, one file per run
 FIGURE_X = {"init-scale": "init-scale"}   # a figure's x axis where `fastmlp plot`'s auto choice is not it
 MARK = re.compile(r"(?<!`)<!--r (.*?)-->(.*?)<!--/r-->", re.S)   # a mark quoted in `code` is not one
 
@@ -91,6 +92,14 @@ class Data:
     @lru_cache(maxsize=None)
     def record(self, name):
         return json.loads((self.dir / f"{name}.json").read_text())
+
+    @lru_cache(maxsize=None)
+    def bench(self, name):
+        """The lines of one `fastmlp bench` run, docs/bench/NAME.jsonl."""
+        path = self.dir.parent / "bench" / f"{name}.jsonl"
+        if not path.exists():
+            raise ReportError(f"no benchmark run {path.name} in {BENCH}")
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def stores(self):
         return sorted(p.name[:-len("-jobs.csv")] for p in self.dir.glob("*-jobs.csv"))
@@ -260,6 +269,15 @@ def namespace(data):
         pts = [(math.log(r[x]), math.log(r[y])) for r in rows(name, **sel)]
         mx, my = (sum(p[i] for p in pts) / len(pts) for i in (0, 1))
         return sum((a - mx) * (b - my) for a, b in pts) / sum((a - mx) ** 2 for a, _ in pts)
+
+    def bench(name, workload=None, impl=None, ratios=False):
+        """The one line of a `fastmlp bench` run (docs/bench/NAME.jsonl) with this workload and impl: its rate, or
+        with ``ratios`` its per-round ratios to the best peer and to sgemm."""
+        found = [r for r in data.bench(name) if (workload is None or r.get("workload") == workload)
+                 and (impl is None or r.get("impl") == impl) and ("ratios" in r) == ratios]
+        if len(found) != 1:
+            raise ReportError(f"{name}.jsonl: {len(found)} lines with workload {workload}, impl {impl}")
+        return found[0]
 
     def record(name):
         """The JSON record docs/results/NAME.json (what `fastmlp run/ntk/train --json` printed)."""
@@ -596,8 +614,25 @@ def table_expressivity(data, store):
     return _md(["N"] + [f"L = 1, H = {H}" for H in Hs], body)
 
 
-TABLES = {fn.__name__: fn for fn in (table_depth, table_init, table_diff, table_scale, table_means, table_best_lr,
-                                     table_lr, table_width, table_lazy, table_losses, table_lazy_lr,
+def table_bench(data, name):
+    """A `fastmlp bench` run: per workload fastmlp-cpu's rate, the best peer's, and the per-round ratios (median and
+    quartiles) to the best peer and to the run's large-sgemm rate."""
+    lines = data.bench(name)
+    body = []
+    for ratio in (r for r in lines if r.get("ratios") == "per round"):
+        w = ratio["workload"]
+        rates = {r["impl"]: r["gflops"] for r in lines if r.get("workload") == w and "gflops" in r}
+        body.append([w, f(rates[ratio["impl"]], ".1f"), f"{ratio['best_peer']} {f(rates[ratio['best_peer']], '.1f')}",
+                     f"{f(ratio['vs_best_peer'], '.2f')}x ({f(ratio['vs_best_peer_q1'], '.2f')}-"
+                     f"{f(ratio['vs_best_peer_q3'], '.2f')})",
+                     f"{100 * ratio['of_sgemm']:.0f}% ({100 * ratio['of_sgemm_q1']:.0f}-"
+                     f"{100 * ratio['of_sgemm_q3']:.0f})"])
+    return _md(["workload", "fastmlp-cpu GFLOP/s", "best peer GFLOP/s", "vs best peer (quartiles)",
+                "of sgemm (quartiles)"], body)
+
+
+TABLES = {fn.__name__: fn for fn in (table_bench, table_depth, table_init, table_diff, table_scale, table_means,
+                                     table_best_lr, table_lr, table_width, table_lazy, table_losses, table_lazy_lr,
                                      table_expressivity)}
 
 
