@@ -279,6 +279,14 @@ def namespace(data):
             raise ReportError(f"{name}.jsonl: {len(found)} lines with workload {workload}, impl {impl}")
         return found[0]
 
+    def paired(name, workload):
+        """The summary line of a `bench/bench_commits.py` run (docs/bench/NAME.jsonl) for one workload: the median
+        ratio of this engine's rate to the other commit's over its pairs, and quartiles."""
+        found = [r for r in data.bench(name) if r.get("workload") == workload and "ratio" in r]
+        if len(found) != 1:
+            raise ReportError(f"{name}.jsonl: {len(found)} summary lines for {workload}")
+        return found[0]
+
     def record(name):
         """The JSON record docs/results/NAME.json (what `fastmlp run/ntk/train --json` printed)."""
         return data.record(name)
