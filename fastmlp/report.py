@@ -70,10 +70,11 @@ class ReportError(ValueError):
 
 # ------------------------------------------------------------------------------------------------- data
 class Data:
-    """The committed data under ``root``/docs/results, read once."""
+    """The committed data under ``root``/docs/results (and the benchmark runs under docs/bench), read once."""
 
     def __init__(self, root=ROOT):
         self.dir = Path(root) / RESULTS
+        self.bench_dir = Path(root) / BENCH
 
     @lru_cache(maxsize=None)
     def jobs(self, store):
@@ -96,7 +97,7 @@ class Data:
     @lru_cache(maxsize=None)
     def bench(self, name):
         """The lines of one `fastmlp bench` run, docs/bench/NAME.jsonl."""
-        path = self.dir.parent / "bench" / f"{name}.jsonl"
+        path = self.bench_dir / f"{name}.jsonl"
         if not path.exists():
             raise ReportError(f"no benchmark run {path.name} in {BENCH}")
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

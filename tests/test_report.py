@@ -12,12 +12,24 @@ ROOT = report.ROOT
 
 
 def copy_of_repo(tmp_path):
-    """The documents and docs/results/ of the repository, in tmp_path."""
+    """The documents, docs/results/ and docs/bench/ of the repository, in tmp_path."""
     for doc in report.DOCUMENTS:
         (tmp_path / doc).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / doc, tmp_path / doc)
     shutil.copytree(ROOT / report.RESULTS, tmp_path / report.RESULTS)
+    shutil.copytree(ROOT / report.BENCH, tmp_path / report.BENCH)
     return tmp_path
+
+
+def test_a_changed_benchmark_rate_is_reported(tmp_path):
+    """The benchmark tables and the README's ratios come from the committed JSON lines of the runs too."""
+    root = copy_of_repo(tmp_path)
+    run = root / report.BENCH / "avx2-zen4.jsonl"
+    text = run.read_text()
+    assert '"vs_best_peer": 1.4598884092901898' in text            # W1's median ratio in that run
+    run.write_text(text.replace('"vs_best_peer": 1.4598884092901898', '"vs_best_peer": 1.6'))
+    found = dict(report.differences(root))
+    assert set(found) == {"README.md", "docs/benchmarks.md"} and "1.60x" in found["docs/benchmarks.md"]
 
 
 def test_every_generated_number_and_table_matches_the_committed_data():
