@@ -10,7 +10,8 @@
 #
 # The only Python packages that machine lacks are scikit-optimize (the protocol's optimizer) and its pyaml. Their
 # wheels travel in .whl/ (or $WHEELS) and are installed from there, offline and without dependencies (so nothing
-# replaces the image's scikit-learn or pytest), into /tmp/fastmlp-site; any other wheel there is left alone. Fetch
+# replaces the image's scikit-learn or pytest), into $TMPDIR/fastmlp-site (TMPDIR: /tmp unless set); any other
+# wheel there is left alone. Fetch
 # them on a machine with a network, from the repository root (.whl/ is ignored by git: never commit the wheels):
 #     python3 -m pip download --no-deps --only-binary=:all: -d .whl scikit-optimize==0.10.2 pyaml
 # With the device tool, name .whl in `carry`.
@@ -31,7 +32,7 @@
 #   other-tests  pytest -m gpu on the other test files (the engines' tests, a sweep)
 #   bench-cpu    bench/bench_gpu.py --parts cpu --append: the CPU engine on W1-W5, for the GPU/CPU ratios
 # At most 8 files in $OUT: gpu_check.log, gpu_check.json (every step: status, exit code, seconds), info.json,
-# smoke.json, gpu_tests.json, bench_gpu.jsonl, summary.json, protocol_gpu.json (the JUnit XML stays in /tmp).
+# smoke.json, gpu_tests.json, bench_gpu.jsonl, summary.json, protocol_gpu.json (the JUnit XML stays in $TMPDIR).
 # A step the later ones need (environment, install, preflight, smoke) stops the check at once, loudly, before any
 # more device time is spent: then the GPU tests would only skip. A failing test or measurement step is reported
 # as loudly, the remaining measurements still run (each benchmark checks its own correctness first), and the exit
@@ -127,9 +128,9 @@ WHEELS=${WHEELS:-.whl}
 wheels=$(compgen -G "$WHEELS/scikit_optimize-*.whl"; compgen -G "$WHEELS/pyaml-*.whl")
 if [ -n "$wheels" ]; then
     # shellcheck disable=SC2086
-    run_capped $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/fastmlp-site $wheels \
+    run_capped $PY -m pip install -q --no-index --no-deps --no-compile --target "${TMPDIR:-/tmp}/fastmlp-site" $wheels \
         || stop 1 "the wheels in $WHEELS do not install"
-    export PYTHONPATH=/tmp/fastmlp-site${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONPATH="${TMPDIR:-/tmp}/fastmlp-site"${PYTHONPATH:+:$PYTHONPATH}
 fi
 if ! run_capped $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . ; then
     echo "gpu_check: pip install failed: using the checkout through PYTHONPATH"
@@ -192,7 +193,7 @@ passed
 
 # ---------------------------------------------------------------------------------------------- tests
 step gpu-tests "correctness: pytest tests/test_gpu.py"
-JUNIT=$(mktemp /tmp/gpu_tests.XXXXXX.xml)
+JUNIT=$(mktemp "${TMPDIR:-/tmp}/gpu_tests.XXXXXX.xml")
 run_capped $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py --junitxml="$JUNIT"
 rc=$?
 $PY - "$JUNIT" "$OUT_DIR/gpu_tests.json" <<'EOF'

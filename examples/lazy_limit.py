@@ -22,7 +22,7 @@ Norms are root-mean-square over the test points.  The NTK is float64; the networ
     python examples/lazy_limit.py --out docs/results/lazy-limit.csv            # the measurement of docs/results.md
     python examples/lazy_limit.py --H 100,300,1000 --lr 0.1 --out lr01.csv     # the same at a smaller rate
     python examples/lazy_limit.py --plot docs/results/lazy-limit.png --out docs/results/lazy-limit.csv  # its figure
-    python examples/lazy_limit.py --H 100,300 --seeds 2 --out /tmp/quick.csv    # a quick look
+    python examples/lazy_limit.py --H 100,300 --seeds 2 --out quick.csv         # a quick look
     python examples/lazy_limit.py --f0 subtract --out docs/results/lazy-limit-f0.csv   # f - f0 against the NTK
 """
 import argparse

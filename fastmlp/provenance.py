@@ -272,8 +272,19 @@ def gpu_info():
             "cuda_driver": r["cuda_driver"], "cupy": r["cupy"], "nvrtc": r["nvrtc"], "cublas": r["cublas"]}
 
 
+def command_argv(argv=None):
+    """The command line as it is recorded: the program as the name a user types (`fastmlp` for the console script or
+    `python -m fastmlp.cli`, the file's name for a script), never the path it was run from, which names a machine."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv:
+        prog = os.path.basename(argv[0])
+        is_cli = prog == "fastmlp" or (prog == "cli.py" and os.path.basename(os.path.dirname(argv[0])) == "fastmlp")
+        argv[0] = "fastmlp" if is_cli else prog
+    return argv
+
+
 def record(backend="cpu"):
     """Provenance block stored with every result."""
     info = cpu_info() if backend == "cpu" else (gpu_info() or {"backend": backend})
     return {**info, "versions": versions(), "git_commit": git_commit(), "platform": platform.platform(),
-            "argv": sys.argv}
+            "argv": command_argv()}

@@ -1,10 +1,15 @@
 """The import graph, read from the code: arrows point down only, the engines never see each other, and nothing
-above the engines imports a backend but `backend`; docs/design.md draws the graph as it is."""
+above the engines imports a backend but `backend`; docs/design.md draws the graph as it is.  And no tracked file
+names a path of the machine it was made on."""
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from fastmlp import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -54,3 +59,34 @@ def test_the_design_document_draws_the_graph_of_the_code():
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "module_graph.py"), "--check"], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------------------------------- machine paths
+# Where a checkout, a home or an interpreter happens to live on some machine: none of it belongs in the project (a
+# committed record's argv was the first place one crept in).  /tmp and $TMPDIR are everywhere, so they are not here.
+MACHINE_PATH = re.compile(r"(/root/|/home/[A-Za-z]|/Users/[A-Za-z]|/work/|\.pyenv/)")
+
+
+def test_no_tracked_file_names_a_path_of_this_machine():
+    root = ROOT
+    if not (root / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout: the tracked files are not known")
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout.split(b"\0")
+    found = []
+    for name in filter(None, files):
+        path = root / name.decode()
+        if path.suffix in (".png", ".npz") or not path.is_file() or path == Path(__file__).resolve():
+            continue                                   # pictures, and this file, whose pattern names the paths
+        for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if MACHINE_PATH.search(line):
+                found.append(f"{name.decode()}:{i}: {MACHINE_PATH.search(line).group(0)}")
+    assert not found, "machine paths in tracked files:\n" + "\n".join(found[:20])
+
+
+@pytest.mark.parametrize("argv, recorded", [
+    (["/somewhere/venv/bin/fastmlp", "run", "1-local"], ["fastmlp", "run", "1-local"]),
+    (["/a/checkout/fastmlp/cli.py", "ntk", "2-local"], ["fastmlp", "ntk", "2-local"]),
+    (["/a/checkout/examples/lazy_limit.py", "--f0", "subtract"], ["lazy_limit.py", "--f0", "subtract"]),
+])
+def test_a_records_argv_names_the_program_not_where_it_was_run_from(argv, recorded):
+    assert provenance.command_argv(argv) == recorded
