@@ -9,7 +9,8 @@ included) for the same comparison.
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_kernels.py W5 --repeats 5
     python bench/bench_kernels.py W5 --isa avx2     # the AVX2 family (compiled for Haswell), on any x86-64 machine
 
-Kernels: fwd0 / dweight0, the first layer (K = D, reading the minibatch's rows out of the dataset); fwd / dinp /
+Kernels: fwd0 / dweight0, the first layer (K = D: fwd0 reads the minibatch's rows out of the dataset and, as the
+engine's does, stores them transposed, dweight0's operand, in its first panel); fwd / dinp /
 dweight, a hidden layer (K = J = H) by the path the engine takes at that width (cpu.WIDE_H), and on the wide path
 dinp once more with its first tiles alone (8 x 32 on AVX-512), the minibatch padded to a multiple of their width
 (the layout before the 56-column tiles); output+loss, the output layer forward, the loss, the gradient below it and
@@ -34,21 +35,21 @@ from fastmlp.cpu_engine import Engine
 
 
 @njit(cache=False)
-def _fwd(reps, outs, outT, tr, A, rows, nbp, Ws, K, bias):
+def _fwd(reps, outs, outT, tr, A, rows, nbp, Ws, K, bias, AT, ta):
     for r in range(reps):
         for l in range(Ws.shape[0]):
-            cpu._fwd_layer(outs[l], outT, tr, A, rows, nbp, Ws[l], K, bias, np.float32(1), np.float32(1))
+            cpu._fwd_layer(outs[l], outT, tr, A, rows, nbp, Ws[l], K, bias, np.float32(1), np.float32(1), AT, ta)
 
 
 @njit(cache=False)
-def _dweight(reps, Ws, WTs, transposed, K, bias, A, rows, dZ, nb):
+def _dweight(reps, Ws, WTs, transposed, K, bias, AT, dZ, nb):
     for r in range(reps):
         for l in range(Ws.shape[0]):
             if transposed:
-                cpu._dweight_t_layer(Ws[l], WTs[l], K, bias, A, rows, dZ, nb, np.float32(1e-6), np.float32(1),
+                cpu._dweight_t_layer(Ws[l], WTs[l], K, bias, AT, dZ, nb, np.float32(1e-6), np.float32(1),
                                      np.float32(1))
             else:
-                cpu._dweight_layer(Ws[l], K, bias, A, rows, dZ, nb, np.float32(1e-6), np.float32(1), np.float32(1))
+                cpu._dweight_layer(Ws[l], K, bias, AT, dZ, nb, np.float32(1e-6), np.float32(1), np.float32(1))
 
 
 @njit(cache=False)
@@ -117,14 +118,18 @@ def main():
     rng = np.random.default_rng(0)
     f32 = np.float32
     X = rng.standard_normal((N, Dp), dtype=f32)
-    rows = rng.choice(N, Bp, replace=False).astype(np.int64)
-    ident = np.arange(Bp, dtype=np.int64)
+    rows = rng.choice(N, Bp, replace=False).astype(cpu.ROW_INDEX)
+    ident = np.arange(Bp, dtype=cpu.ROW_INDEX)
     W0 = (rng.standard_normal((1, Dp * Hp), dtype=f32) * f32(0.03))
     Wh = (rng.standard_normal((nh, Hp * Hp), dtype=f32) * f32(0.05))
     WhT = Wh.copy()
     bias = np.zeros(Hp, f32)
     act = np.abs(rng.standard_normal((nh, Bp, Hp), dtype=f32))
     actT = np.zeros((Hp, Bt), f32)
+    act0T = np.zeros((Hp, Bt), f32)                      # dweight's operands: the input transposed
+    act0T[:, :Bp] = act[0].T
+    XT = np.zeros((Dp, Bt), f32)
+    XT[:, :Bp] = X[rows].T
     dz = rng.standard_normal((Bt, Hp), dtype=f32) * f32(0.01)
     dzT = np.ascontiguousarray(dz.T)
     dz2, dz2T = np.zeros_like(dz), np.zeros_like(dzT)
@@ -133,11 +138,11 @@ def main():
     flop_0 = 2.0 * B * Dp * Hp
     step_flop = 2 * flop_0 + (L - 1) * 3 * flop_h
     results = [
-        ("fwd0", _fwd, (act[:1], actT, wide, X, rows, Bp, W0, Dp, bias), 1, flop_0),
-        ("dweight0", _dweight, (W0, W0, False, Dp, bias, X, rows, dz, B), 1, flop_0),
+        ("fwd0", _fwd, (act[:1], actT, True, X, rows, Bp, W0, Dp, bias, XT.copy(), True), 1, flop_0),
+        ("dweight0", _dweight, (W0, W0, False, Dp, bias, XT, dz, B), 1, flop_0),
     ]
     if L > 1:
-        results += [("fwd", _fwd, (act, actT, wide, act[0], ident, Bp, Wh, Hp, bias), nh, flop_h)]
+        results += [("fwd", _fwd, (act, actT, True, act[0], ident, Bp, Wh, Hp, bias, XT, False), nh, flop_h)]
         if wide:
             B32 = cpu.round_up(Bp, cpu.DC)
             pad32 = [np.zeros((Hp, B32), f32), np.zeros((B32, Hp), f32), np.zeros((Hp, B32), f32),
@@ -146,10 +151,10 @@ def main():
             results += [(f"dinp ({Bt} columns)", _dinp, (dz2, dz2T, actT, dzT, Wh, Hp), nh, flop_h),
                         (f"dinp, {cpu.DR} x {cpu.DC} tiles only ({B32} columns)", _dinp_32,
                          (pad32[1], pad32[0], pad32[2], pad32[3], Wh, Hp), nh, flop_h),
-                        ("dweight", _dweight, (Wh, Wh, False, Hp, bias, act[0], ident, dz, B), nh, flop_h)]
+                        ("dweight", _dweight, (Wh, Wh, False, Hp, bias, act0T, dz, B), nh, flop_h)]
         else:
             results += [("dinp_t", _dinp_t, (dz2, act[0], dz, WhT, Hp, Bp), nh, flop_h),
-                        ("dweight_t", _dweight, (Wh, WhT, True, Hp, bias, act[0], ident, dz, B), nh, flop_h)]
+                        ("dweight_t", _dweight, (Wh, WhT, True, Hp, bias, act0T, dz, B), nh, flop_h)]
     Y = (X[:, 0] > 0).astype(np.int8)
     Wo = rng.standard_normal((2, Hp), dtype=f32) * f32(0.05)
     cs = np.ones(L + 1, f32)

@@ -64,10 +64,10 @@ def panel_widths(J, panels):
                                                                                                    panels[1])]
 
 
-def _row_panel(MR, NR, row, K, W, epilogue):
+def _row_panel(MR, NR, row, K, W, epilogue, each_x=lambda i: []):
     """The loop shared by fwd and dinp: for each tile of MR rows, c[i][j] = sum_k A_i[k] W[k, j0 + j] over one
     NR-wide column panel of the packed W (its block starts at K * j0), then per row the epilogue's lines (which see
-    c{i}_{j} and must load before storing)."""
+    c{i}_{j} and must load before storing); each_x(i), lines run as x = A_i[k] streams by."""
     L = [f"    wb = {K} * j0"]
     L += [f"    for i0 in range(0, nbp, {MR}):"]
     L += [f"        a{i} = {row.format(i=i)}" for i in range(MR)]
@@ -76,15 +76,18 @@ def _row_panel(MR, NR, row, K, W, epilogue):
     L.append(f"            w = {W}[wb + k * {NR}:wb + k * {NR} + {NR}]")
     for i in range(MR):
         L.append(f"            x = a{i}[k]")
+        L += ["            " + line for line in each_x(i)]
         L += [f"            c{i}_{j} += x * w[{j}]" for j in range(NR)]
     for i in range(MR):
         L += ["        " + line for line in epilogue(i)]
     return L
 
 
-def _fwd(MR, NR):
+def _fwd(MR, NR, transpose_a=False):
     """Column panel j0..j0+NR of out[:nbp] = relu(c * A[rows[:nbp]] @ W + s * bias), MR rows per tile; W (K, J)
-    packed.  With ``tr`` the tile is also stored transposed into outT (J, Bt): the ReLU mask of dinp."""
+    packed.  With ``tr`` the tile is also stored transposed into outT (J, Bt): the ReLU mask of dinp and the A operand
+    of the next layer's dweight.  ``transpose_a`` (fwd_x, the first panel of the first layer): the tile's rows of A
+    are also stored transposed into AT (K, Bt) as they stream by, the minibatch of the first layer's dweight."""
     def epilogue(i):
         out = [f"o = out[i0 + {i}, j0:j0 + {NR}]"]
         out += [f"v{j} = c * c{i}_{j} + s * bb[{j}]" for j in range(NR)]
@@ -93,20 +96,26 @@ def _fwd(MR, NR):
         out += ["if tr:"] + [f"    outT[j0 + {j}, i0 + {i}] = v{j}" for j in range(NR)]
         return out
 
-    L = [f"def fwd_{MR}x{NR}(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s):"]
+    name, extra = (f"fwd_x_{MR}x{NR}", ", AT") if transpose_a else (f"fwd_{MR}x{NR}", "")
+    L = [f"def {name}(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s{extra}):"]
     L.append(f"    bb = bias[j0:j0 + {NR}]")
     L.append("    zero = c - c   # typed zero: a literal 0 would promote float32 to float64")
-    return L + _row_panel(MR, NR, "A[rows[i0 + {i}]]", "K", "W", epilogue)
+    each_x = (lambda i: [f"AT[k, i0 + {i}] = x"]) if transpose_a else (lambda i: [])
+    return L + _row_panel(MR, NR, "A[rows[i0 + {i}]]", "K", "W", epilogue, each_x)
 
 
 def _dweight(MR, NR, panels, transposed=False):
-    """Column panel j0..j0+NR of W -= scale * A[rows[:nb]]^T dZ[:nb], MR input features per tile: the weight
-    gradient fused with the SGD update, so dW is never stored.  W (K, J) packed: the panel is one (K, NR) block.
+    """Column panel j0..j0+NR of W -= scale * AT[:, :nb] dZ[:nb], MR input features per tile: the weight gradient
+    fused with the SGD update, so dW is never stored.  W (K, J) packed: the panel is one (K, NR) block.  The layer's
+    input comes transposed, AT (K, Bt) (fwd writes it: outT, or AT for the first layer), so that a tile streams MR
+    rows of it: read as A[rows[b], k0:k0 + MR], it was one stream per minibatch row, which the prefetcher does not
+    follow (measured on one Zen 4 core compiled for Haswell, AVX2's 4 x 16: 12-23% faster from AT at D = 500 / 1000,
+    H = 128 / 512; on AVX-512 see docs/benchmarks.md).
     ``transposed`` (dweight_t): the updated tile is also stored into W's transposed copy WT (J, K), packed."""
     if transposed:
-        L = [f"def dweight_t_{MR}x{NR}(W, WT, j0, K, A, rows, dZ, nb, scale):"]
+        L = [f"def dweight_t_{MR}x{NR}(W, WT, j0, K, AT, dZ, nb, scale):"]
     else:
-        L = [f"def dweight_{MR}x{NR}(W, j0, K, A, rows, dZ, nb, scale):"]
+        L = [f"def dweight_{MR}x{NR}(W, j0, K, AT, dZ, nb, scale):"]
     L.append("    zero = scale - scale")
     L.append("    wb = K * j0")
     wide, narrow = panels
@@ -115,11 +124,11 @@ def _dweight(MR, NR, panels, transposed=False):
         L.append(f"    kwide = K - K % {wide}")
     L.append(f"    for k0 in range(0, K, {MR}):")
     L += [f"        c{i}_{j} = zero" for i in range(MR) for j in range(NR)]
+    L += [f"        a{i} = AT[k0 + {i}]" for i in range(MR)]
     L.append("        for b in range(nb):")
-    L.append(f"            a = A[rows[b], k0:k0 + {MR}]")
     L.append(f"            d = dZ[b, j0:j0 + {NR}]")
     for i in range(MR):
-        L.append(f"            x = a[{i}]")
+        L.append(f"            x = a{i}[b]")
         L += [f"            c{i}_{j} += x * d[{j}]" for j in range(NR)]
     if transposed:   # WT[j, k] of the tile: in the panel of column k0 (all MR columns share it), row j
         # (a tile as tall as a narrow panel starts one; kwide is a multiple of narrow)
@@ -204,7 +213,8 @@ def source(family):
         "",
     ]
     panels, kmr = family.panels, family.dweight_rows
-    kernels = [_fwd(MR_ROWS, nr) for nr in panels] + [_dweight(mr, nr, panels) for mr, nr in zip(kmr, panels)]
+    kernels = [_fwd(MR_ROWS, nr) for nr in panels] + [_fwd(MR_ROWS, nr, transpose_a=True) for nr in panels]
+    kernels += [_dweight(mr, nr, panels) for mr, nr in zip(kmr, panels)]
     kernels += [_dweight(mr, nr, panels, transposed=True) for mr, nr in zip(kmr, panels)]
     kernels += [_dinp_t(MR_ROWS, nr) for nr in panels] + [_dinp(MR, NR, panels) for MR, NR in family.dinp_tiles]
     for lines in kernels:

@@ -48,6 +48,7 @@ KR, KR8 = FAMILY.dweight_rows              # rows of dweight's tiles in a wide a
 (DR, DC), (ER, EC) = FAMILY.dinp_tiles     # the wide input gradient's tiles: DR x DC (8 x 32), ER x EC (6 x 56)
 ER1 = ER - 1
 _fwd_w, _fwd_n = (getattr(mk, f"fwd_{MR_ROWS}x{w}") for w in (NR, NR8))
+_fwd_xw, _fwd_xn = (getattr(mk, f"fwd_x_{MR_ROWS}x{w}") for w in (NR, NR8))
 _dweight_w, _dweight_n = (getattr(mk, f"dweight_{r}x{w}") for r, w in ((KR, NR), (KR8, NR8)))
 _dweight_t_w, _dweight_t_n = (getattr(mk, f"dweight_t_{r}x{w}") for r, w in ((KR, NR), (KR8, NR8)))
 _dinp_t_w, _dinp_t_n = (getattr(mk, f"dinp_t_{MR_ROWS}x{w}") for w in (NR, NR8))
@@ -56,6 +57,11 @@ _dinp_d, _dinp_e = getattr(mk, f"dinp_{DR}x{DC}"), getattr(mk, f"dinp_{ER}x{EC}"
 # Zen 4 core, D = 500, N = 2000, the rate of W itself over the copy's: 0.97 at H = 320, 0.96 at 400, 0.89 at 448 and
 # 1.05 at 504 (L = 3, 6 networks); 0.98 at 400 and 1.12 at 504 (L = 5, 2 networks).
 WIDE_H = 480
+# The dtype of the row-index arrays the kernels read their A operand through (`rows`, `ident`).  Unsigned, because
+# Numba tests every signed index for a negative value (and wraps it) inside the kernels' inner loops: dweight reads
+# a row per minibatch sample per tile, and the test there cost the AVX2 family's dweight 5-10% (measured on one
+# Zen 4 core compiled for Haswell, D = 500 / 1000, H = 100 / 500).
+ROW_INDEX = np.uint64
 
 
 @njit(cache=True)
@@ -104,40 +110,48 @@ def unpack(P, K, J):
 
 # ---------------------------------------------------------------------------------------------- layer kernels
 @njit(inline="always", **_jit)
-def _fwd_layer(out, outT, tr, A, rows, nbp, W, K, bias, c, s):
+def _fwd_layer(out, outT, tr, A, rows, nbp, W, K, bias, c, s, AT, ta):
     """out[:nbp] = relu(c * A[rows[:nbp]] @ W + s * bias), W (K, J) packed: column panels of NR, then of 8; with
-    ``tr`` also outT[:, :nbp] = out[:nbp]^T (the mask of the backward pass)."""
+    ``tr`` also outT[:, :nbp] = out[:nbp]^T (the mask of the backward pass, and the next dweight's operand); with
+    ``ta`` also AT[:, :nbp] = A[rows[:nbp]]^T (the first layer's dweight operand), by the first panel's kernel."""
     J = W.shape[0] // K
     # range loops, not `j0 = 0; while ...`: a literal first j0 would compile every kernel a second time
     for j0 in range(0, J - J % NR, NR):
-        _fwd_w(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s)
+        if ta and j0 == 0:
+            _fwd_xw(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s, AT)
+        else:
+            _fwd_w(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s)
     for j0 in range(J - J % NR, J, NR8):
-        _fwd_n(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s)
+        if ta and j0 == 0:
+            _fwd_xn(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s, AT)
+        else:
+            _fwd_n(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s)
 
 
 @njit(inline="always", **_jit)
-def _dweight_layer(W, K, bias, A, rows, dZ, nb, lr, c, s):
-    """W -= lr * c * A[rows[:nb]]^T dZ[:nb] (W (K, J) packed);  bias -= lr * s * sum_b dZ[:nb]."""
+def _dweight_layer(W, K, bias, AT, dZ, nb, lr, c, s):
+    """W -= lr * c * AT[:, :nb] dZ[:nb] (W (K, J) packed, AT (K, Bt) the layer's input transposed);
+    bias -= lr * s * sum_b dZ[:nb]."""
     J = W.shape[0] // K
     scale = lr * c
     for j0 in range(0, J - J % NR, NR):
-        _dweight_w(W, j0, K, A, rows, dZ, nb, scale)
+        _dweight_w(W, j0, K, AT, dZ, nb, scale)
     for j0 in range(J - J % NR, J, NR8):
-        _dweight_n(W, j0, K, A, rows, dZ, nb, scale)
+        _dweight_n(W, j0, K, AT, dZ, nb, scale)
     _dbias(bias, dZ, nb, lr * s)
 
 
 
 
 @njit(inline="always", **_jit)
-def _dweight_t_layer(W, WT, K, bias, A, rows, dZ, nb, lr, c, s):
+def _dweight_t_layer(W, WT, K, bias, AT, dZ, nb, lr, c, s):
     """_dweight_layer that also refreshes the transposed copy WT = W^T (packed, (J, K)) of a narrow layer."""
     J = W.shape[0] // K
     scale = lr * c
     for j0 in range(0, J - J % NR, NR):
-        _dweight_t_w(W, WT, j0, K, A, rows, dZ, nb, scale)
+        _dweight_t_w(W, WT, j0, K, AT, dZ, nb, scale)
     for j0 in range(J - J % NR, J, NR8):
-        _dweight_t_n(W, WT, j0, K, A, rows, dZ, nb, scale)
+        _dweight_t_n(W, WT, j0, K, AT, dZ, nb, scale)
     _dbias(bias, dZ, nb, lr * s)
 
 
@@ -146,6 +160,12 @@ def _no():
     """False as a run-time value: a literal False argument is a type of its own to Numba, and would compile the
     kernel it reaches (and every kernel below it) a second time."""
     return bool(0)
+
+
+@njit(inline="always", **_jit)
+def _yes():
+    """True as a run-time value (see _no)."""
+    return bool(1)
 
 
 @njit(inline="always", **_jit)
@@ -346,21 +366,22 @@ def _pad_rows(rows, nb):
 # through Numba's parfor passes, which copy a loop body's IR many times over (with _no(), the drivers' cold compile
 # went from 49 to 35 s: bench/compile_time.py)
 @njit(**_jit)
-def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide, act, actT, dz, dzT, z, ident,
-          F0):
+def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide, act, actT, xT, dz, dzT, z,
+          ident, F0):
     """One SGD step of one network on the minibatch X[rows[:nb]]; returns its mean loss (before the step).
 
-    act (L, Bp, Hp) activations; dz (2, Bt, Hp) the gradients, ping-pong.  The input gradient of a hidden layer
-    comes from one of two paths (WIDE_H): ``wide``, from W itself, with actT (L, Hp, Bt) the activations of layers
-    1..L-1 transposed (the masks) and dzT (2, Hp, Bt) the gradients transposed; narrow, from the transposed copy
-    WhT (L-1, Hp*Hp) that dweight_t keeps in step (actT and dzT unused)."""
+    act (L, Bp, Hp) activations, actT (L, Hp, Bt) those of layers 1..L-1 transposed (the operands of dweight, and
+    the masks of the wide path's dinp), xT (Dp, Bt) the minibatch transposed (the first dweight's operand); dz
+    (2, Bt, Hp) the gradients, ping-pong.  The input gradient of a hidden layer comes from one of two paths
+    (WIDE_H): ``wide``, from W itself, with dzT (2, Hp, Bt) the gradients transposed; narrow, from the transposed
+    copy WhT (L-1, Hp*Hp) that dweight_t keeps in step (dzT unused)."""
     L = act.shape[0]
     nbp = _pad_rows(rows, nb)
     Hp = act.shape[2]
-    _fwd_layer(act[0], actT[0], wide and L > 1, X, rows, nbp, W0, X.shape[1], b0, c[0], s[0])
+    _fwd_layer(act[0], actT[0], L > 1, X, rows, nbp, W0, X.shape[1], b0, c[0], s[0], xT, _yes())
     for l in range(1, L):
-        _fwd_layer(act[l], actT[l], wide and l < L - 1, act[l - 1], ident, nbp, Wh[l - 1], Hp, bh[l - 1], c[l],
-                   s[l])
+        _fwd_layer(act[l], actT[l], l < L - 1, act[l - 1], ident, nbp, Wh[l - 1], Hp, bh[l - 1], c[l], s[l], xT,
+                   _no())
     _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L], rows, F0)
     loss = _loss_and_output(Y, rows, nb, nbp, Wo, bo, c, s, lr, loss_kind, wide and L > 1, act[L - 1], dz[0],
                             dzT[0], z)
@@ -371,12 +392,12 @@ def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide
     for l in range(L - 1, 0, -1):   # the input gradient first: it needs the old W
         if wide:
             _dinp_layer(dz[1 - cur], dzT[1 - cur], actT[l - 1], dzT[cur], Wh[l - 1], Hp, c[l])
-            _dweight_layer(Wh[l - 1], Hp, bh[l - 1], act[l - 1], ident, dz[cur], nb, lr, c[l], s[l])
+            _dweight_layer(Wh[l - 1], Hp, bh[l - 1], actT[l - 1], dz[cur], nb, lr, c[l], s[l])
         else:
             _dinp_t_layer(dz[1 - cur], act[l - 1], dz[cur], WhT[l - 1], Hp, nbp, c[l])
-            _dweight_t_layer(Wh[l - 1], WhT[l - 1], Hp, bh[l - 1], act[l - 1], ident, dz[cur], nb, lr, c[l], s[l])
+            _dweight_t_layer(Wh[l - 1], WhT[l - 1], Hp, bh[l - 1], actT[l - 1], dz[cur], nb, lr, c[l], s[l])
         cur = 1 - cur
-    _dweight_layer(W0, X.shape[1], b0, X, rows, dz[cur], nb, lr, c[0], s[0])
+    _dweight_layer(W0, X.shape[1], b0, xT, dz[cur], nb, lr, c[0], s[0])
     return loss
 
 
@@ -393,10 +414,10 @@ def _evaluate_one(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, loss_kind, act, z,
         if stop_at_error and errors > 0:
             break
         nb, nbp = _chunk_rows(rows, idx, start, n)
-        _fwd_layer(act[0], act[0], _no(), X, rows, nbp, W0, X.shape[1], b0, c[0], s[0])
+        _fwd_layer(act[0], act[0], _no(), X, rows, nbp, W0, X.shape[1], b0, c[0], s[0], act[0], _no())
         for l in range(1, L):
             _fwd_layer(act[l], act[l], _no(), act[l - 1], ident, nbp, Wh[l - 1], act.shape[2], bh[l - 1], c[l],
-                       s[l])
+                       s[l], act[l], _no())
         _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L], rows, F0)
         e, lsum = _chunk_metrics(z, Y, rows, nb, loss_kind)
         errors += e
@@ -431,7 +452,7 @@ def _chunk_metrics(z, Y, rows, nb, loss_kind):
 # --------------------------------------------------------------------------------------- parallel drivers
 @njit(parallel=True, **_jit)
 def train_epoch(X, Y, subsets, sub_off, active, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lrs, seeds, epochs, batch,
-                loss_kind, wide, check, full, act, actT, dz, dzT, z, rows, perm, ident, F0, out_loss, out_err,
+                loss_kind, wide, check, full, act, actT, xT, dz, dzT, z, rows, perm, ident, F0, out_loss, out_err,
                 out_seen, out_diverged):
     """One epoch of every network in ``active``, then (if ``check``) the stop check on its training subset.
 
@@ -457,7 +478,7 @@ def train_epoch(X, Y, subsets, sub_off, active, W0, b0, Wh, WhT, bh, Wo, bo, c, 
                 for b in range(nb):
                     r[b] = p[start + b]
                 loss = _step(X, Y, r, nb, W0[m], b0[m], Wh[m], WhT[m], bh[m], Wo[m], bo[m], c, s, lrs[m],
-                             loss_kind, wide, act[t], actT[t], dz[t], dzT[t], z[t], ident, F0[m])
+                             loss_kind, wide, act[t], actT[t], xT[t], dz[t], dzT[t], z[t], ident, F0[m])
                 total += loss
                 steps += 1
                 if not math.isfinite(loss):
@@ -514,11 +535,11 @@ def forward(X, idx, W0, b0, Wh, WhT, bh, Wo, bo, c, s, act, z, rows, ident, F0, 
                 r = rows[t]
                 for b in range(nbp):
                     r[b] = idx[start + b] if b < nb else idx[start]
-                _fwd_layer(act[t, 0], act[t, 0], _no(), X, r, nbp, W0[m], X.shape[1], b0[m], c[0], s[0])
+                _fwd_layer(act[t, 0], act[t, 0], _no(), X, r, nbp, W0[m], X.shape[1], b0[m], c[0], s[0], act[t, 0],
+                           _no())
                 for l in range(1, L):
                     _fwd_layer(act[t, l], act[t, l], _no(), act[t, l - 1], ident, nbp, Wh[m, l - 1], act.shape[3],
-                               bh[m, l - 1],
-                               c[l], s[l])
+                               bh[m, l - 1], c[l], s[l], act[t, l], _no())
                 _output_forward(z[t], act[t, L - 1], Wo[m], bo[m], nb, c[L], s[L], r, F0[m])
                 for b in range(nb):
                     for u in range(N_CLASSES):
@@ -556,20 +577,25 @@ def _panel(p, J):
 
 
 @njit(parallel=True, **_jit)
-def _par_fwd(out, outT, tr, A, rows, nbp, W, K, bias, c, s, pb):
+def _par_fwd(out, outT, tr, A, rows, nbp, W, K, bias, c, s, AT, ta, pb):
     """_fwd_layer, its panels split over the threads by pb."""
     J = W.shape[0] // K
     for t in prange(pb.shape[0] - 1):
         for p in range(pb[t], pb[t + 1]):
             j0 = _panel(p, J)
             if j0 < J - J % NR:
-                _fwd_w(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s)
+                if ta and j0 == 0:
+                    _fwd_xw(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s, AT)
+                else:
+                    _fwd_w(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s)
+            elif ta and j0 == 0:
+                _fwd_xn(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s, AT)
             else:
                 _fwd_n(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s)
 
 
 @njit(parallel=True, **_jit)
-def _par_dweight(W, WT, transposed, K, bias, A, rows, dZ, nb, lr, c, s, pb):
+def _par_dweight(W, WT, transposed, K, bias, AT, dZ, nb, lr, c, s, pb):
     """_dweight_layer (or, ``transposed``, _dweight_t_layer), its panels split over the threads by pb."""
     J = W.shape[0] // K
     scale = lr * c
@@ -578,13 +604,13 @@ def _par_dweight(W, WT, transposed, K, bias, A, rows, dZ, nb, lr, c, s, pb):
             j0 = _panel(p, J)
             if transposed:
                 if j0 < J - J % NR:
-                    _dweight_t_w(W, WT, j0, K, A, rows, dZ, nb, scale)
+                    _dweight_t_w(W, WT, j0, K, AT, dZ, nb, scale)
                 else:
-                    _dweight_t_n(W, WT, j0, K, A, rows, dZ, nb, scale)
+                    _dweight_t_n(W, WT, j0, K, AT, dZ, nb, scale)
             elif j0 < J - J % NR:
-                _dweight_w(W, j0, K, A, rows, dZ, nb, scale)
+                _dweight_w(W, j0, K, AT, dZ, nb, scale)
             else:
-                _dweight_n(W, j0, K, A, rows, dZ, nb, scale)
+                _dweight_n(W, j0, K, AT, dZ, nb, scale)
     _dbias(bias, dZ, nb, lr * s)
 
 
@@ -609,24 +635,25 @@ def _par_dinp_t(dZp, Ap, dZ, WT, J, nbp, c, pb):
 
 
 @njit(**_jit)
-def _forward_split(X, rows, nbp, W0, b0, Wh, bh, c, s, wide, act, actT, ident, pb):
-    """The hidden layers' forward pass of one network, split over the threads (as in _step)."""
+def _forward_split(X, rows, nbp, W0, b0, Wh, bh, c, s, train, act, actT, xT, ident, pb):
+    """The hidden layers' forward pass of one network, split over the threads (as in _step); ``train``: keeping the
+    transposed operands of the backward pass (actT, xT)."""
     L = act.shape[0]
     Hp = act.shape[2]
-    _par_fwd(act[0], actT[0], wide and L > 1, X, rows, nbp, W0, X.shape[1], b0, c[0], s[0], pb)
+    _par_fwd(act[0], actT[0], train and L > 1, X, rows, nbp, W0, X.shape[1], b0, c[0], s[0], xT, train, pb)
     for l in range(1, L):
-        _par_fwd(act[l], actT[l], wide and l < L - 1, act[l - 1], ident, nbp, Wh[l - 1], Hp, bh[l - 1], c[l], s[l],
-                 pb)
+        _par_fwd(act[l], actT[l], train and l < L - 1, act[l - 1], ident, nbp, Wh[l - 1], Hp, bh[l - 1], c[l], s[l],
+                 xT, _no(), pb)
 
 
 @njit(**_jit)
-def _step_split(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide, act, actT, dz, dzT, z,
-                ident, pb, kb, F0):
+def _step_split(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide, act, actT, xT, dz, dzT,
+                z, ident, pb, kb, F0):
     """_step, every GEMM split over the threads."""
     L = act.shape[0]
     Hp = act.shape[2]
     nbp = _pad_rows(rows, nb)
-    _forward_split(X, rows, nbp, W0, b0, Wh, bh, c, s, wide, act, actT, ident, pb)
+    _forward_split(X, rows, nbp, W0, b0, Wh, bh, c, s, _yes(), act, actT, xT, ident, pb)
     _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L], rows, F0)
     loss = _loss_and_output(Y, rows, nb, nbp, Wo, bo, c, s, lr, loss_kind, wide and L > 1, act[L - 1], dz[0],
                             dzT[0], z)
@@ -638,10 +665,9 @@ def _step_split(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind
             _par_dinp(dz[1 - cur], dzT[1 - cur], actT[l - 1], dzT[cur], Wh[l - 1], Hp, c[l], kb)
         else:
             _par_dinp_t(dz[1 - cur], act[l - 1], dz[cur], WhT[l - 1], Hp, nbp, c[l], pb)
-        _par_dweight(Wh[l - 1], WhT[l - 1], not wide, Hp, bh[l - 1], act[l - 1], ident, dz[cur], nb, lr, c[l], s[l],
-                     pb)
+        _par_dweight(Wh[l - 1], WhT[l - 1], not wide, Hp, bh[l - 1], actT[l - 1], dz[cur], nb, lr, c[l], s[l], pb)
         cur = 1 - cur
-    _par_dweight(W0, W0, _no(), X.shape[1], b0, X, rows, dz[cur], nb, lr, c[0], s[0], pb)   # W0: no copy to keep
+    _par_dweight(W0, W0, _no(), X.shape[1], b0, xT, dz[cur], nb, lr, c[0], s[0], pb)   # W0: no copy to keep
     return loss
 
 
@@ -657,7 +683,7 @@ def _evaluate_split(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, loss_kind, act, 
         if stop_at_error and errors > 0:
             break
         nb, nbp = _chunk_rows(rows, idx, start, n)
-        _forward_split(X, rows, nbp, W0, b0, Wh, bh, c, s, _no(), act, act, ident, pb)
+        _forward_split(X, rows, nbp, W0, b0, Wh, bh, c, s, _no(), act, act, act[0], ident, pb)
         _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L], rows, F0)
         e, lsum = _chunk_metrics(z, Y, rows, nb, loss_kind)
         errors += e
@@ -668,7 +694,7 @@ def _evaluate_split(X, Y, idx, n, W0, b0, Wh, bh, Wo, bo, c, s, loss_kind, act, 
 
 @njit(**_jit)
 def train_epoch_split(X, Y, subsets, sub_off, active, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lrs, seeds, epochs, batch,
-                      loss_kind, wide, check, full, act, actT, dz, dzT, z, rows, perm, ident, F0, pb, kb, out_loss,
+                      loss_kind, wide, check, full, act, actT, xT, dz, dzT, z, rows, perm, ident, F0, pb, kb, out_loss,
                       out_err, out_seen, out_diverged):
     """train_epoch for a few networks: one after another, each with every thread (the buffers of thread 0)."""
     for m in active:
@@ -684,7 +710,7 @@ def train_epoch_split(X, Y, subsets, sub_off, active, W0, b0, Wh, WhT, bh, Wo, b
             for b in range(nb):
                 r[b] = p[start + b]
             loss = _step_split(X, Y, r, nb, W0[m], b0[m], Wh[m], WhT[m], bh[m], Wo[m], bo[m], c, s, lrs[m],
-                               loss_kind, wide, act[0], actT[0], dz[0], dzT[0], z[0], ident, pb, kb, F0[m])
+                               loss_kind, wide, act[0], actT[0], xT[0], dz[0], dzT[0], z[0], ident, pb, kb, F0[m])
             total += loss
             steps += 1
             if not math.isfinite(loss):

@@ -54,15 +54,18 @@ class Engine(EngineBase):
 
         T, Hp, Bp = self.threads, self.Hp, self.Bp
         Bt = cpu.dinp_columns(Bp)                              # columns of the transposed arrays (dinp's tiles)
-        Ht = Hp if self.wide else 0                            # the transposed arrays: the wide path's alone
+        Ht = Hp if self.wide else 0                            # the transposed gradients: the wide path's alone
         self._act = np.zeros((T, L, Bp, Hp), self.dtype)       # hidden activations of the current minibatch
-        self._actT = np.zeros((T, L, Ht, Bt), self.dtype)      # the same, transposed (the masks of dinp)
+        self._actT = np.zeros((T, L, Hp, Bt), self.dtype)      # the same, transposed (dweight's operands, dinp's masks)
+        self._xT = np.zeros((T, self.Dp, Bt), self.dtype)      # the minibatch, transposed (the first dweight's)
         self._dz = np.zeros((T, 2, Bt, Hp), self.dtype)        # gradients w.r.t. pre-activations (ping-pong)
         self._dzT = np.zeros((T, 2, Ht, Bt), self.dtype)       # the same, transposed
         self._z = np.zeros((T, Bp, N_CLASSES), self.dtype)     # logits, then their gradients
-        self._rows = np.zeros((T, Bp), np.int64)               # dataset rows of the current minibatch
+        # Row indexes are unsigned (cpu.ROW_INDEX): a signed index costs every kernel's inner loop Numba's
+        # wraparound test for negative indexes
+        self._rows = np.zeros((T, Bp), cpu.ROW_INDEX)          # dataset rows of the current minibatch
         self._perm = np.zeros((T, int(self.n_train.max())), np.int64)
-        self._ident = np.arange(Bp, dtype=np.int64)            # rows of an activation buffer, in order
+        self._ident = np.arange(Bp, dtype=cpu.ROW_INDEX)       # rows of an activation buffer, in order
         self._pb = cpu.split_panels(Hp, T)                     # each thread's panels, when a network is split
         self._kb = cpu.split_even(Hp // cpu.PAD, T)            # and its 8-row tiles of dinp
 
@@ -135,7 +138,7 @@ class Engine(EngineBase):
         spread, split = active[:n_spread], active[n_spread:]
         common = (self._X, self._Y, self._subsets, self._sub_off)
         buffers = (self.seeds, self.epochs, self.B, self.loss_kind, self.wide, check, full, self._act, self._actT,
-                   self._dz, self._dzT, self._z, self._rows, self._perm, self._ident, self._F0)
+                   self._xT, self._dz, self._dzT, self._z, self._rows, self._perm, self._ident, self._F0)
         outputs = (loss, err, seen, div)
         with cpu.slp_vectorize():
             if spread.size or not active.size:   # an empty call compiles (see compile)
