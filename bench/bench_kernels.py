@@ -9,8 +9,8 @@ included) for the same comparison.
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_kernels.py W5 --repeats 5
     python bench/bench_kernels.py W5 --isa avx2     # the AVX2 family (compiled for Haswell), on any x86-64 machine
 
-Kernels: fwd0 / dweight0, the first layer (K = D: fwd0 reads the minibatch's rows out of the dataset and, as the
-engine's does, stores them transposed, dweight0's operand, in its first panel); fwd / dinp /
+Kernels: fwd0 / dweight0, the first layer (K = D, reading the minibatch's rows out of the dataset; on the wide path
+fwd0 also stores them transposed in its first panel, dweight0's operand, as the engine's does); fwd / dinp /
 dweight, a hidden layer (K = J = H) by the path the engine takes at that width (cpu.WIDE_H), and on the wide path
 dinp once more with its first tiles alone (8 x 32 on AVX-512), the minibatch padded to a multiple of their width
 (the layout before the 56-column tiles); output+loss, the output layer forward, the loss, the gradient below it and
@@ -42,14 +42,15 @@ def _fwd(reps, outs, outT, tr, A, rows, nbp, Ws, K, bias, AT, ta):
 
 
 @njit(cache=False)
-def _dweight(reps, Ws, WTs, transposed, K, bias, AT, dZ, nb):
+def _dweight(reps, Ws, WTs, form, K, bias, A, rows, AT, dZ, nb):
+    """form: 0 the wide path's dweight, 1 the narrow path's first layer's, 2 dweight_t (its hidden layers')."""
+    one = np.float32(1)
     for r in range(reps):
         for l in range(Ws.shape[0]):
-            if transposed:
-                cpu._dweight_t_layer(Ws[l], WTs[l], K, bias, AT, dZ, nb, np.float32(1e-6), np.float32(1),
-                                     np.float32(1))
-            else:
-                cpu._dweight_layer(Ws[l], K, bias, AT, dZ, nb, np.float32(1e-6), np.float32(1), np.float32(1))
+            if form == 2:
+                cpu._dweight_t_layer(Ws[l], WTs[l], K, bias, A, rows, dZ, nb, np.float32(1e-6), one, one)
+            else:   # the wide path's kernels read AT on a family with AT_WIDE
+                cpu._dweight_layer(Ws[l], K, bias, A, rows, AT, dZ, nb, np.float32(1e-6), one, one, form == 0)
 
 
 @njit(cache=False)
@@ -138,11 +139,12 @@ def main():
     flop_0 = 2.0 * B * Dp * Hp
     step_flop = 2 * flop_0 + (L - 1) * 3 * flop_h
     results = [
-        ("fwd0", _fwd, (act[:1], actT, True, X, rows, Bp, W0, Dp, bias, XT.copy(), True), 1, flop_0),
-        ("dweight0", _dweight, (W0, W0, False, Dp, bias, XT, dz, B), 1, flop_0),
+        ("fwd0", _fwd, (act[:1], actT, wide, X, rows, Bp, W0, Dp, bias, XT.copy(), wide and cpu.AT_WIDE), 1,
+         flop_0),
+        ("dweight0", _dweight, (W0, W0, 0 if wide else 1, Dp, bias, X, rows, XT, dz, B), 1, flop_0),
     ]
     if L > 1:
-        results += [("fwd", _fwd, (act, actT, True, act[0], ident, Bp, Wh, Hp, bias, XT, False), nh, flop_h)]
+        results += [("fwd", _fwd, (act, actT, wide, act[0], ident, Bp, Wh, Hp, bias, XT, False), nh, flop_h)]
         if wide:
             B32 = cpu.round_up(Bp, cpu.DC)
             pad32 = [np.zeros((Hp, B32), f32), np.zeros((B32, Hp), f32), np.zeros((Hp, B32), f32),
@@ -151,10 +153,10 @@ def main():
             results += [(f"dinp ({Bt} columns)", _dinp, (dz2, dz2T, actT, dzT, Wh, Hp), nh, flop_h),
                         (f"dinp, {cpu.DR} x {cpu.DC} tiles only ({B32} columns)", _dinp_32,
                          (pad32[1], pad32[0], pad32[2], pad32[3], Wh, Hp), nh, flop_h),
-                        ("dweight", _dweight, (Wh, Wh, False, Hp, bias, act0T, dz, B), nh, flop_h)]
+                        ("dweight", _dweight, (Wh, Wh, 0, Hp, bias, act[0], ident, act0T, dz, B), nh, flop_h)]
         else:
             results += [("dinp_t", _dinp_t, (dz2, act[0], dz, WhT, Hp, Bp), nh, flop_h),
-                        ("dweight_t", _dweight, (Wh, WhT, True, Hp, bias, act0T, dz, B), nh, flop_h)]
+                        ("dweight_t", _dweight, (Wh, WhT, 2, Hp, bias, act[0], ident, act0T, dz, B), nh, flop_h)]
     Y = (X[:, 0] > 0).astype(np.int8)
     Wo = rng.standard_normal((2, Hp), dtype=f32) * f32(0.05)
     cs = np.ones(L + 1, f32)

@@ -37,23 +37,26 @@ class Family(NamedTuple):
     module: str          # the generated module (families with the same tiles share one)
     panels: tuple        # (wide, narrow) column-panel widths of packed weights; narrow = PAD covers every width
     dweight_rows: tuple  # input features per dweight tile, in a wide and in a narrow panel (each divides PAD)
-    dinp_tiles: tuple    # (rows of W, minibatch columns) of the wide input-gradient tiles (_dinp); the first's rows
-    #                      divide PAD; where the second's do not divide the rows, its last tile overlaps the one
-    #                      before and writes the shared rows again, with the same values
+    dinp_tiles: tuple    # (rows of W, minibatch columns) of the wide input-gradient tiles (_dinp); where a tile's
+    #                      rows do not divide a block of PAD rows, its last tile overlaps the one before and writes
+    #                      the shared rows again, with the same values
+    dweight_at: bool     # the wide path's dweight reads its input transposed (see _dweight), and fwd_x writes it
 
 
 FAMILIES = {
     # 32 x 512 bit (16 floats): fwd 5 x 32 holds 10 accumulators, dweight 8 x 32 16, dinp 8 x 32 16 and 6 x 56 24
-    "avx512": Family("avx512", 512, 32, "_microkernels", (32, 8), (8, 8), ((8, 32), (6, 56))),
+    # (dweight from the input's rows: from its transpose, W1-W5 ran 0.90-0.96x, paired, on Zen 4)
+    "avx512": Family("avx512", 512, 32, "_microkernels", (32, 8), (8, 8), ((8, 32), (6, 56)), False),
     # 16 x 256 bit (8 floats): fwd 5 x 16 holds 10 accumulators, dweight 4 x 16 8 (4 x 8 in a narrow panel: at
-    # 8 x 8 LLVM kept one of dweight_t's accumulators on the stack), dinp 4 x 16 8 and 2 x 40 10, each with room
-    # for the broadcasts and the streamed operand (2 x 56 held 14, and two went to the stack: bench/kernel_spills.py);
-    # B = 50 is one 40-wide tile and one 16-wide
-    "avx2": Family("avx2", 256, 16, "_microkernels_avx2", (16, 8), (4, 4), ((4, 16), (2, 40))),
-    # anything else (NEON: 32 x 128 bit, 4 floats): as many float lanes as AVX2's register file, in twice the
-    # registers, so AVX2's tiles fit it with more room for operands; they share AVX2's module
-    "portable": Family("portable", 128, 32, "_microkernels_avx2", (16, 8), (4, 4), ((4, 16), (2, 40))),
+    # 8 x 8 LLVM kept one of dweight_t's accumulators on the stack), dinp 3 x 32 12 and 3 x 24 9, each with room
+    # for the broadcasts and the streamed operand (bench/kernel_spills.py: 2 x 56, 4 x 24 and 6 x 16 put
+    # accumulators on the stack); B = 50 is one 32-wide tile and one 24-wide.  Measured against 4 x 16 + 2 x 40 on
+    # one Zen 4 core compiled for Haswell (K = 504, B = 50): 1.14x at J = 504, 1.29x at J = 1008
+    "avx2": Family("avx2", 256, 16, "_microkernels_avx2", (16, 8), (4, 4), ((3, 32), (3, 24)), True),
 }
+# anything else (NEON: 32 x 128 bit, 4 floats): as many float lanes as AVX2's register file, in twice the registers,
+# so AVX2's tiles fit it with more room for operands; they share AVX2's module
+FAMILIES["portable"] = FAMILIES["avx2"]._replace(name="portable", vector_bits=128, registers=32)
 
 
 def panel_widths(J, panels):
@@ -104,18 +107,23 @@ def _fwd(MR, NR, transpose_a=False):
     return L + _row_panel(MR, NR, "A[rows[i0 + {i}]]", "K", "W", epilogue, each_x)
 
 
-def _dweight(MR, NR, panels, transposed=False):
-    """Column panel j0..j0+NR of W -= scale * AT[:, :nb] dZ[:nb], MR input features per tile: the weight gradient
-    fused with the SGD update, so dW is never stored.  W (K, J) packed: the panel is one (K, NR) block.  The layer's
-    input comes transposed, AT (K, Bt) (fwd writes it: outT, or AT for the first layer), so that a tile streams MR
-    rows of it: read as A[rows[b], k0:k0 + MR], it was one stream per minibatch row, which the prefetcher does not
-    follow (measured on one Zen 4 core compiled for Haswell, AVX2's 4 x 16: 12-23% faster from AT at D = 500 / 1000,
-    H = 128 / 512; on AVX-512 see docs/benchmarks.md).
-    ``transposed`` (dweight_t): the updated tile is also stored into W's transposed copy WT (J, K), packed."""
+def _dweight(MR, NR, panels, transposed=False, rows=False):
+    """Column panel j0..j0+NR of W -= scale * A[rows[:nb]]^T dZ[:nb], MR input features per tile: the weight
+    gradient fused with the SGD update, so dW is never stored.  W (K, J) packed: the panel is one (K, NR) block.
+
+    The layer's input A comes in one of two forms.  dweight (the wide path): transposed, AT (K, Bt), which fwd
+    writes (outT; for the first layer, fwd_x), so that a tile streams MR rows of it.  ``rows`` (dweight_r, and
+    dweight_t): A[rows[b], k0:k0 + MR], one stream per minibatch row, which the prefetcher loses once A and W leave
+    the cache: measured on one Zen 4 core compiled for Haswell, AVX2's 4 x 16 ran 12-23% faster from AT at
+    K = 504 / 1008, J = 128 / 512, but on a narrow layer the stores of the transposed copies cost what the tile
+    gains (a whole training, W1 and W2: 1.00x; W4 and W5: 1.10x).
+    ``transposed`` (dweight_t, the narrow path's): the updated tile is also stored into W's transposed copy WT (J, K),
+    packed.  A family reads AT on the wide path where that measured faster (Family.dweight_at).
+    Every form takes both operands (A, rows and AT) and reads one, so that the engine calls any of them alike."""
     if transposed:
-        L = [f"def dweight_t_{MR}x{NR}(W, WT, j0, K, AT, dZ, nb, scale):"]
+        L = [f"def dweight_t_{MR}x{NR}(W, WT, j0, K, A, rows, AT, dZ, nb, scale):"]
     else:
-        L = [f"def dweight_{MR}x{NR}(W, j0, K, AT, dZ, nb, scale):"]
+        L = [f"def dweight_{'r_' if rows else ''}{MR}x{NR}(W, j0, K, A, rows, AT, dZ, nb, scale):"]
     L.append("    zero = scale - scale")
     L.append("    wb = K * j0")
     wide, narrow = panels
@@ -124,11 +132,14 @@ def _dweight(MR, NR, panels, transposed=False):
         L.append(f"    kwide = K - K % {wide}")
     L.append(f"    for k0 in range(0, K, {MR}):")
     L += [f"        c{i}_{j} = zero" for i in range(MR) for j in range(NR)]
-    L += [f"        a{i} = AT[k0 + {i}]" for i in range(MR)]
+    if not rows:
+        L += [f"        a{i} = AT[k0 + {i}]" for i in range(MR)]
     L.append("        for b in range(nb):")
+    if rows:
+        L.append(f"            a = A[rows[b], k0:k0 + {MR}]")
     L.append(f"            d = dZ[b, j0:j0 + {NR}]")
     for i in range(MR):
-        L.append(f"            x = a{i}[b]")
+        L.append(f"            x = a[{i}]" if rows else f"            x = a{i}[b]")
         L += [f"            c{i}_{j} += x * d[{j}]" for j in range(NR)]
     if transposed:   # WT[j, k] of the tile: in the panel of column k0 (all MR columns share it), row j
         # (a tile as tall as a narrow panel starts one; kwide is a multiple of narrow)
@@ -213,9 +224,12 @@ def source(family):
         "",
     ]
     panels, kmr = family.panels, family.dweight_rows
-    kernels = [_fwd(MR_ROWS, nr) for nr in panels] + [_fwd(MR_ROWS, nr, transpose_a=True) for nr in panels]
-    kernels += [_dweight(mr, nr, panels) for mr, nr in zip(kmr, panels)]
-    kernels += [_dweight(mr, nr, panels, transposed=True) for mr, nr in zip(kmr, panels)]
+    kernels = [_fwd(MR_ROWS, nr) for nr in panels]
+    if family.dweight_at:
+        kernels += [_fwd(MR_ROWS, nr, transpose_a=True) for nr in panels]
+        kernels += [_dweight(mr, nr, panels) for mr, nr in zip(kmr, panels)]
+    kernels += [_dweight(mr, nr, panels, rows=True) for mr, nr in zip(kmr, panels)]
+    kernels += [_dweight(mr, nr, panels, transposed=True, rows=True) for mr, nr in zip(kmr, panels)]
     kernels += [_dinp_t(MR_ROWS, nr) for nr in panels] + [_dinp(MR, NR, panels) for MR, NR in family.dinp_tiles]
     for lines in kernels:
         parts += ["", "@_jit"] + lines + [""]

@@ -16,7 +16,7 @@ padding of the minibatch to whole tiles.
 
 Packed layout (built by the CPU engine), padded so that every tile is full: Hp = H rounded up to 8, Dp = D rounded
 up to 8, Bp = B rounded up to 5 rows, Bt = Bp rounded up to a sum of the wide input gradient's tile widths (AVX-512:
-32 and 56; AVX2: 16 and 40; dinp_columns; B = 50: 56): the columns of the transposed activations and gradients, and
+32 and 56; AVX2: 32 and 24; dinp_columns; B = 50: 56): the columns of the transposed activations and gradients, and
 the rows of the gradients in the other layout.  Padding weights and inputs are zero and stay zero (their gradients
 are zero).  A weight matrix (K, J) is stored flat as its column panels (codegen: 32 columns wide on AVX-512, 16 on
 AVX2, then 8), each a contiguous (K, width) block, so that every kernel streams whole blocks however wide the layer
@@ -46,10 +46,12 @@ mk = {"_microkernels": _microkernels, "_microkernels_avx2": _microkernels_avx2}[
 NR, NR8 = FAMILY.panels                    # panel widths of packed weights: wide (32 on AVX-512), narrow (8)
 KR, KR8 = FAMILY.dweight_rows              # rows of dweight's tiles in a wide and in a narrow panel
 (DR, DC), (ER, EC) = FAMILY.dinp_tiles     # the wide input gradient's tiles: DR x DC (8 x 32), ER x EC (6 x 56)
-ER1 = ER - 1
+DR1, ER1 = DR - 1, ER - 1
+# AT_WIDE: the wide path's dweight reads its input transposed, and the first layer's fwd stores it so (fwd_x)
+AT_WIDE = FAMILY.dweight_at
 _fwd_w, _fwd_n = (getattr(mk, f"fwd_{MR_ROWS}x{w}") for w in (NR, NR8))
-_fwd_xw, _fwd_xn = (getattr(mk, f"fwd_x_{MR_ROWS}x{w}") for w in (NR, NR8))
-_dweight_w, _dweight_n = (getattr(mk, f"dweight_{r}x{w}") for r, w in ((KR, NR), (KR8, NR8)))
+_dweight_r_w, _dweight_r_n = (getattr(mk, f"dweight_r_{r}x{w}") for r, w in ((KR, NR), (KR8, NR8)))
+_dweight_w, _dweight_n = (getattr(mk, f"dweight_{'' if AT_WIDE else 'r_'}{r}x{w}") for r, w in ((KR, NR), (KR8, NR8)))
 _dweight_t_w, _dweight_t_n = (getattr(mk, f"dweight_t_{r}x{w}") for r, w in ((KR, NR), (KR8, NR8)))
 _dinp_t_w, _dinp_t_n = (getattr(mk, f"dinp_t_{MR_ROWS}x{w}") for w in (NR, NR8))
 _dinp_d, _dinp_e = getattr(mk, f"dinp_{DR}x{DC}"), getattr(mk, f"dinp_{ER}x{EC}")
@@ -86,6 +88,17 @@ def slp_vectorize():
 
 
 _jit = dict(cache=True, fastmath={"contract"})
+
+if AT_WIDE:
+    _fwd_xw, _fwd_xn = (getattr(mk, f"fwd_x_{MR_ROWS}x{w}") for w in (NR, NR8))
+else:   # never called (no family without AT_WIDE asks fwd to store A^T): the plain kernels, nothing more to compile
+    @njit(inline="always", **_jit)
+    def _fwd_xw(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s, AT):
+        _fwd_w(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s)
+
+    @njit(inline="always", **_jit)
+    def _fwd_xn(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s, AT):
+        _fwd_n(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s)
 
 
 # ------------------------------------------------------------------------------------------------- packing
@@ -129,29 +142,36 @@ def _fwd_layer(out, outT, tr, A, rows, nbp, W, K, bias, c, s, AT, ta):
 
 
 @njit(inline="always", **_jit)
-def _dweight_layer(W, K, bias, AT, dZ, nb, lr, c, s):
-    """W -= lr * c * AT[:, :nb] dZ[:nb] (W (K, J) packed, AT (K, Bt) the layer's input transposed);
-    bias -= lr * s * sum_b dZ[:nb]."""
+def _dweight_layer(W, K, bias, A, rows, AT, dZ, nb, lr, c, s, wide):
+    """W -= lr * c * A[rows[:nb]]^T dZ[:nb] (W (K, J) packed);  bias -= lr * s * sum_b dZ[:nb].  On the ``wide`` path
+    of an AT_WIDE family the kernels read the input transposed, AT (K, Bt), else its rows."""
     J = W.shape[0] // K
     scale = lr * c
     for j0 in range(0, J - J % NR, NR):
-        _dweight_w(W, j0, K, AT, dZ, nb, scale)
+        if wide:
+            _dweight_w(W, j0, K, A, rows, AT, dZ, nb, scale)
+        else:
+            _dweight_r_w(W, j0, K, A, rows, AT, dZ, nb, scale)
     for j0 in range(J - J % NR, J, NR8):
-        _dweight_n(W, j0, K, AT, dZ, nb, scale)
+        if wide:
+            _dweight_n(W, j0, K, A, rows, AT, dZ, nb, scale)
+        else:
+            _dweight_r_n(W, j0, K, A, rows, AT, dZ, nb, scale)
     _dbias(bias, dZ, nb, lr * s)
 
 
 
 
 @njit(inline="always", **_jit)
-def _dweight_t_layer(W, WT, K, bias, AT, dZ, nb, lr, c, s):
-    """_dweight_layer that also refreshes the transposed copy WT = W^T (packed, (J, K)) of a narrow layer."""
+def _dweight_t_layer(W, WT, K, bias, A, rows, dZ, nb, lr, c, s):
+    """_dweight_layer from A's rows that also refreshes the transposed copy WT = W^T (packed, (J, K)) of a narrow
+    layer."""
     J = W.shape[0] // K
     scale = lr * c
     for j0 in range(0, J - J % NR, NR):
-        _dweight_t_w(W, WT, j0, K, AT, dZ, nb, scale)
+        _dweight_t_w(W, WT, j0, K, A, rows, A, dZ, nb, scale)
     for j0 in range(J - J % NR, J, NR8):
-        _dweight_t_n(W, WT, j0, K, AT, dZ, nb, scale)
+        _dweight_t_n(W, WT, j0, K, A, rows, A, dZ, nb, scale)
     _dbias(bias, dZ, nb, lr * s)
 
 
@@ -160,12 +180,6 @@ def _no():
     """False as a run-time value: a literal False argument is a type of its own to Numba, and would compile the
     kernel it reaches (and every kernel below it) a second time."""
     return bool(0)
-
-
-@njit(inline="always", **_jit)
-def _yes():
-    """True as a run-time value (see _no)."""
-    return bool(1)
 
 
 @njit(inline="always", **_jit)
@@ -206,16 +220,20 @@ def _wide_tiles(Bt):
 @njit(inline="always", **_jit)
 def _dinp_rows(dZp, dZpT, ApT, dZT, W, K, c, k_lo, k_hi):
     """Rows k_lo..k_hi (multiples of 8) of _dinp_layer: the DC-wide column tiles by DR rows of W (32 by 8 on
-    AVX-512), then the EC-wide ones by ER rows (56 by 6), the last of which ends at k_hi, overlapping the one before
-    where ER does not divide the rows (those rows are written twice, with the same values: a row's output depends
-    on nothing else).  A k-tile runs every column tile before the next, so its rows of W are read from memory once
-    (twice when both widths are there)."""
+    AVX-512), then the EC-wide ones by ER rows (56 by 6); the last tile of each ends at k_hi, overlapping the one
+    before where its rows do not divide k_hi - k_lo (those rows are written twice, with the same values: a row's
+    output depends on nothing else).  A k-tile runs every column tile before the next, so its rows of W are read
+    from memory once (twice when both widths are there)."""
     J = W.shape[0] // K
     Bt = dZT.shape[1]
     b56 = Bt - EC * _wide_tiles(Bt)
-    for k0 in range(k_lo, k_hi, DR):
-        for b0 in range(0, b56, DC):
-            _dinp_d(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c)
+    if b56 > 0 and k_hi > k_lo:
+        for k0 in range(k_lo, k_hi - DR1, DR):
+            for b0 in range(0, b56, DC):
+                _dinp_d(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c)
+        if (k_hi - k_lo) % DR:
+            for b0 in range(0, b56, DC):
+                _dinp_d(dZp, dZpT, ApT, dZT, W, k_hi - DR, b0, K, J, c)
     if b56 < Bt and k_hi > k_lo:
         for k0 in range(k_lo, k_hi - ER1, ER):
             for b0 in range(b56, Bt, EC):
@@ -370,18 +388,18 @@ def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide
           ident, F0):
     """One SGD step of one network on the minibatch X[rows[:nb]]; returns its mean loss (before the step).
 
-    act (L, Bp, Hp) activations, actT (L, Hp, Bt) those of layers 1..L-1 transposed (the operands of dweight, and
-    the masks of the wide path's dinp), xT (Dp, Bt) the minibatch transposed (the first dweight's operand); dz
-    (2, Bt, Hp) the gradients, ping-pong.  The input gradient of a hidden layer comes from one of two paths
-    (WIDE_H): ``wide``, from W itself, with dzT (2, Hp, Bt) the gradients transposed; narrow, from the transposed
-    copy WhT (L-1, Hp*Hp) that dweight_t keeps in step (dzT unused)."""
+    act (L, Bp, Hp) activations; dz (2, Bt, Hp) the gradients, ping-pong.  The input gradient of a hidden layer
+    comes from one of two paths (WIDE_H): ``wide``, from W itself, with actT (L, Hp, Bt) the activations of layers
+    1..L-1 transposed (the masks, and dweight's operands), xT (Dp, Bt) the minibatch transposed (the first dweight's
+    operand) and dzT (2, Hp, Bt) the gradients transposed; narrow, from the transposed copy WhT (L-1, Hp*Hp) that
+    dweight_t keeps in step, every dweight reading its input's rows (actT, xT and dzT unused)."""
     L = act.shape[0]
     nbp = _pad_rows(rows, nb)
     Hp = act.shape[2]
-    _fwd_layer(act[0], actT[0], L > 1, X, rows, nbp, W0, X.shape[1], b0, c[0], s[0], xT, _yes())
+    _fwd_layer(act[0], actT[0], wide and L > 1, X, rows, nbp, W0, X.shape[1], b0, c[0], s[0], xT, wide and AT_WIDE)
     for l in range(1, L):
-        _fwd_layer(act[l], actT[l], l < L - 1, act[l - 1], ident, nbp, Wh[l - 1], Hp, bh[l - 1], c[l], s[l], xT,
-                   _no())
+        _fwd_layer(act[l], actT[l], wide and l < L - 1, act[l - 1], ident, nbp, Wh[l - 1], Hp, bh[l - 1], c[l],
+                   s[l], xT, _no())
     _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L], rows, F0)
     loss = _loss_and_output(Y, rows, nb, nbp, Wo, bo, c, s, lr, loss_kind, wide and L > 1, act[L - 1], dz[0],
                             dzT[0], z)
@@ -392,12 +410,13 @@ def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide
     for l in range(L - 1, 0, -1):   # the input gradient first: it needs the old W
         if wide:
             _dinp_layer(dz[1 - cur], dzT[1 - cur], actT[l - 1], dzT[cur], Wh[l - 1], Hp, c[l])
-            _dweight_layer(Wh[l - 1], Hp, bh[l - 1], actT[l - 1], dz[cur], nb, lr, c[l], s[l])
+            _dweight_layer(Wh[l - 1], Hp, bh[l - 1], act[l - 1], ident, actT[l - 1], dz[cur], nb, lr, c[l], s[l],
+                           wide)
         else:
             _dinp_t_layer(dz[1 - cur], act[l - 1], dz[cur], WhT[l - 1], Hp, nbp, c[l])
-            _dweight_t_layer(Wh[l - 1], WhT[l - 1], Hp, bh[l - 1], actT[l - 1], dz[cur], nb, lr, c[l], s[l])
+            _dweight_t_layer(Wh[l - 1], WhT[l - 1], Hp, bh[l - 1], act[l - 1], ident, dz[cur], nb, lr, c[l], s[l])
         cur = 1 - cur
-    _dweight_layer(W0, X.shape[1], b0, xT, dz[cur], nb, lr, c[0], s[0])
+    _dweight_layer(W0, X.shape[1], b0, X, rows, xT, dz[cur], nb, lr, c[0], s[0], wide)
     return loss
 
 
@@ -595,7 +614,7 @@ def _par_fwd(out, outT, tr, A, rows, nbp, W, K, bias, c, s, AT, ta, pb):
 
 
 @njit(parallel=True, **_jit)
-def _par_dweight(W, WT, transposed, K, bias, AT, dZ, nb, lr, c, s, pb):
+def _par_dweight(W, WT, transposed, wide, K, bias, A, rows, AT, dZ, nb, lr, c, s, pb):
     """_dweight_layer (or, ``transposed``, _dweight_t_layer), its panels split over the threads by pb."""
     J = W.shape[0] // K
     scale = lr * c
@@ -604,13 +623,18 @@ def _par_dweight(W, WT, transposed, K, bias, AT, dZ, nb, lr, c, s, pb):
             j0 = _panel(p, J)
             if transposed:
                 if j0 < J - J % NR:
-                    _dweight_t_w(W, WT, j0, K, AT, dZ, nb, scale)
+                    _dweight_t_w(W, WT, j0, K, A, rows, AT, dZ, nb, scale)
                 else:
-                    _dweight_t_n(W, WT, j0, K, AT, dZ, nb, scale)
+                    _dweight_t_n(W, WT, j0, K, A, rows, AT, dZ, nb, scale)
+            elif wide:
+                if j0 < J - J % NR:
+                    _dweight_w(W, j0, K, A, rows, AT, dZ, nb, scale)
+                else:
+                    _dweight_n(W, j0, K, A, rows, AT, dZ, nb, scale)
             elif j0 < J - J % NR:
-                _dweight_w(W, j0, K, AT, dZ, nb, scale)
+                _dweight_r_w(W, j0, K, A, rows, AT, dZ, nb, scale)
             else:
-                _dweight_n(W, j0, K, AT, dZ, nb, scale)
+                _dweight_r_n(W, j0, K, A, rows, AT, dZ, nb, scale)
     _dbias(bias, dZ, nb, lr * s)
 
 
@@ -635,14 +659,14 @@ def _par_dinp_t(dZp, Ap, dZ, WT, J, nbp, c, pb):
 
 
 @njit(**_jit)
-def _forward_split(X, rows, nbp, W0, b0, Wh, bh, c, s, train, act, actT, xT, ident, pb):
-    """The hidden layers' forward pass of one network, split over the threads (as in _step); ``train``: keeping the
-    transposed operands of the backward pass (actT, xT)."""
+def _forward_split(X, rows, nbp, W0, b0, Wh, bh, c, s, wide, act, actT, xT, ident, pb):
+    """The hidden layers' forward pass of one network, split over the threads (as in _step); ``wide``: keeping the
+    transposed operands of the wide path's backward pass (actT, xT)."""
     L = act.shape[0]
     Hp = act.shape[2]
-    _par_fwd(act[0], actT[0], train and L > 1, X, rows, nbp, W0, X.shape[1], b0, c[0], s[0], xT, train, pb)
+    _par_fwd(act[0], actT[0], wide and L > 1, X, rows, nbp, W0, X.shape[1], b0, c[0], s[0], xT, wide and AT_WIDE, pb)
     for l in range(1, L):
-        _par_fwd(act[l], actT[l], train and l < L - 1, act[l - 1], ident, nbp, Wh[l - 1], Hp, bh[l - 1], c[l], s[l],
+        _par_fwd(act[l], actT[l], wide and l < L - 1, act[l - 1], ident, nbp, Wh[l - 1], Hp, bh[l - 1], c[l], s[l],
                  xT, _no(), pb)
 
 
@@ -653,7 +677,7 @@ def _step_split(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind
     L = act.shape[0]
     Hp = act.shape[2]
     nbp = _pad_rows(rows, nb)
-    _forward_split(X, rows, nbp, W0, b0, Wh, bh, c, s, _yes(), act, actT, xT, ident, pb)
+    _forward_split(X, rows, nbp, W0, b0, Wh, bh, c, s, wide, act, actT, xT, ident, pb)
     _output_forward(z, act[L - 1], Wo, bo, nb, c[L], s[L], rows, F0)
     loss = _loss_and_output(Y, rows, nb, nbp, Wo, bo, c, s, lr, loss_kind, wide and L > 1, act[L - 1], dz[0],
                             dzT[0], z)
@@ -665,9 +689,10 @@ def _step_split(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind
             _par_dinp(dz[1 - cur], dzT[1 - cur], actT[l - 1], dzT[cur], Wh[l - 1], Hp, c[l], kb)
         else:
             _par_dinp_t(dz[1 - cur], act[l - 1], dz[cur], WhT[l - 1], Hp, nbp, c[l], pb)
-        _par_dweight(Wh[l - 1], WhT[l - 1], not wide, Hp, bh[l - 1], actT[l - 1], dz[cur], nb, lr, c[l], s[l], pb)
+        _par_dweight(Wh[l - 1], WhT[l - 1], not wide, wide, Hp, bh[l - 1], act[l - 1], ident, actT[l - 1], dz[cur],
+                     nb, lr, c[l], s[l], pb)
         cur = 1 - cur
-    _par_dweight(W0, W0, _no(), X.shape[1], b0, xT, dz[cur], nb, lr, c[0], s[0], pb)   # W0: no copy to keep
+    _par_dweight(W0, W0, _no(), wide, X.shape[1], b0, X, rows, xT, dz[cur], nb, lr, c[0], s[0], pb)   # no WT
     return loss
 
 

@@ -54,10 +54,11 @@ class Engine(EngineBase):
 
         T, Hp, Bp = self.threads, self.Hp, self.Bp
         Bt = cpu.dinp_columns(Bp)                              # columns of the transposed arrays (dinp's tiles)
-        Ht = Hp if self.wide else 0                            # the transposed gradients: the wide path's alone
+        Ht = Hp if self.wide else 0                            # the transposed arrays: the wide path's alone
+        Dt = self.Dp if self.wide and cpu.AT_WIDE else 0
         self._act = np.zeros((T, L, Bp, Hp), self.dtype)       # hidden activations of the current minibatch
-        self._actT = np.zeros((T, L, Hp, Bt), self.dtype)      # the same, transposed (dweight's operands, dinp's masks)
-        self._xT = np.zeros((T, self.Dp, Bt), self.dtype)      # the minibatch, transposed (the first dweight's)
+        self._actT = np.zeros((T, L, Ht, Bt), self.dtype)      # the same, transposed (dinp's masks, dweight's operands)
+        self._xT = np.zeros((T, Dt, Bt), self.dtype)           # the minibatch, transposed (the first dweight's)
         self._dz = np.zeros((T, 2, Bt, Hp), self.dtype)        # gradients w.r.t. pre-activations (ping-pong)
         self._dzT = np.zeros((T, 2, Ht, Bt), self.dtype)       # the same, transposed
         self._z = np.zeros((T, Bp, N_CLASSES), self.dtype)     # logits, then their gradients
