@@ -12,7 +12,9 @@ copy of its weights, refreshed by the fused update, and reads it like the forwar
 computes the input gradient from W itself, with the gradient kept in both layouts (dZ (Bt, H) for the weight update,
 dZT (H, Bt) for the input gradient below) and the activations transposed for the ReLU mask: at H = 500 that is a
 tenth of the stores of refreshing the copy, while at H = 100 the copy is cheaper than the transposes and the
-padding of the minibatch to whole tiles.
+padding of the minibatch to whole tiles.  On the wide path of a family with Family.dweight_at (AVX2) the weight
+gradient reads its input from those transposed activations too, and from the minibatch transposed, which the first
+layer's fwd stores as it reads it (fwd_x); elsewhere it reads the input's rows (codegen._dweight says why).
 
 Packed layout (built by the CPU engine), padded so that every tile is full: Hp = H rounded up to 8, Dp = D rounded
 up to 8, Bp = B rounded up to 5 rows, Bt = Bp rounded up to a sum of the wide input gradient's tile widths (AVX-512:

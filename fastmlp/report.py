@@ -280,6 +280,28 @@ def namespace(data):
             raise ReportError(f"{name}.jsonl: {len(found)} lines with workload {workload}, impl {impl}")
         return found[0]
 
+    def kernel(name, kernel):
+        """The line of one kernel in a `bench/bench_kernels.py` run (docs/bench/NAME.jsonl): its family, rate and
+        share of a step's FLOPs."""
+        found = [r for r in data.bench(name) if r.get("kernel") == kernel]
+        if len(found) != 1:
+            raise ReportError(f"{name}.jsonl: {len(found)} lines for kernel {kernel}")
+        return found[0]
+
+    def spills(name, family, kind, dtype="float32"):
+        """FMAs / vector stack accesses in the reduction loops of each kernel of one kind (fwd, dweight_r, dinp...,
+        or train_epoch: the driver), family and dtype in a `bench/kernel_spills.py` run (docs/bench/NAME.jsonl):
+        '4x16: 8 / 0; 4x8: 4 / 0'."""
+        lines = [r for r in data.bench(name) if r["family"] == family and r["dtype"] == dtype]
+        if kind == "train_epoch":   # the driver, every kernel inlined into it
+            (r,) = [r for r in lines if r["kernel"] == "train_epoch (callees included)"]
+            return f"{r['loop_fma']} / {r['loop_stack']}"
+        found = [r for r in lines if re.fullmatch(rf"{kind}_(\d+x\d+)", r["kernel"])]
+        if not found:
+            return "-"
+        return "; ".join(f"{r['kernel'][len(kind) + 1:]}: {r['loop_fma']} / {r['loop_stack']}" for r in
+                         sorted(found, key=lambda r: -int(r["kernel"].split("_")[-1].split("x")[1])))
+
     def paired(name, workload):
         """The summary line of a `bench/bench_commits.py` run (docs/bench/NAME.jsonl) for one workload: the median
         ratio of this engine's rate to the other commit's over its pairs, and quartiles."""
