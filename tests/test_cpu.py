@@ -73,10 +73,12 @@ def test_one_epoch(data_small, H, L, B, param, dtype, wide):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("H, L, B", [(16, 2, 50), (40, 3, 80)])
 def test_one_epoch_wide_input_gradient_tiles(data_medium, H, L, B, dtype):
-    """The input gradient from W with its 56-column tiles: B = 50 pads to one 56-wide tile, B = 80 to a 32-wide and
-    a 56-wide one on AVX-512 (five 16-wide ones on AVX2); at Hp = 16 and 40 the last 6-row tile of AVX-512 overlaps
-    the one before (6 divides neither)."""
-    assert cpu.dinp_columns(cpu.round_up(B, cpu.MR_ROWS)) == {50: 56, 80: 88 if cpu.DC == 32 else 80}[B]
+    """The input gradient from W with its wide tiles: B = 50 pads to 56 columns (one 56-wide tile on AVX-512, a
+    32-wide and a 24-wide one on AVX2), B = 80 to a 32-wide and a 56-wide one on AVX-512 (88), to a 32-wide and two
+    24-wide ones on AVX2 (80); at Hp = 16 and 40 the last 6-row tile of AVX-512 and the last 3-row tiles of AVX2
+    overlap the ones before (neither 6 nor 3 divides them)."""
+    avx512 = cpu.FAMILY.dinp_tiles == ((8, 32), (6, 56))
+    assert cpu.dinp_columns(cpu.round_up(B, cpu.MR_ROWS)) == {50: 56, 80: 88 if avx512 else 80}[B]
     test_one_epoch(data_medium, H, L, B, "standard", dtype, True)   # 300 samples: several steps, the last short
 
 
