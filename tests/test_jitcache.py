@@ -103,5 +103,7 @@ def test_straight_line_compiles_a_kernel_to_the_machine_code_of_numbas_own_pipel
     for pipeline in ({}, {"pipeline_class": jitcache.StraightLine}):
         f = njit(fastmath={"contract"}, **pipeline)(mk.dinp_t_5x8.py_func)
         f.compile(sig)
-        asm.append(re.sub(r"B\d+v\d+", "Bv", f.inspect_asm(sig)))
+        # Numba's compile counters in mangled names, and the lengths of the strings that hold them (a long run can
+        # pass a power of ten between the two compiles: 274 against 275 characters, seen compiling for Haswell)
+        asm.append(re.sub(r'", \d+$', '", n', re.sub(r"B\d+v\d+", "Bv", f.inspect_asm(sig)), flags=re.M))
     assert "dinp_t_5x8" in asm[0] and asm[0] == asm[1]
