@@ -45,13 +45,13 @@ class Family(NamedTuple):
 
 FAMILIES = {
     # 32 x 512 bit (16 floats): fwd 5 x 32 holds 10 accumulators, dweight 8 x 32 16, dinp 8 x 32 16 and 6 x 56 24
-    # (dweight from the input's rows: from its transpose, W1-W5 ran 0.90-0.96x, paired, on Zen 4)
+    # (dweight from the input's rows: from its transpose whole trainings ran slower, docs/benchmarks.md)
     "avx512": Family("avx512", 512, 32, "_microkernels", (32, 8), (8, 8), ((8, 32), (6, 56)), False),
     # 16 x 256 bit (8 floats): fwd 5 x 16 holds 10 accumulators, dweight 4 x 16 8 (4 x 8 in a narrow panel: at
     # 8 x 8 LLVM kept one of dweight_t's accumulators on the stack), dinp 3 x 32 12 and 3 x 24 9, each with room
     # for the broadcasts and the streamed operand (bench/kernel_spills.py: 2 x 56, 4 x 24 and 6 x 16 put
-    # accumulators on the stack); B = 50 is one 32-wide tile and one 24-wide.  Measured against 4 x 16 + 2 x 40 on
-    # one Zen 4 core compiled for Haswell (K = 504, B = 50): 1.14x at J = 504, 1.29x at J = 1008
+    # accumulators on the stack); B = 50 is one 32-wide tile and one 24-wide (faster than 4 x 16 and 2 x 40:
+    # bench/bench_kernels.py W4 --isa avx2, in docs/benchmarks.md)
     "avx2": Family("avx2", 256, 16, "_microkernels_avx2", (16, 8), (4, 4), ((3, 32), (3, 24)), True),
 }
 # anything else (NEON: 32 x 128 bit, 4 floats): as many float lanes as AVX2's register file, in twice the registers,
@@ -114,9 +114,8 @@ def _dweight(MR, NR, panels, transposed=False, rows=False):
     The layer's input A comes in one of two forms.  dweight (the wide path): transposed, AT (K, Bt), which fwd
     writes (outT; for the first layer, fwd_x), so that a tile streams MR rows of it.  ``rows`` (dweight_r, and
     dweight_t): A[rows[b], k0:k0 + MR], one stream per minibatch row, which the prefetcher loses once A and W leave
-    the cache: measured on one Zen 4 core compiled for Haswell, AVX2's 4 x 16 ran 12-23% faster from AT at
-    K = 504 / 1008, J = 128 / 512, but on a narrow layer the stores of the transposed copies cost what the tile
-    gains (a whole training, W1 and W2: 1.00x; W4 and W5: 1.10x).
+    the cache.  On a narrow layer the stores of the transposed copies cost what the tile gains, and on AVX-512 the
+    row form is faster (docs/benchmarks.md: the transposed form on every path and family, 651dca3).
     ``transposed`` (dweight_t, the narrow path's): the updated tile is also stored into W's transposed copy WT (J, K),
     packed.  A family reads AT on the wide path where that measured faster (Family.dweight_at).
     Every form takes both operands (A, rows and AT) and reads one, so that the engine calls any of them alike."""

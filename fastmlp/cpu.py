@@ -62,9 +62,8 @@ _dinp_d, _dinp_e = getattr(mk, f"dinp_{DR}x{DC}"), getattr(mk, f"dinp_{ER}x{EC}"
 # 1.05 at 504 (L = 3, 6 networks); 0.98 at 400 and 1.12 at 504 (L = 5, 2 networks).
 WIDE_H = 480
 # The dtype of the row-index arrays the kernels read their A operand through (`rows`, `ident`).  Unsigned, because
-# Numba tests every signed index for a negative value (and wraps it) inside the kernels' inner loops: dweight reads
-# a row per minibatch sample per tile, and the test there cost the AVX2 family's dweight 5-10% (measured on one
-# Zen 4 core compiled for Haswell, D = 500 / 1000, H = 100 / 500).
+# Numba tests every signed index for a negative value (and wraps it) inside the kernels' inner loops, and dweight
+# reads a row per minibatch sample per tile.
 ROW_INDEX = np.uint64
 
 
