@@ -67,8 +67,8 @@ def _dinp_32(reps, dZp, dZpT, ApT, dZT, Ws, K):
     J = Ws.shape[1] // K
     for r in range(reps):
         for l in range(Ws.shape[0]):
-            for k0 in range(0, K, cpu.DR):
-                for b0 in range(0, dZT.shape[1], cpu.DC):
+            for k0 in range(0, K - cpu.DR + 1, cpu.DR):
+                for b0 in range(0, ApT.shape[1], cpu.DC):
                     cpu._dinp_d(dZp, dZpT, ApT, dZT, Ws[l], k0, b0, K, J, np.float32(1))
 
 
@@ -132,7 +132,7 @@ def main():
     XT = np.zeros((Dp, Bt), f32)
     XT[:, :Bp] = X[rows].T
     dz = rng.standard_normal((Bt, Hp), dtype=f32) * f32(0.01)
-    dzT = np.ascontiguousarray(dz.T)
+    dzT = cpu.to_tiles(dz.T)                             # dinp's operand, transposed and tiled as the engine's
     dz2, dz2T = np.zeros_like(dz), np.zeros_like(dzT)
 
     flop_h = 2.0 * B * Hp * Hp
@@ -147,9 +147,10 @@ def main():
         results += [("fwd", _fwd, (act, actT, wide, act[0], ident, Bp, Wh, Hp, bias, XT, False), nh, flop_h)]
         if wide:
             B32 = cpu.round_up(Bp, cpu.DC)
-            pad32 = [np.zeros((Hp, B32), f32), np.zeros((B32, Hp), f32), np.zeros((Hp, B32), f32),
+            pad32 = [np.zeros(Hp * B32, f32), np.zeros((B32, Hp), f32), np.zeros((Hp, B32), f32),
                      np.zeros((Hp, B32), f32)]
-            pad32[2][:, :Bt], pad32[3][:, :Bt] = actT, dzT   # the same real columns, more padding
+            pad32[2][:, :Bt], pad32[3][:, :Bt] = actT, dz.T   # the same real columns, more padding
+            pad32[3] = cpu.to_tiles(pad32[3])
             results += [(f"dinp ({Bt} columns)", _dinp, (dz2, dz2T, actT, dzT, Wh, Hp), nh, flop_h),
                         (f"dinp, {cpu.DR} x {cpu.DC} tiles only ({B32} columns)", _dinp_32,
                          (pad32[1], pad32[0], pad32[2], pad32[3], Wh, Hp), nh, flop_h),

@@ -175,7 +175,13 @@ def _dinp_t(MR, NR):
 def _dinp(MR, NR, panels):
     """The (MR, NR) tile at (k0, b0) of dZp^T = c * (W @ dZ^T) * (Ap^T > 0): the input gradient of a wide layer,
     computed from the layer's own packed W (K, J), the transposed gradient dZT (J, Bt) and the
-    transposed activations ApT (K, Bt) that fwd writes with ``tr``.  Its columns are minibatch rows, so a tile's
+    transposed activations ApT (K, Bt) that fwd writes with ``tr``.  dZT and the tile's output dZpT (K, Bt) are
+    stored flat, tile by tile (cpu.to_tiles): the columns b0..b0+NR of a tile are one contiguous (J, NR) block at
+    J * b0, so the reduction streams one block instead of reading part of every row of a (J, Bt) matrix.  Its loop
+    reads W and dZT through one slice per panel, so no index in it needs Numba's test for a negative value, and
+    loads one vector of d at a time for all MR rows, which keeps AVX2's 3 x 32 tile (12 accumulators, 3
+    broadcasts, 1 load: all 16 registers) off the stack (docs/benchmarks.md has the kernel's rates before and
+    after).  Its columns are minibatch rows, so a tile's
     width NR is a number of rows the minibatch is padded to (Family.dinp_tiles, cpu.dinp_columns): the rate per padded
     FLOP hardly depends on it from 32 up, and below it falls (measured on one Zen 4 core at H = 504: 8 x 32 at 92
     GFLOP/s, 6 x 56 at 97, 6 x 40 at 97, 2 x 56 at 77; 8 x 24 at 75, 8 x 16 at 42, 8 x 8 at 36).  B = 50 is one
@@ -189,17 +195,19 @@ def _dinp(MR, NR, panels):
     wide, narrow = panels
     L = [f"def dinp_{MR}x{NR}(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c):"]
     L.append("    zero = c - c")
+    L.append(f"    dz = dZT[J * b0:J * (b0 + {NR})].reshape((J, {NR}))")
     L += [f"    c{i}_{n} = zero" for i in range(MR) for n in range(NR)]
     for width, panels in ((wide, f"range(0, J - J % {wide}, {wide})"), (narrow, f"range(J - J % {wide}, J, {narrow})")):
         L.append(f"    for j0 in {panels}:")
-        L.append(f"        wb = K * j0 + k0 * {width}")
+        L.append(f"        w = W[K * j0 + k0 * {width}:K * j0 + (k0 + {MR}) * {width}]")
+        L.append(f"        dp = dz[j0:j0 + {width}]")
         L.append(f"        for jj in range({width}):")
-        L.append(f"            d = dZT[j0 + jj, b0:b0 + {NR}]")
-        for i in range(MR):
-            L.append(f"            x = W[wb + {i * width} + jj]")
-            L += [f"            c{i}_{n} += x * d[{n}]" for n in range(NR)]
+        L.append("            d = dp[jj]")
+        L += [f"            x{i} = w[{i * width} + jj]" for i in range(MR)]
+        for g in range(0, NR, 8):   # a vector of d at a time, for every row: one load of it live, not NR / 8
+            L += [f"            c{i}_{n} += x{i} * d[{n}]" for i in range(MR) for n in range(g, min(g + 8, NR))]
     for i in range(MR):
-        L.append(f"    o = dZpT[k0 + {i}, b0:b0 + {NR}]")
+        L.append(f"    o = dZpT[K * b0 + (k0 + {i}) * {NR}:K * b0 + (k0 + {i + 1}) * {NR}]")
         L.append(f"    ap = ApT[k0 + {i}, b0:b0 + {NR}]")
         # branch-free ReLU mask; all loads before any store (o may alias ap as far as LLVM knows)
         L += [f"    v{n} = c * c{i}_{n} * (ap[{n}] > zero)" for n in range(NR)]

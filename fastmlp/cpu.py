@@ -10,11 +10,12 @@ update are fused into their epilogues, so neither pre-activations nor weight gra
 The input gradient of a hidden layer takes one of two paths, by width (WIDE_H).  A narrow layer keeps a transposed
 copy of its weights, refreshed by the fused update, and reads it like the forward pass reads W.  A wide layer
 computes the input gradient from W itself, with the gradient kept in both layouts (dZ (Bt, H) for the weight update,
-dZT (H, Bt) for the input gradient below) and the activations transposed for the ReLU mask: at H = 500 that is a
-tenth of the stores of refreshing the copy, while at H = 100 the copy is cheaper than the transposes and the
-padding of the minibatch to whole tiles.  On the wide path of a family with Family.dweight_at (AVX2) the weight
-gradient reads its input from those transposed activations too, and from the minibatch transposed, which the first
-layer's fwd stores as it reads it (fwd_x); elsewhere it reads the input's rows (codegen._dweight says why).
+dZT (H, Bt), tile by tile, for the input gradient below) and the activations transposed for the ReLU mask: at
+H = 500 that is a tenth of the stores of refreshing the copy, while at H = 100 the copy is cheaper than the
+transposes and the padding of the minibatch to whole tiles.  On the wide path of a family with Family.dweight_at
+(AVX2) the weight gradient reads its input from those transposed activations too, and from the minibatch
+transposed, which the first layer's fwd stores as it reads it (fwd_x); elsewhere it reads the input's rows
+(codegen._dweight says why).
 
 Packed layout (built by the CPU engine), padded so that every tile is full: Hp = H rounded up to 8, Dp = D rounded
 up to 8, Bp = B rounded up to 5 rows, Bt = Bp rounded up to a sum of the wide input gradient's tile widths (AVX-512:
@@ -218,24 +219,51 @@ def _wide_tiles(Bt):
     return n
 
 
+def to_tiles(MT):
+    """A transposed matrix MT (H, Bt) in the layout of the wide input gradient's operands (dzT): flat, tile by tile
+    (dinp_columns' tiles in order), the columns b0..b0+w of a w-wide tile one contiguous (H, w) block at H * b0."""
+    H, Bt = MT.shape
+    b56 = Bt - EC * _wide_tiles(Bt)
+    tiles = [(b0, DC) for b0 in range(0, b56, DC)] + [(b0, EC) for b0 in range(b56, Bt, EC)]
+    return np.concatenate([MT[:, b0:b0 + w].ravel() for b0, w in tiles]) if tiles else MT.ravel()
+
+
+@njit(inline="always", **_jit)
+def _transpose_tile(MT, M, b0, w, H, nbp):
+    """The w-wide tile at column b0 of M^T, written into MT, tiled (to_tiles): rows b0..min(b0 + w, nbp) of M
+    (Bt, H)."""
+    for k in range(H):
+        o = H * b0 + k * w
+        for b in range(b0, min(b0 + w, nbp)):
+            MT[o + b - b0] = M[b, k]
+
+
 @njit(inline="always", **_jit)
 def _dinp_rows(dZp, dZpT, ApT, dZT, W, K, c, k_lo, k_hi):
     """Rows k_lo..k_hi (multiples of 8) of _dinp_layer: the DC-wide column tiles by DR rows of W (32 by 8 on
     AVX-512), then the EC-wide ones by ER rows (56 by 6); the last tile of each ends at k_hi, overlapping the one
     before where its rows do not divide k_hi - k_lo (those rows are written twice, with the same values: a row's
     output depends on nothing else).  A k-tile runs every column tile before the next, so its rows of W are read
-    from memory once (twice when both widths are there)."""
+    from memory once, and where both tile kinds have as many rows (AVX2: 3), the two kinds' tiles of the same rows
+    run one after the other, so those rows of W are read once for both."""
     J = W.shape[0] // K
-    Bt = dZT.shape[1]
+    Bt = ApT.shape[1]
     b56 = Bt - EC * _wide_tiles(Bt)
-    if b56 > 0 and k_hi > k_lo:
-        for k0 in range(k_lo, k_hi - DR1, DR):
-            for b0 in range(0, b56, DC):
-                _dinp_d(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c)
-        if (k_hi - k_lo) % DR:
-            for b0 in range(0, b56, DC):
-                _dinp_d(dZp, dZpT, ApT, dZT, W, k_hi - DR, b0, K, J, c)
-    if b56 < Bt and k_hi > k_lo:
+    if k_hi <= k_lo:
+        return
+    for k0 in range(k_lo, k_hi - DR1, DR):
+        for b0 in range(0, b56, DC):
+            _dinp_d(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c)
+        if ER == DR:
+            for b0 in range(b56, Bt, EC):
+                _dinp_e(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c)
+    if (k_hi - k_lo) % DR:
+        for b0 in range(0, b56, DC):
+            _dinp_d(dZp, dZpT, ApT, dZT, W, k_hi - DR, b0, K, J, c)
+        if ER == DR:
+            for b0 in range(b56, Bt, EC):
+                _dinp_e(dZp, dZpT, ApT, dZT, W, k_hi - ER, b0, K, J, c)
+    if ER != DR:
         for k0 in range(k_lo, k_hi - ER1, ER):
             for b0 in range(b56, Bt, EC):
                 _dinp_e(dZp, dZpT, ApT, dZT, W, k0, b0, K, J, c)
@@ -246,9 +274,9 @@ def _dinp_rows(dZp, dZpT, ApT, dZT, W, K, c, k_lo, k_hi):
 
 @njit(inline="always", **_jit)
 def _dinp_layer(dZp, dZpT, ApT, dZT, W, K, c):
-    """dZp = (c * dZ @ W^T) * (Ap > 0), in both layouts (dZp (Bt, K) and dZpT (K, Bt)), from dZT (J, Bt), the
-    transposed activations ApT (K, Bt) and the layer's packed W (K, J): the gradient reaching the layer below,
-    ReLU-masked."""
+    """dZp = (c * dZ @ W^T) * (Ap > 0), in both layouts (dZp (Bt, K) and dZpT (K, Bt), tiled as to_tiles lays it
+    out), from dZT (J, Bt, tiled), the transposed activations ApT (K, Bt) and the layer's packed W (K, J): the
+    gradient reaching the layer below, ReLU-masked."""
     _dinp_rows(dZp, dZpT, ApT, dZT, W, K, c, 0, K)
 
 
@@ -357,10 +385,14 @@ def _loss_and_output(Y, rows, nb, nbp, Wo, bo, c, s, lr, loss_kind, wide, aL, g,
         for k in range(aL.shape[1]):
             v = co * (z[b, 0] * Wo[0, k] + z[b, 1] * Wo[1, k])
             g[b, k] = v if aL[b, k] > 0 else co - co
-    if wide:
-        for k in range(aL.shape[1]):
-            for b in range(nbp):
-                gT[k, b] = g[b, k]
+    if wide:   # gT: transposed, tiled (to_tiles)
+        H = aL.shape[1]
+        Bt = gT.shape[0] // H
+        b56 = Bt - EC * _wide_tiles(Bt)
+        for b0 in range(0, min(nbp, b56), DC):
+            _transpose_tile(gT, g, b0, DC, H, nbp)
+        for b0 in range(b56, min(nbp, Bt), EC):
+            _transpose_tile(gT, g, b0, EC, H, nbp)
     for u in range(N_CLASSES):
         gs = 0.0
         for b in range(nb):
@@ -392,8 +424,8 @@ def _step(X, Y, rows, nb, W0, b0, Wh, WhT, bh, Wo, bo, c, s, lr, loss_kind, wide
     act (L, Bp, Hp) activations; dz (2, Bt, Hp) the gradients, ping-pong.  The input gradient of a hidden layer
     comes from one of two paths (WIDE_H): ``wide``, from W itself, with actT (L, Hp, Bt) the activations of layers
     1..L-1 transposed (the masks, and dweight's operands), xT (Dp, Bt) the minibatch transposed (the first dweight's
-    operand) and dzT (2, Hp, Bt) the gradients transposed; narrow, from the transposed copy WhT (L-1, Hp*Hp) that
-    dweight_t keeps in step, every dweight reading its input's rows (actT, xT and dzT unused)."""
+    operand) and dzT (2, Hp*Bt) the gradients transposed (tiled: to_tiles); narrow, from the transposed copy WhT
+    (L-1, Hp*Hp) that dweight_t keeps in step, every dweight reading its input's rows (actT, xT and dzT unused)."""
     L = act.shape[0]
     nbp = _pad_rows(rows, nb)
     Hp = act.shape[2]

@@ -60,7 +60,7 @@ class Engine(EngineBase):
         self._actT = np.zeros((T, L, Ht, Bt), self.dtype)      # the same, transposed (dinp's masks, dweight's operands)
         self._xT = np.zeros((T, Dt, Bt), self.dtype)           # the minibatch, transposed (the first dweight's)
         self._dz = np.zeros((T, 2, Bt, Hp), self.dtype)        # gradients w.r.t. pre-activations (ping-pong)
-        self._dzT = np.zeros((T, 2, Ht, Bt), self.dtype)       # the same, transposed
+        self._dzT = np.zeros((T, 2, Ht * Bt), self.dtype)      # the same, transposed, flat tile by tile (to_tiles)
         self._z = np.zeros((T, Bp, N_CLASSES), self.dtype)     # logits, then their gradients
         # Row indexes are unsigned (cpu.ROW_INDEX): a signed index costs every kernel's inner loop Numba's
         # wraparound test for negative indexes

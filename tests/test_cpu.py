@@ -93,6 +93,27 @@ def test_dinp_columns_pad_the_minibatch_to_whole_tiles(Bp):
     assert Bt == min(EC * n + DC * a for n in range(10) for a in range(30) if EC * n + DC * a >= Bp)
 
 
+@pytest.mark.parametrize("Bp", [5, 50, 80, 120, 175])
+def test_transposed_gradients_are_stored_tile_by_tile(Bp):
+    """The wide input gradient's operand layout: to_tiles puts the columns of each of dinp_columns' tiles in one
+    contiguous (H, width) block, in order, and _transpose_tile (the output layer's gradient, stored so) writes the
+    same array from the untransposed rows, leaving the columns past nbp alone."""
+    H, Bt = 16, cpu.dinp_columns(Bp)
+    M = np.arange(Bt * H, dtype=np.float32).reshape(Bt, H)
+    tiled = cpu.to_tiles(np.ascontiguousarray(M.T))
+    assert tiled.shape == (H * Bt,) and sorted(tiled) == sorted(M.ravel())
+    b56 = Bt - cpu.EC * cpu._wide_tiles(Bt)
+    tiles = [(b0, cpu.DC) for b0 in range(0, b56, cpu.DC)] + [(b0, cpu.EC) for b0 in range(b56, Bt, cpu.EC)]
+    assert sum(w for _, w in tiles) == Bt
+    for b0, w in tiles:
+        np.testing.assert_array_equal(tiled[H * b0:H * (b0 + w)].reshape(H, w), M[b0:b0 + w].T)
+    out = np.full(H * Bt, -1, np.float32)
+    for b0, w in tiles:
+        cpu._transpose_tile.py_func(out, M, b0, w, H, Bp)
+    written = out != -1
+    assert np.array_equal(out[written], tiled[written]) and written.sum() == H * Bp
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("param", PARAMS)
 @pytest.mark.parametrize("H, L", [(21, 2), (40, 3)])
