@@ -16,7 +16,10 @@ dinp once more with its first tiles alone (8 x 32 on AVX-512), the minibatch pad
 (the layout before the 56-column tiles); output+loss, the output layer forward, the loss, the gradient below it and
 its update (12 B H FLOP).  Medians of --repeats.  Every line names the kernel family (codegen.FAMILIES) it timed:
 `--isa avx2` runs the whole script again in a process compiled for AVX2 + FMA (fastmlp.isa.ISA_ENV; Numba keeps
-that target's compiled kernels beside this machine's, under keys of their own).
+that target's compiled kernels beside this machine's, under keys of their own).  `--against COMMIT` compares two
+commits: whole runs of each, taking turns, `--rounds` of each, every line tagged with its commit and round.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_kernels.py W4 --isa avx2 --against ce501be
 """
 import argparse
 import json
@@ -25,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -97,6 +101,25 @@ def timed(fn, args, reps, repeats):
     return statistics.median(times)
 
 
+def against(args):
+    """Runs of this checkout and of another commit, taking turns (old, new, old, new...), one process each: a
+    kernel's rate moves between runs minutes apart on a shared machine, so each commit gets as many runs, spread
+    over the same minutes; compare the medians over rounds."""
+    from checkouts import checkouts, short
+    rest = [args.workload, "--isa", args.isa, "--repeats", str(args.repeats), "--reps", str(args.reps)]
+    with checkouts(args.against, None) as (old, new):
+        for r in range(args.rounds):
+            for src, name in ((old, short(args.against)), (new, "checkout")):
+                out = subprocess.run([sys.executable, str(Path(src) / "bench" / "bench_kernels.py"), *rest],
+                                     cwd=src, env=os.environ | {"PYTHONPATH": str(src)}, capture_output=True,
+                                     text=True)
+                if out.returncode:
+                    sys.exit(f"bench_kernels in {src} failed:\n{out.stderr}")
+                for line in out.stdout.splitlines():
+                    if line.startswith("{"):
+                        print(json.dumps(json.loads(line) | {"commit": name, "round": r}), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("workload", choices=list(bench.WORKLOADS))
@@ -104,7 +127,13 @@ def main():
     ap.add_argument("--reps", type=int, default=200, help="kernel calls per layer in one timed run")
     ap.add_argument("--isa", choices=["native", "avx2"], default="native",
                     help="the kernel family of this CPU, or the AVX2 family (in a subprocess compiled for Haswell)")
+    ap.add_argument("--against", metavar="COMMIT",
+                    help="alternate whole runs of this checkout with runs of COMMIT's own script in a worktree of it, "
+                         "--rounds of each, every line tagged with its commit and round")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    if args.against:
+        return against(args)
     env = {} if args.isa == "native" else isa.ISA_ENV[args.isa]
     if any(os.environ.get(k) != v for k, v in env.items()):   # Numba reads its target as it loads
         sys.exit(subprocess.run([sys.executable, __file__, *sys.argv[1:]], env=os.environ | env).returncode)

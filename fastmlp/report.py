@@ -51,6 +51,7 @@ import json
 import math
 import re
 import sys
+import statistics
 from functools import lru_cache
 from pathlib import Path
 
@@ -280,12 +281,16 @@ def namespace(data):
             raise ReportError(f"{name}.jsonl: {len(found)} lines with workload {workload}, impl {impl}")
         return found[0]
 
-    def kernel(name, kernel):
+    def kernel(name, kernel, commit=None):
         """The line of one kernel in a `bench/bench_kernels.py` run (docs/bench/NAME.jsonl): its family, rate and
-        share of a step's FLOPs."""
-        found = [r for r in data.bench(name) if r.get("kernel") == kernel]
+        share of a step's FLOPs.  In a run with --against, the lines of one commit (its short hash, or "checkout"),
+        the rate their median over the rounds."""
+        found = [r for r in data.bench(name) if r.get("kernel") == kernel and r.get("commit") == commit]
+        if len(found) > 1 and all("round" in r for r in found):
+            return found[0] | {"gflops": statistics.median(r["gflops"] for r in found), "rounds": len(found)}
         if len(found) != 1:
-            raise ReportError(f"{name}.jsonl: {len(found)} lines for kernel {kernel}")
+            raise ReportError(f"{name}.jsonl: {len(found)} lines for kernel {kernel}" +
+                              (f", commit {commit}" if commit else ""))
         return found[0]
 
     def spills(name, family, kind, dtype="float32"):
