@@ -50,8 +50,8 @@ import io
 import json
 import math
 import re
-import sys
 import statistics
+import sys
 from functools import lru_cache
 from pathlib import Path
 
