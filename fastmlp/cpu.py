@@ -232,10 +232,11 @@ def to_tiles(MT):
 def _transpose_tile(MT, M, b0, w, H, nbp):
     """The w-wide tile at column b0 of M^T, written into MT, tiled (to_tiles): rows b0..min(b0 + w, nbp) of M
     (Bt, H)."""
+    T = MT[H * b0:H * (b0 + w)].reshape((H, w))
+    n = min(b0 + w, nbp) - b0
     for k in range(H):
-        o = H * b0 + k * w
-        for b in range(b0, min(b0 + w, nbp)):
-            MT[o + b - b0] = M[b, k]
+        for b in range(n):
+            T[k, b] = M[b0 + b, k]
 
 
 @njit(inline="always", **_jit)
