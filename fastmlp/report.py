@@ -315,6 +315,13 @@ def namespace(data):
             raise ReportError(f"{name}.jsonl: {len(found)} summary lines for {workload}")
         return found[0]
 
+    def pair_seconds(name, workload, commit):
+        """The seconds of one commit's timed calls in a `bench/bench_commits.py` run's pair lines: their span."""
+        calls = [r["seconds"][commit] for r in data.bench(name) if r.get("workload") == workload and "pair" in r]
+        if not calls:
+            raise ReportError(f"{name}.jsonl: no pairs of {workload} with {commit}")
+        return span(calls, ".1f")
+
     def record(name):
         """The JSON record docs/results/NAME.json (what `fastmlp run/ntk/train --json` printed)."""
         return data.record(name)
