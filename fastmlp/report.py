@@ -281,6 +281,13 @@ def namespace(data):
             raise ReportError(f"{name}.jsonl: {len(found)} lines with workload {workload}, impl {impl}")
         return found[0]
 
+    def bench_lines(name, **sel):
+        """Every line of a benchmark run (docs/bench/NAME.jsonl) whose keys have the values given, in file order."""
+        found = [r for r in data.bench(name) if all(r.get(k) == v for k, v in sel.items())]
+        if not found:
+            raise ReportError(f"{name}.jsonl: no line with {sel}")
+        return found
+
     def kernel(name, kernel, commit=None):
         """The line of one kernel in a `bench/bench_kernels.py` run (docs/bench/NAME.jsonl): its family, rate and
         share of a step's FLOPs.  In a run with --against, the lines of one commit (its short hash, or "checkout"),
@@ -657,19 +664,36 @@ def table_expressivity(data, store):
     return _md(["N"] + [f"L = 1, H = {H}" for H in Hs], body)
 
 
-def table_bench(data, name):
+IMPL_NAMES = {"numpy-procs": "NumPy, 2 processes", "numpy": "NumPy batched", "torch": "PyTorch `bmm`"}
+
+
+def table_bench(data, name, peers=False):
     """A `fastmlp bench` run: per workload fastmlp-cpu's rate, the best peer's, and the per-round ratios (median and
-    quartiles) to the best peer and to the run's large-sgemm rate."""
+    quartiles) to the best peer and to the run's large-sgemm rate.  With ``peers``, every peer's rate in a column
+    of its own (the workload's shape beside its name, the fastest rate of a row in bold) instead of the best's."""
     lines = data.bench(name)
+    impls = [i for i in IMPL_NAMES if any(r.get("impl") == i and "gflops" in r for r in lines)]
     body = []
     for ratio in (r for r in lines if r.get("ratios") == "per round"):
         w = ratio["workload"]
-        rates = {r["impl"]: r["gflops"] for r in lines if r.get("workload") == w and "gflops" in r}
-        body.append([w, f(rates[ratio["impl"]], ".1f"), f"{ratio['best_peer']} {f(rates[ratio['best_peer']], '.1f')}",
-                     f"{f(ratio['vs_best_peer'], '.2f')}x ({f(ratio['vs_best_peer_q1'], '.2f')}-"
-                     f"{f(ratio['vs_best_peer_q3'], '.2f')})",
-                     f"{100 * ratio['of_sgemm']:.0f}% ({100 * ratio['of_sgemm_q1']:.0f}-"
-                     f"{100 * ratio['of_sgemm_q3']:.0f})"])
+        rows = {r["impl"]: r for r in lines if r.get("workload") == w and "gflops" in r}
+        rates = {i: r["gflops"] for i, r in rows.items()}
+        ratios = [f"{f(ratio['vs_best_peer'], '.2f')}x ({f(ratio['vs_best_peer_q1'], '.2f')}-"
+                  f"{f(ratio['vs_best_peer_q3'], '.2f')})",
+                  f"{100 * ratio['of_sgemm']:.0f}% ({100 * ratio['of_sgemm_q1']:.0f}-"
+                  f"{100 * ratio['of_sgemm_q3']:.0f})"]
+        if not peers:
+            body.append([w, f(rates[ratio["impl"]], ".1f"),
+                         f"{ratio['best_peer']} {f(rates[ratio['best_peer']], '.1f')}"] + ratios)
+            continue
+        top = max(rates.values())
+        cells = [("-" if i not in rates else f"**{f(rates[i], '.1f')}**" if rates[i] == top else f(rates[i], ".1f"))
+                 for i in [ratio["impl"]] + impls]
+        shape = rows[ratio["impl"]]
+        body.append([f"{w} ({shape['M']}, {shape['D']}, {shape['H']}, {shape['L']})"] + cells + ratios)
+    if peers:
+        return _md(["workload (M, D, H, L)", "fastmlp-cpu"] + [IMPL_NAMES[i] for i in impls]
+                   + ["vs the best peer (quartiles)", "of sgemm (quartiles)"], body)
     return _md(["workload", "fastmlp-cpu GFLOP/s", "best peer GFLOP/s", "vs best peer (quartiles)",
                 "of sgemm (quartiles)"], body)
 

@@ -35,6 +35,20 @@ def test_a_changed_benchmark_rate_is_reported(tmp_path):
     assert set(found) == {"README.md", "docs/benchmarks.md"} and "1.60x" in found["docs/benchmarks.md"]
 
 
+def test_the_benchmark_table_with_peers_bolds_the_fastest_rate_of_each_row(tmp_path):
+    """table_bench(peers=True): a column per peer the run has, the fastest rate of a row in bold, whoever it is."""
+    root = copy_of_repo(tmp_path)
+    run = root / report.BENCH / "avx512-zen4.jsonl"
+    lines = [json.loads(line) for line in run.read_text().splitlines()]
+    (torch_w1,) = [r for r in lines if r.get("workload") == "W1" and r.get("impl") == "torch" and "gflops" in r]
+    torch_w1["gflops"] = 1000.0
+    run.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    table = report.table_bench(report.Data(root), "avx512-zen4", peers=True).splitlines()
+    assert table[0].split(" | ")[2:5] == ["NumPy, 2 processes", "NumPy batched", "PyTorch `bmm`"]
+    w1 = next(row for row in table if row.startswith("| W1 ("))
+    assert "**1000.0**" in w1 and w1.count("**") == 2
+
+
 def test_every_generated_number_and_table_matches_the_committed_data():
     found = report.differences(ROOT)
     assert not found, "generated text differs (run `python -m fastmlp.report`):\n" + "".join(d for _, d in found)
