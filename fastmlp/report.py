@@ -664,7 +664,7 @@ def table_expressivity(data, store):
     return _md(["N"] + [f"L = 1, H = {H}" for H in Hs], body)
 
 
-IMPL_NAMES = {"numpy-procs": "NumPy, 2 processes", "numpy": "NumPy batched", "torch": "PyTorch `bmm`"}
+IMPL_NAMES = {"numpy-procs": "NumPy, {processes} processes", "numpy": "NumPy batched", "torch": "PyTorch `bmm`"}
 
 
 def table_bench(data, name, peers=False):
@@ -692,7 +692,8 @@ def table_bench(data, name, peers=False):
         shape = rows[ratio["impl"]]
         body.append([f"{w} ({shape['M']}, {shape['D']}, {shape['H']}, {shape['L']})"] + cells + ratios)
     if peers:
-        return _md(["workload (M, D, H, L)", "fastmlp-cpu"] + [IMPL_NAMES[i] for i in impls]
+        first = {i: next(r for r in lines if r.get("impl") == i and "gflops" in r) for i in impls}
+        return _md(["workload (M, D, H, L)", "fastmlp-cpu"] + [IMPL_NAMES[i].format(**first[i]) for i in impls]
                    + ["vs the best peer (quartiles)", "of sgemm (quartiles)"], body)
     return _md(["workload", "fastmlp-cpu GFLOP/s", "best peer GFLOP/s", "vs best peer (quartiles)",
                 "of sgemm (quartiles)"], body)
