@@ -67,10 +67,10 @@ def panel_widths(J, panels):
                                                                                                    panels[1])]
 
 
-def _row_panel(MR, NR, row, K, W, epilogue, each_x=lambda i: []):
+def _row_panel(MR, NR, row, K, W, epilogue, each_x=lambda i: [], after=()):
     """The loop shared by fwd and dinp: for each tile of MR rows, c[i][j] = sum_k A_i[k] W[k, j0 + j] over one
     NR-wide column panel of the packed W (its block starts at K * j0), then per row the epilogue's lines (which see
-    c{i}_{j} and must load before storing); each_x(i), lines run as x = A_i[k] streams by."""
+    c{i}_{j} and must load before storing), then the lines `after`; each_x(i), lines run as x = A_i[k] streams by."""
     L = [f"    wb = {K} * j0"]
     L += [f"    for i0 in range(0, nbp, {MR}):"]
     L += [f"        a{i} = {row.format(i=i)}" for i in range(MR)]
@@ -83,6 +83,18 @@ def _row_panel(MR, NR, row, K, W, epilogue, each_x=lambda i: []):
         L += [f"            c{i}_{j} += x * w[{j}]" for j in range(NR)]
     for i in range(MR):
         L += ["        " + line for line in epilogue(i)]
+    L += ["        " + line for line in after]
+    return L
+
+
+def _store_transposed(out, r0, c0, rows, cols, value, indent=""):
+    """Lines that store a tile's values (value(i, j), i < rows, j < cols) transposed: out[r0 + j, c0 + i].  Row j of
+    the output holds the tile's column j contiguously, so each goes through one slice with constant indices, which
+    LLVM stores as vectors (scalar stores, each index tested for a negative value, cost a tenth of the tile)."""
+    L = []
+    for j in range(cols):
+        L.append(f"{indent}t = {out}[{r0} + {j}, {c0}:{c0} + {rows}]")
+        L += [f"{indent}t[{i}] = {value(i, j)}" for i in range(rows)]
     return L
 
 
@@ -93,18 +105,18 @@ def _fwd(MR, NR, transpose_a=False):
     are also stored transposed into AT (K, Bt) as they stream by, the minibatch of the first layer's dweight."""
     def epilogue(i):
         out = [f"o = out[i0 + {i}, j0:j0 + {NR}]"]
-        out += [f"v{j} = c * c{i}_{j} + s * bb[{j}]" for j in range(NR)]
-        out += [f"v{j} = v{j} * (v{j} > zero)" for j in range(NR)]   # relu without a branch, which SLP needs
-        out += [f"o[{j}] = v{j}" for j in range(NR)]
-        out += ["if tr:"] + [f"    outT[j0 + {j}, i0 + {i}] = v{j}" for j in range(NR)]
+        out += [f"v{i}_{j} = c * c{i}_{j} + s * bb[{j}]" for j in range(NR)]
+        out += [f"v{i}_{j} = v{i}_{j} * (v{i}_{j} > zero)" for j in range(NR)]   # relu without a branch (SLP)
+        out += [f"o[{j}] = v{i}_{j}" for j in range(NR)]
         return out
+    after = ["if tr:"] + _store_transposed("outT", "j0", "i0", MR, NR, lambda i, j: f"v{i}_{j}", "    ")
 
     name, extra = (f"fwd_x_{MR}x{NR}", ", AT") if transpose_a else (f"fwd_{MR}x{NR}", "")
     L = [f"def {name}(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s{extra}):"]
     L.append(f"    bb = bias[j0:j0 + {NR}]")
     L.append("    zero = c - c   # typed zero: a literal 0 would promote float32 to float64")
     each_x = (lambda i: [f"AT[k, i0 + {i}] = x"]) if transpose_a else (lambda i: [])
-    return L + _row_panel(MR, NR, "A[rows[i0 + {i}]]", "K", "W", epilogue, each_x)
+    return L + _row_panel(MR, NR, "A[rows[i0 + {i}]]", "K", "W", epilogue, each_x, after)
 
 
 def _dweight(MR, NR, panels, transposed=False, rows=False):
@@ -146,12 +158,16 @@ def _dweight(MR, NR, panels, transposed=False, rows=False):
         L.append(f"        kq = k0 - k0 % {wide} if k0 < kwide else {narrow_start}")
         L.append(f"        wq = {wide} if k0 < kwide else {narrow}")
         L.append("        tb = J * kq + k0 - kq + j0 * wq")
+    v = "v{i}_{j}" if transposed else "v{j}"   # the transposed form keeps the whole tile for WT's stores
     for i in range(MR):
         L.append(f"        w = W[wb + (k0 + {i}) * {NR}:wb + (k0 + {i}) * {NR} + {NR}]")
-        L += [f"        v{j} = w[{j}] - scale * c{i}_{j}" for j in range(NR)]   # loads first, then stores
-        L += [f"        w[{j}] = v{j}" for j in range(NR)]
-        if transposed:   # keep WT = W^T for the input-gradient kernel of the next step
-            L += [f"        WT[tb + {j} * wq + {i}] = v{j}" for j in range(NR)]
+        L += [f"        {v.format(i=i, j=j)} = w[{j}] - scale * c{i}_{j}" for j in range(NR)]   # loads, then stores
+        L += [f"        w[{j}] = {v.format(i=i, j=j)}" for j in range(NR)]
+    if transposed:   # keep WT = W^T for the input-gradient kernel of the next step: row j of WT's panel holds
+        # columns k0..k0+MR of W's row j contiguously (as _store_transposed, in a packed layout)
+        for j in range(NR):
+            L.append(f"        t = WT[tb + {j} * wq:tb + {j} * wq + {MR}]")
+            L += [f"        t[{i}] = v{i}_{j}" for i in range(MR)]
     return L
 
 
@@ -210,10 +226,9 @@ def _dinp(MR, NR, panels):
         L.append(f"    o = dZpT[K * b0 + (k0 + {i}) * {NR}:K * b0 + (k0 + {i + 1}) * {NR}]")
         L.append(f"    ap = ApT[k0 + {i}, b0:b0 + {NR}]")
         # branch-free ReLU mask; all loads before any store (o may alias ap as far as LLVM knows)
-        L += [f"    v{n} = c * c{i}_{n} * (ap[{n}] > zero)" for n in range(NR)]
-        L += [f"    o[{n}] = v{n}" for n in range(NR)]
-        L += [f"    dZp[b0 + {n}, k0 + {i}] = v{n}" for n in range(NR)]
-    return L
+        L += [f"    v{i}_{n} = c * c{i}_{n} * (ap[{n}] > zero)" for n in range(NR)]
+        L += [f"    o[{n}] = v{i}_{n}" for n in range(NR)]
+    return L + _store_transposed("dZp", "b0", "k0", MR, NR, lambda i, n: f"v{i}_{n}", "    ")
 
 
 def source(family):
