@@ -126,8 +126,9 @@ def _dweight(MR, NR, panels, transposed=False, rows=False):
     The layer's input A comes in one of two forms.  dweight (the wide path): transposed, AT (K, Bt), which fwd
     writes (outT; for the first layer, fwd_x), so that a tile streams MR rows of it.  ``rows`` (dweight_r, and
     dweight_t): A[rows[b], k0:k0 + MR], one stream per minibatch row, which the prefetcher loses once A and W leave
-    the cache.  On a narrow layer the stores of the transposed copies cost what the tile gains, and on AVX-512 the
-    row form is faster (docs/benchmarks.md: the transposed form on every path and family, 651dca3).
+    the cache (read at unsigned offsets into flat views of A and dZ, which keeps the loop to its loads and FMAs).
+    On a narrow layer the stores of the transposed copies cost what the tile gains, and on AVX-512 the row form is
+    faster (docs/benchmarks.md: the transposed form on every path and family, 651dca3).
     ``transposed`` (dweight_t, the narrow path's): the updated tile is also stored into W's transposed copy WT (J, K),
     packed.  A family reads AT on the wide path where that measured faster (Family.dweight_at).
     Every form takes both operands (A, rows and AT) and reads one, so that the engine calls any of them alike."""
@@ -141,17 +142,29 @@ def _dweight(MR, NR, panels, transposed=False, rows=False):
     if transposed:   # WT (J, K) packed too: its column panels are `wide` up to K - K % wide, then `narrow`
         L.append("    J = W.shape[0] // K")
         L.append(f"    kwide = K - K % {wide}")
+    if rows:   # flat views and unsigned offsets: see below
+        L += ["    Af = A.reshape(-1)", "    dZf = dZ.reshape(-1)", "    KA = np.uint64(A.shape[1])",
+              "    JD = np.uint64(dZ.shape[1])", "    j0u = np.uint64(j0)"]
+        L += [f"    u{i} = np.uint64({i})" for i in range(max(MR, NR))]
     L.append(f"    for k0 in range(0, K, {MR}):")
     L += [f"        c{i}_{j} = zero" for i in range(MR) for j in range(NR)]
-    if not rows:
+    if rows:
+        L.append("        k0u = np.uint64(k0)")
+    else:
         L += [f"        a{i} = AT[k0 + {i}]" for i in range(MR)]
     L.append("        for b in range(nb):")
-    if rows:
-        L.append(f"            a = A[rows[b], k0:k0 + {MR}]")
-    L.append(f"            d = dZ[b, j0:j0 + {NR}]")
+    if rows:   # A[rows[b], k0 + i] and dZ[b, j0 + j] at unsigned offsets into flat views (u{i} is i as uint64):
+        # slices A[rows[b], k0:k0 + MR] and dZ[b, j0:j0 + NR] would be clamped to the array at every sample
+        # (LLVM did not hoist the tests), and a signed offset tested for a negative value at every load
+        L.append("            ab = rows[b] * KA + k0u")
+        L.append("            db = np.uint64(b) * JD + j0u")
+        d = "dZf[db + u{j}]"
+    else:
+        L.append(f"            d = dZ[b, j0:j0 + {NR}]")
+        d = "d[{j}]"
     for i in range(MR):
-        L.append(f"            x = a[{i}]" if rows else f"            x = a{i}[b]")
-        L += [f"            c{i}_{j} += x * d[{j}]" for j in range(NR)]
+        L.append(f"            x = Af[ab + u{i}]" if rows else f"            x = a{i}[b]")
+        L += [f"            c{i}_{j} += x * {d.format(j=j)}" for j in range(NR)]
     if transposed:   # WT[j, k] of the tile: in the panel of column k0 (all MR columns share it), row j
         # (a tile as tall as a narrow panel starts one; kwide is a multiple of narrow)
         narrow_start = "k0" if MR == narrow else f"k0 - k0 % {narrow}"
@@ -238,6 +251,7 @@ def source(family):
         "",
         "Do not edit by hand; see codegen.py for what each kernel computes and why it is written out like this.",
         '"""',
+        "import numpy as np",
         "from numba import njit",
         "",
         "from .jitcache import StraightLine",
