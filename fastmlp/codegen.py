@@ -87,13 +87,14 @@ def _row_panel(MR, NR, row, K, W, epilogue, each_x=lambda i: [], after=()):
     return L
 
 
-def _store_transposed(out, r0, c0, rows, cols, value, indent=""):
-    """Lines that store a tile's values (value(i, j), i < rows, j < cols) transposed: out[r0 + j, c0 + i].  Row j of
-    the output holds the tile's column j contiguously, so each goes through one slice with constant indices, which
-    LLVM stores as vectors (scalar stores, each index tested for a negative value, cost a tenth of the tile)."""
+def _store_transposed(out_row, rows, cols, value, indent=""):
+    """Lines that store a tile's values (value(i, j), i < rows, j < cols) transposed: element i of out_row(j), the
+    slice of the output that holds the tile's column j contiguously.  Each column goes through one slice with
+    constant indices, which LLVM stores as vectors (scalar stores, each index tested for a negative value, cost a
+    tenth of the tile)."""
     L = []
     for j in range(cols):
-        L.append(f"{indent}t = {out}[{r0} + {j}, {c0}:{c0} + {rows}]")
+        L.append(f"{indent}t = {out_row(j)}")
         L += [f"{indent}t[{i}] = {value(i, j)}" for i in range(rows)]
     return L
 
@@ -109,7 +110,8 @@ def _fwd(MR, NR, transpose_a=False):
         out += [f"v{i}_{j} = v{i}_{j} * (v{i}_{j} > zero)" for j in range(NR)]   # relu without a branch (SLP)
         out += [f"o[{j}] = v{i}_{j}" for j in range(NR)]
         return out
-    after = ["if tr:"] + _store_transposed("outT", "j0", "i0", MR, NR, lambda i, j: f"v{i}_{j}", "    ")
+    after = ["if tr:"] + _store_transposed(lambda j: f"outT[j0 + {j}, i0:i0 + {MR}]", MR, NR,
+                                           lambda i, j: f"v{i}_{j}", "    ")
 
     name, extra = (f"fwd_x_{MR}x{NR}", ", AT") if transpose_a else (f"fwd_{MR}x{NR}", "")
     L = [f"def {name}(out, outT, tr, A, rows, nbp, W, j0, K, bias, c, s{extra}):"]
@@ -177,10 +179,9 @@ def _dweight(MR, NR, panels, transposed=False, rows=False):
         L += [f"        {v.format(i=i, j=j)} = w[{j}] - scale * c{i}_{j}" for j in range(NR)]   # loads, then stores
         L += [f"        w[{j}] = {v.format(i=i, j=j)}" for j in range(NR)]
     if transposed:   # keep WT = W^T for the input-gradient kernel of the next step: row j of WT's panel holds
-        # columns k0..k0+MR of W's row j contiguously (as _store_transposed, in a packed layout)
-        for j in range(NR):
-            L.append(f"        t = WT[tb + {j} * wq:tb + {j} * wq + {MR}]")
-            L += [f"        t[{i}] = v{i}_{j}" for i in range(MR)]
+        # columns k0..k0+MR of W's row j contiguously
+        L += _store_transposed(lambda j: f"WT[tb + {j} * wq:tb + {j} * wq + {MR}]", MR, NR,
+                               lambda i, j: f"v{i}_{j}", "        ")
     return L
 
 
@@ -241,7 +242,7 @@ def _dinp(MR, NR, panels):
         # branch-free ReLU mask; all loads before any store (o may alias ap as far as LLVM knows)
         L += [f"    v{i}_{n} = c * c{i}_{n} * (ap[{n}] > zero)" for n in range(NR)]
         L += [f"    o[{n}] = v{i}_{n}" for n in range(NR)]
-    return L + _store_transposed("dZp", "b0", "k0", MR, NR, lambda i, n: f"v{i}_{n}", "    ")
+    return L + _store_transposed(lambda n: f"dZp[b0 + {n}, k0:k0 + {MR}]", MR, NR, lambda i, n: f"v{i}_{n}", "    ")
 
 
 def source(family):
