@@ -29,9 +29,10 @@ where the point has one data seed.
   points      m (mean), sd (error bar), m0 (mean without diverged repeats), ms (several depths), pm ('m ± sd'),
               pt, points, best, deeper_wins
   depths      diff ('+0.012 (-0.003 to +0.027)': L = b minus L = a and its 95% interval), dd, ci (`difference`)
-  jobs        job, jobs, lr (selected), njobs, searched, at_bound, where
+  jobs        job, jobs, lr (selected), njobs, searched, at_bound, where, wall (the jobs' own seconds),
+              two_repeats (the two test errors of a job of two repeats)
   other data  rows and value (any CSV of docs/results/), slope, record and networks (JSON records), mean
-  text        f (format a number), span ('lo to hi'), n_text, lr_text
+  text        f (format a number), span ('lo to hi'), n_text, lr_text, duration ('4 min 41 s')
   tables      table_depth, table_init, table_diff, table_scale, table_means, table_best_lr, table_lr,
               table_width, table_lazy, table_lazy_lr, table_losses, table_expressivity
 
@@ -160,6 +161,18 @@ def lr_text(x):
     return f"{x:.2g}" if x < 1 else f"{x:.3g}"
 
 
+def duration(seconds):
+    """Seconds as the documents write a time: '33 s', '4 min 41 s', '1 h 37 min' (to the second below an hour,
+    to the minute above)."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
 # ---------------------------------------------------------------------------------------- the namespace
 def namespace(data):
     """The functions a document's expressions may call, bound to ``data``."""
@@ -201,6 +214,20 @@ def namespace(data):
     def lr(*a, **sel):
         """The selected learning rate of one job, as text."""
         return lr_text(job(*a, **sel)["selected_lr"])
+
+    def wall(store, task=None, N=None, L=None, **sel):
+        """The summed wall time (wall_s) of the selected jobs, in seconds: each job's own time, which leaves out
+        what a sweep spent between jobs and on jobs it stopped."""
+        return sum(r["wall_s"] for r in _select(data, store, _sel(task, N, L, sel)))
+
+    def two_repeats(*a, **sel):
+        """(low, high): the two test errors of a job of two repeats, which its mean and standard deviation (ddof =
+        1) determine: the mean -/+ std / sqrt(2)."""
+        r = job(*a, **sel)
+        if r["test_error_n"] != 2:
+            raise ReportError(f"{a} {sel}: {r['test_error_n']} repeats, not two")
+        half = r["test_error_std"] / math.sqrt(2)
+        return r["test_error_mean"] - half, r["test_error_mean"] + half
 
     def points(store, task=None, N=None, L=None, **sel):
         """Every point of the selected jobs: [config of the point (no seed) with its statistics], ascending."""
@@ -360,8 +387,8 @@ def namespace(data):
         return f"{lo:+.3f} to {hi:+.3f}"
 
     ns = {k: v for k, v in locals().items() if callable(v) and not k.startswith("_")}
-    ns.update(f=f, span=span, any=any, all=all, n_text=n_text, lr_text=lr_text, min=min, max=max, abs=abs,
-              round=round, len=len, sorted=sorted, sum=sum, str=str, int=int, float=float, math=math)
+    ns.update(f=f, span=span, duration=duration, any=any, all=all, n_text=n_text, lr_text=lr_text, min=min, max=max,
+              abs=abs, round=round, len=len, sorted=sorted, sum=sum, str=str, int=int, float=float, math=math)
     for name in TABLES:
         ns[name] = (lambda fn: lambda *a, **k: fn(data, *a, **k))(TABLES[name])
     return ns
