@@ -583,8 +583,9 @@ def _slurm_request(jobs, local_workers, scheduler, todo, **options):
               help="which jobs to include")
 def collect(store_dir, csv_out, jsonl_out, status):
     """Flatten the job records of a store into one table, a row per job: id, status, command, the resolved
-    configuration, then selected_lr, test error mean/std/count, converged/diverged/not_converged, the best
-    validation error, wall time, device, version and error.  CSV on stdout when no file is given."""
+    configuration, then selected_lr (and the search range it ended with), test error mean/std/count,
+    converged/diverged/not_converged, the fewest and most epochs of the final networks, the best validation error,
+    wall time, device, version and error.  CSV on stdout when no file is given."""
     from .store import Store, table, write_csv, write_jsonl
 
     check_outputs(("--csv", csv_out, "csv"), ("--jsonl", jsonl_out, "jsonl"))

@@ -444,8 +444,14 @@ def test_error_of(rec):
 
 
 RESULT_COLUMNS = ("selected_lr", "searched_lr_min", "searched_lr_max", "widened", "test_error_mean", "test_error_std",
-                  "test_error_n", "converged", "diverged", "not_converged", "validation_error", "wall_s", "device",
-                  "fastmlp", "git_commit", "error")
+                  "test_error_n", "converged", "diverged", "not_converged", "epochs_min", "epochs_max",
+                  "validation_error", "wall_s", "device", "fastmlp", "git_commit", "error")
+
+
+def _epochs(networks):
+    """{epochs_min, epochs_max}: the fewest and most epochs that the final networks of a job trained."""
+    epochs = [n["epochs"] for n in networks if n.get("epochs") is not None]
+    return {"epochs_min": min(epochs), "epochs_max": max(epochs)} if epochs else {}
 
 
 def flatten(rec):
@@ -461,13 +467,14 @@ def flatten(rec):
         if rec["command"] == "run":
             f = r["final"]
             out.update(selected_lr=r["selected_lr"], converged=f["converged"], diverged=f["diverged"],
-                       not_converged=f["not_converged"],
+                       not_converged=f["not_converged"], **_epochs(f["repeats"]),
                        validation_error=r["search"]["best"]["mean_error"] if r["search"] else None)
             if r["search"] and "lr_range" in r["search"]:      # the search range it ended with (widened or not)
                 out.update(searched_lr_min=r["search"]["lr_range"][0], searched_lr_max=r["search"]["lr_range"][1],
                            widened=len(r["search"]["widened"]))
         elif rec["command"] == "train":
-            out.update({k: r["summary"][k] for k in ("converged", "diverged", "not_converged")})
+            out.update({k: r["summary"][k] for k in ("converged", "diverged", "not_converged")},
+                       **_epochs(r["networks"]))
     prov = rec.get("provenance") or {}
     out.update(device=prov.get("device"), fastmlp=(prov.get("versions") or {}).get("fastmlp"),
                git_commit=prov.get("git_commit"))
