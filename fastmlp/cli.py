@@ -581,22 +581,27 @@ def _slurm_request(jobs, local_workers, scheduler, todo, **options):
               help="write the table as JSON lines to this file (- for stdout)")
 @click.option("--status", type=click.Choice(["all", "done", "failed"]), default="all", show_default=True,
               help="which jobs to include")
-def collect(store_dir, csv_out, jsonl_out, status):
+@click.option("--candidates", "candidates_out", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="also write, as CSV to this file, a row per learning rate the searches scored: the job's id and "
+                   "settings, the rate, its mean validation error, and how many fold networks converged, hit the "
+                   "epoch cap or diverged, in how many epochs")
+def collect(store_dir, csv_out, jsonl_out, status, candidates_out):
     """Flatten the job records of a store into one table, a row per job: id, status, command, the resolved
     configuration, then selected_lr (and the search range it ended with), test error mean/std/count,
     converged/diverged/not_converged, the fewest and most epochs of the final networks, the best validation error,
     wall time, device, version and error.  CSV on stdout when no file is given."""
-    from .store import Store, table, write_csv, write_jsonl
+    from .store import Store, candidates, table, write_csv, write_jsonl
 
-    check_outputs(("--csv", csv_out, "csv"), ("--jsonl", jsonl_out, "jsonl"))
+    check_outputs(("--csv", csv_out, "csv"), ("--jsonl", jsonl_out, "jsonl"), ("--candidates", candidates_out, "csv"))
     records = [rec for rec in Store(store_dir, create=False).records() if status in ("all", rec["status"])]
     columns, rows = table(records)
-    if csv_out is None and jsonl_out is None:
+    if csv_out is None and jsonl_out is None and candidates_out is None:
         csv_out = "-"
-    for out, write in ((csv_out, write_csv), (jsonl_out, write_jsonl)):
+    for out, write, (cols, rows_) in ((csv_out, write_csv, (columns, rows)), (jsonl_out, write_jsonl, (columns, rows)),
+                                      (candidates_out, write_csv, candidates(records))):
         if out is not None:
             with click.open_file(out, "w") as f:
-                write(f, columns, rows)
+                write(f, cols, rows_)
     n_failed = sum(rec["status"] == "failed" for rec in records)
     click.echo(f"collect: {len(rows)} jobs ({n_failed} failed) from {store_dir}", err=True)
 

@@ -29,11 +29,11 @@ where the point has one data seed.
   points      m (mean), sd (error bar), m0 (mean without diverged repeats), ms (several depths), pm ('m ± sd'),
               pt, points, best, deeper_wins
   depths      diff ('+0.012 (-0.003 to +0.027)': L = b minus L = a and its 95% interval), dd, ci (`difference`)
-  jobs        job, jobs, lr (selected), njobs, searched, at_bound, where, wall (the jobs' own seconds),
+  jobs        job, jobs, lr (selected), njobs, searched, at_bound, where, wall (the jobs' own seconds), wall_all,
               two_repeats (the two test errors of a job of two repeats)
   other data  rows and value (any CSV of docs/results/), slope, record and networks (JSON records), mean
   text        f (format a number), span ('lo to hi'), n_text, lr_text, duration ('4 min 41 s')
-  tables      table_depth, table_init, table_diff, table_scale, table_means, table_best_lr, table_lr,
+  tables      table_depth, table_jobs, table_init, table_diff, table_scale, table_means, table_best_lr, table_lr,
               table_width, table_lazy, table_lazy_lr, table_losses, table_expressivity
 
 Adding the table of a new store (a sweep's section of docs/results.md):
@@ -219,6 +219,10 @@ def namespace(data):
         """The summed wall time (wall_s) of the selected jobs, in seconds: each job's own time, which leaves out
         what a sweep spent between jobs and on jobs it stopped."""
         return sum(r["wall_s"] for r in _select(data, store, _sel(task, N, L, sel)))
+
+    def wall_all(store):
+        """The summed wall time (wall_s) of every job of a store, networks and NTK alike, in seconds."""
+        return sum(r["wall_s"] for r in data.jobs(store) if r["wall_s"] is not None)
 
     def two_repeats(*a, **sel):
         """(low, high): the two test errors of a job of two repeats, which its mean and standard deviation (ddof =
@@ -483,22 +487,59 @@ def _values(rows, key):
     return sorted({r[key] for r in rows if r[key] is not None})
 
 
-def table_depth(data, store, task, Ls=(1, 3, 5), ntk=(), bold=False, N=None):
+def table_depth(data, store, task, Ls=(1, 3, 5), ntk=(), bold=False, N=None, seeds=None, **sel):
     """N against depth: 'mean ± error bar' of the networks of each L in Ls, then the NTK of each depth in ntk;
-    bold: the lowest network mean of a row."""
-    jobs = [r for r in data.jobs(store) if r["task"] == task]
+    bold: the lowest network mean of a row; sel: further settings every job of the table has (H=100, say).  With
+    ``seeds`` (the data seeds a point will have), a point with fewer says which it has, and one with none says
+    so: a table of a sweep still running."""
+    sel = {_key(k): v for k, v in sel.items()}
+    jobs = _match([r for r in data.jobs(store) if r["task"] == task and r["command"] == "run"], sel)
     Ns = N or _values(jobs, "N")
     body = []
     for n in Ns:
-        pts = [plot.point(_one_point(data, store, {"task": task, "N": n, "L": L})) for L in Ls]
-        best = min(p["mean"] for p in pts)
-        row = [n_text(n)] + [("**" + cell(p) + "**") if bold and p["mean"] == best else cell(p) for p in pts]
+        pts = {L: plot.point(_one_point(data, store, {**sel, "task": task, "N": n, "L": L})) for L in Ls
+               if _match(jobs, {"N": n, "L": L})}
+        best = min((p["mean"] for p in pts.values()), default=None)
+        row = [n_text(n)]
+        for L in Ls:
+            if L not in pts:
+                row.append("not run yet")
+                continue
+            text = cell(pts[L])
+            row.append(f"**{text}**" if bold and pts[L]["mean"] == best and len(pts) > 1 else text)
+            have = sorted({r["seed"] for r in _match(jobs, {"N": n, "L": L})})
+            if seeds and len(have) < len(seeds):
+                row[-1] += f" [seed {' and '.join(map(str, have))} only]"
         for L in ntk:
-            rows_ = _select(data, store, {"task": task, "N": n, "L": L, "ntk": True})
+            rows_ = _select(data, store, {**sel, "task": task, "N": n, "L": L, "ntk": True})
             row.append(cell(plot.point(rows_)))
         body.append(row)
     header = ["N"] + [f"L = {L}" for L in Ls] + [f"NTK L = {L}" for L in ntk]
     return _md(header, body)
+
+
+def table_jobs(data, store, rows, columns, **sel):
+    """One job per cell: rows and columns are [(label, settings)], a cell the job with its row's, its column's and
+    sel's settings: 'mean ± std over its repeats, a to b epochs' (the fewest and most of its final networks), with
+    '(k capped)' and '(k diverged)' where they apply; empty where no job has them."""
+    sel = {_key(k): v for k, v in sel.items()}
+    body = []
+    for label, rsel in rows:
+        row = [label]
+        for _, csel in columns:
+            want = {"command": "run", **sel, **{_key(k): v for k, v in {**rsel, **csel}.items()}}
+            found = _match(data.jobs(store), want)
+            if len(found) > 1:
+                raise ReportError(f"{store}: {len(found)} jobs with {sel} {rsel} {csel}, not one")
+            if not found:
+                row.append("")
+                continue
+            j = found[0]
+            notes = [f"{j[k]} {word}" for k, word in (("not_converged", "capped"), ("diverged", "diverged")) if j[k]]
+            row.append(f"{f(j['test_error_mean'])} ± {f(j['test_error_std'])}, {j['epochs_min']} to {j['epochs_max']} "
+                       "epochs" + (f" ({'; '.join(notes)})" if notes else ""))
+        body.append(row)
+    return _md([""] + [label for label, _ in columns], body)
 
 
 def table_init(data, parts, Ls=(1, 3, 5)):
@@ -520,19 +561,21 @@ def table_init(data, parts, Ls=(1, 3, 5)):
     return _md(header, body)
 
 
-def table_diff(data, store, tasks, pairs=((1, 3), (1, 5)), Ns=None):
+def table_diff(data, store, tasks, pairs=((1, 3), (1, 5)), Ns=None, **sel):
     """Depth differences of a store: a row per (task, N), a column per pair (a, b): the mean of L = b minus that
     of L = a with its 95% interval (paired over data seeds where the store has several, else Welch's over the
-    repeats of the one seed); negative: the deeper network is better."""
+    repeats of the one seed); negative: the deeper network is better.  sel: further settings of every job."""
+    sel = {_key(k): v for k, v in sel.items()}
     body = []
     for task in tasks:
-        jobs = [r for r in data.jobs(store) if r["task"] == task and r["command"] == "run"]
+        jobs = _match([r for r in data.jobs(store) if r["task"] == task and r["command"] == "run"], sel)
         for n in Ns or _values(jobs, "N"):
             cells = []
             for a, b in pairs:
                 has = {r["L"] for r in jobs if r["N"] == n}
-                cells.append(diff_cell(data, store, a, b, {"task": task, "N": n}) if {a, b} <= has else "")
-            body.append([task, n_text(n)] + cells)
+                cells.append(diff_cell(data, store, a, b, {**sel, "task": task, "N": n}) if {a, b} <= has else "")
+            if any(cells):          # a point of a sweep still running may have one depth only
+                body.append([task, n_text(n)] + cells)
     return _md(["task", "N"] + [f"L = {b} minus L = {a}" for a, b in pairs], body)
 
 
@@ -726,9 +769,9 @@ def table_bench(data, name, peers=False):
                 "of sgemm (quartiles)"], body)
 
 
-TABLES = {fn.__name__: fn for fn in (table_bench, table_depth, table_init, table_diff, table_scale, table_means,
-                                     table_best_lr, table_lr, table_width, table_lazy, table_losses, table_lazy_lr,
-                                     table_expressivity)}
+TABLES = {fn.__name__: fn for fn in (table_bench, table_depth, table_jobs, table_init, table_diff, table_scale,
+                                     table_means, table_best_lr, table_lr, table_width, table_lazy, table_losses,
+                                     table_lazy_lr, table_expressivity)}
 
 
 # -------------------------------------------------------------------------------------------- rendering

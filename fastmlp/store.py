@@ -500,6 +500,31 @@ def table(records):
     return columns, rows
 
 
+CANDIDATE_COLUMNS = ("eval", "batch", "lr", "mean_error", "converged", "not_converged", "diverged", "epochs_min",
+                     "epochs_max")
+
+
+def candidates(records):
+    """(columns, rows) of the learning rates that the searches of the given run records scored, a row per
+    candidate: the job's id and settings, then the candidate's rate, its mean validation error over the folds, how
+    many fold networks converged, hit the epoch cap or diverged, and their fewest and most epochs."""
+    rows = []
+    for rec in records:
+        r = rec["record"]
+        if rec["command"] != "run" or r is None or not r.get("search"):
+            continue
+        job = {k: v for k, v in flatten(rec).items() if k not in RESULT_COLUMNS and k != "lr"}
+        for h in r["search"]["history"]:
+            status = h["fold_status"]
+            rows.append({**job, "eval": h["eval"], "batch": h["batch"], "lr": h["lr"], "mean_error": h["mean_error"],
+                         **{k: status.count(k) for k in ("converged", "not_converged", "diverged")},
+                         "epochs_min": min(h["fold_epochs"]), "epochs_max": max(h["fold_epochs"])})
+    columns = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns and k not in CANDIDATE_COLUMNS)
+    return columns + list(CANDIDATE_COLUMNS), rows
+
+
 def write_csv(file, columns, rows):
     """Rows as CSV (missing values empty; lists such as indices as they are spelled on the command line)."""
     writer = csv.DictWriter(file, fieldnames=columns, lineterminator="\n")

@@ -8,6 +8,7 @@ import statistics
 import pytest
 
 from fastmlp import plot, report
+from fastmlp import store as store_mod
 
 ROOT = report.ROOT
 
@@ -167,3 +168,31 @@ def test_a_point_with_diverged_repeats_is_drawn_and_tabled_without_them_too():
     crosses = [line for line in fig.axes[0].get_lines() if line.get_marker() == "x"]
     assert [list(line.get_ydata()) for line in crosses] == [[pytest.approx(0.15)]]
     assert report.cell(deep) == "0.220 ± 0.157 (1 of 5 diverged; 0.150 ± 0.000 without them)"
+
+
+def test_tables_of_a_sweep_still_running_say_what_is_missing_and_cells_of_jobs_say_how_long(tmp_path):
+    """table_depth of a partial store marks a point with fewer data seeds and one not run; table_diff leaves out an
+    N with one depth; table_jobs writes one job per cell with its epochs and notes."""
+    def job(i, L, N, seed, mean, lr=None, stop="zero-error", capped=0):
+        return {"id": str(i), "status": "done", "command": "run", "task": "2-local", "D": 500, "seed": seed, "N": N,
+                "L": L, "H": 100, "lr": lr, "stop": stop, "test_error_mean": mean, "test_error_std": 0.01,
+                "test_error_n": 5, "converged": 5 - capped, "diverged": 0, "not_converged": capped, "epochs_min": 12,
+                "epochs_max": 40, "wall_s": 1.0}
+    rows = [job(i, 1, 100, s, 0.30 + 0.01 * s) for i, s in enumerate((0, 1, 2))]
+    rows += [job(3, 3, 100, 0, 0.25), job(4, 1, 200, 0, 0.20), job(5, 3, 200, 0, 0.22, lr=0.5, stop="loss", capped=1)]
+    (tmp_path / report.RESULTS).mkdir(parents=True)
+    with open(tmp_path / report.RESULTS / "x-jobs.csv", "w") as f:
+        store_mod.write_csv(f, list(rows[-1]), rows)
+    data = report.Data(tmp_path)
+    text = report.table_depth(data, "x", "2-local", Ls=(1, 3), bold=True, seeds=(0, 1, 2), H=100)
+    assert "| 100 | 0.310 ± 0.010 | **0.250 ± 0.010** [seed 0 only] |" in text, text
+    assert "| 200 | **0.200 ± 0.010** [seed 0 only] | 0.220 ± 0.010 (1 capped) [seed 0 only] |" in text, text
+    text = report.table_depth(data, "x", "2-local", Ls=(1, 3), bold=True, seeds=(0, 1, 2), stop="zero-error")
+    assert "| 200 | 0.200 ± 0.010 [seed 0 only] | not run yet |" in text, text   # L = 3 at N = 200 stopped by loss
+    diffs = report.table_diff(data, "x", ["2-local"], pairs=((1, 3),), stop="zero-error")
+    assert "| 2-local | 100 |" in diffs and "| 2-local | 200 |" not in diffs
+    cells = report.table_jobs(data, "x", [("L = 3", {"L": 3})], [("zero", {"stop": "zero-error"}),
+                                                                 ("loss", {"stop": "loss", "lr": 0.5})])
+    assert cells.splitlines()[-1] == ("| L = 3 | 0.250 ± 0.010, 12 to 40 epochs | 0.220 ± 0.010, 12 to 40 epochs "
+                                      "(1 capped) |")
+    assert report.namespace(data)["wall_all"]("x") == 6.0

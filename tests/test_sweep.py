@@ -527,9 +527,32 @@ def test_collect_flattens_the_store(tmp_path):
         assert line["test_error_mean"] == te["mean"] and float(row["test_error_mean"]) == te["mean"]
         assert line["N"] == rec["config"]["N"] and line["error"] is None
         assert (line["H"] == 8) if rec["command"] == "run" else (line["H"] is None and row["H"] == "")
+        if rec["command"] == "run":                      # how long the final networks trained, fewest and most
+            epochs = [n["epochs"] for n in rec["record"]["final"]["repeats"]]
+            assert (line["epochs_min"], line["epochs_max"]) == (min(epochs), max(epochs)) and max(epochs) <= 30
+        else:
+            assert line["epochs_min"] is None and row["epochs_max"] == ""
     stdout = cli("collect", store, "--status", "failed")
     assert stdout.exit_code == 0 and stdout.stdout.splitlines() == [",".join(["id", "status", "command", "protocol"] +
                                                                              list(store_mod.RESULT_COLUMNS))]
+
+
+def test_collect_writes_the_candidates_each_search_scored(tmp_path):
+    store = tmp_path / "store"
+    searched = TINY.replace("lr = 0.1\n", "folds = 2\nbo-calls = 3\nbo-batch = 3\nlr-widen = \"off\"\n")
+    assert cli("sweep", write(tmp_path / "s.toml", searched), "--store", store, "--set", "N=40",
+               "--set", "L=1").exit_code == 0
+    result = cli("collect", store, "--candidates", tmp_path / "c.csv")
+    assert result.exit_code == 0 and not result.stdout            # only the file asked for
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "c.csv").read_text())))
+    (rec,) = Store(store, create=False).records()
+    history = rec["record"]["search"]["history"]
+    assert len(rows) == len(history) == 3 and {r["id"] for r in rows} == {rec["id"]}
+    for row, h in zip(rows, history):
+        assert float(row["lr"]) == h["lr"] and float(row["mean_error"]) == h["mean_error"] and row["N"] == "40"
+        counts = [int(row[k]) for k in ("converged", "not_converged", "diverged")]
+        assert sum(counts) == 2 and counts[0] == h["fold_status"].count("converged")
+        assert (int(row["epochs_min"]), int(row["epochs_max"])) == (min(h["fold_epochs"]), max(h["fold_epochs"]))
 
 
 def test_collect_refuses_what_is_not_a_store(tmp_path):
