@@ -437,6 +437,9 @@ def sweep_keys(command):
               help="time limit of each SLURM job, e.g. 12:00:00 or 2-00:00:00 [default: the partition's]")
 @click.option("--slurm-partition", default=None, metavar="NAME",
               help="SLURM partition of the jobs [default: the cluster's default partition]")
+@click.option("--only", "only", multiple=True, metavar="KEY=VALUE",
+              help="run only the jobs with this value of a key (or one of a comma-separated list), e.g. --only "
+                   "command=ntk or --only N=8000,16000: a slice of the sweep, with the same job ids; repeatable")
 @click.option("--shard", default=None, metavar="i/K",
               help="run only the i-th of K slices of the jobs (0 <= i < K), for batch-system job arrays")
 @click.option("--retry-failed", is_flag=True, help="run again the jobs whose stored record is failed")
@@ -446,7 +449,7 @@ def sweep_keys(command):
 @click.option("--dry-run", is_flag=True, help="list the jobs, their ids, stored status and claims; run nothing")
 @click.option("--json", "as_json", is_flag=True, help="print a summary as one JSON object (progress stays off)")
 def sweep(sweep_file, store_dir, overrides, workers, scheduler, slurm_jobs, slurm_cores, slurm_workers, slurm_memory,
-          slurm_walltime, slurm_partition, shard, retry_failed, claim_timeout, dry_run, as_json):
+          slurm_walltime, slurm_partition, only, shard, retry_failed, claim_timeout, dry_run, as_json):
     """Run every job of a sweep file (a grid of `run`, `ntk` or `train` jobs) that the store does not hold yet.
 
     The file's keys are the options of `fastmlp run` (or of `fastmlp ntk` or `fastmlp train`, with command = "ntk"
@@ -468,6 +471,10 @@ def sweep(sweep_file, store_dir, overrides, workers, scheduler, slurm_jobs, slur
     schemas = {"run": sweep_keys(run), "ntk": sweep_keys(ntk), "train": sweep_keys(train)}
     pairs = [sw.parse_override(text, schemas) for text in overrides]
     jobs, settings = sw.read_sweep(sweep_file, schemas, pairs)
+    if only:
+        jobs = sw.select_only(jobs, [sw.parse_override(text, schemas, "--only") for text in only])
+        if not jobs:
+            raise UsageError(f"--only {' '.join(only)}: no job of {sweep_file} has these settings")
     if shard:
         jobs = sw.select_shard(jobs, shard)
     if claim_timeout is not None and not (math.isfinite(claim_timeout) and claim_timeout > 0):
@@ -585,17 +592,32 @@ def _slurm_request(jobs, local_workers, scheduler, todo, **options):
               help="also write, as CSV to this file, a row per learning rate the searches scored: the job's id and "
                    "settings, the rate, its mean validation error, and how many fold networks converged, hit the "
                    "epoch cap or diverged, in how many epochs")
-def collect(store_dir, csv_out, jsonl_out, status, candidates_out):
+@click.option("--replace-in", "replace_in", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="rewrite this job table (a CSV collect wrote) with the store's rows in place of the rows of the "
+                   "same job id, the others kept: a rerun of some jobs into a store of its own")
+def collect(store_dir, csv_out, jsonl_out, status, candidates_out, replace_in):
     """Flatten the job records of a store into one table, a row per job: id, status, command, the resolved
     configuration, then selected_lr (and the search range it ended with), test error mean/std/count,
     converged/diverged/not_converged, the fewest and most epochs of the final networks, the best validation error,
-    wall time, device, version and error.  CSV on stdout when no file is given."""
-    from .store import Store, candidates, table, write_csv, write_jsonl
+    wall time, device, version and error.  CSV on stdout when no file is given.  --replace-in puts the store's rows
+    into a job table collected before, in place of the rows of the same job ids (a rerun of some of its jobs)."""
+    import csv
 
-    check_outputs(("--csv", csv_out, "csv"), ("--jsonl", jsonl_out, "jsonl"), ("--candidates", candidates_out, "csv"))
+    from .store import Store, candidates, replace_rows, table, write_csv, write_csv_atomic, write_jsonl
+
+    check_outputs(("--csv", csv_out, "csv"), ("--jsonl", jsonl_out, "jsonl"), ("--candidates", candidates_out, "csv"),
+                  ("--replace-in", replace_in, "csv"))
     records = [rec for rec in Store(store_dir, create=False).records() if status in ("all", rec["status"])]
     columns, rows = table(records)
-    if csv_out is None and jsonl_out is None and candidates_out is None:
+    if replace_in is not None:
+        with open(replace_in, newline="") as f:
+            old = list(csv.DictReader(f))
+        if not old or "id" not in old[0]:
+            raise UsageError(f"--replace-in {replace_in}: not a job table (no rows with an id column)")
+        write_csv_atomic(replace_in, *replace_rows(old, records))
+        replaced = len({r["id"] for r in old} & {r["id"] for r in rows})
+        click.echo(f"collect: {replaced} rows of {replace_in} replaced, {len(rows) - replaced} added", err=True)
+    if csv_out is None and jsonl_out is None and candidates_out is None and replace_in is None:
         csv_out = "-"
     for out, write, (cols, rows_) in ((csv_out, write_csv, (columns, rows)), (jsonl_out, write_jsonl, (columns, rows)),
                                       (candidates_out, write_csv, candidates(records))):

@@ -491,13 +491,37 @@ LEADING_COLUMNS = ("id", "status", "command", "protocol", "task", "D", "indices"
 def table(records):
     """(columns, rows) of the given job records: the union of their columns, the identity and the main settings
     first, the other configuration keys in order of first appearance, then the results."""
-    rows = [flatten(rec) for rec in records]
+    return _columns([flatten(rec) for rec in records])
+
+
+def replace_rows(table_rows, records):
+    """(columns, rows) of a job table (rows as csv.DictReader reads them) with the rows of these records in place of
+    the rows of the same id, in the table's order; the records of other ids come after them."""
+    new = {row["id"]: row for row in (flatten(rec) for rec in records)}
+    return _columns([new.pop(row["id"], row) for row in table_rows] + list(new.values()))
+
+
+def _columns(rows):
     present = {k for row in rows for k in row}
     columns = [k for k in LEADING_COLUMNS if k in present or k in ("id", "status", "command", "protocol")]
     for row in rows:
         columns.extend(k for k in row if k not in columns and k not in RESULT_COLUMNS)
     columns.extend(RESULT_COLUMNS)
     return columns, rows
+
+
+def write_csv_atomic(path, columns, rows):
+    """write_csv to path through a temporary file, fsync and a rename: the old table stays whole if it fails."""
+    import io
+    path = os.path.abspath(path)
+    text = io.StringIO()
+    write_csv(text, columns, rows)
+    tmp = _write_temp(os.path.dirname(path), text.getvalue(), suffix=".csv")
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 CANDIDATE_COLUMNS = ("eval", "batch", "lr", "mean_error", "converged", "not_converged", "diverged", "epochs_min",

@@ -443,16 +443,17 @@ def _protocol_field(command):
 _dumps = functools.partial(json.dumps, sort_keys=True, separators=(",", ":"))
 
 
-def parse_override(text, schemas):
-    """'KEY=VALUE' from --set -> (key, value).  VALUE is TOML (bare words are strings); a comma-separated VALUE
-    is a list, except for indices, whose own value is comma-separated (write a list of them as ["0,1", "0,2"])."""
+def parse_override(text, schemas, option="--set"):
+    """'KEY=VALUE' from --set (or --only) -> (key, value).  VALUE is TOML (bare words are strings); a
+    comma-separated VALUE is a list, except for indices, whose own value is comma-separated (write a list of them as
+    ["0,1", "0,2"])."""
     key, sep, raw = text.partition("=")
     key, raw = key.strip(), raw.strip()
     known = {name for schema in schemas.values() for name in schema} | {"command"}
     if not sep or not raw:
-        raise UsageError(f"--set takes KEY=VALUE, e.g. --set N=250,500 (got {text!r})")
+        raise UsageError(f"{option} takes KEY=VALUE, e.g. {option} N=250,500 (got {text!r})")
     if key not in known:
-        raise UsageError(f"--set: unknown key {key!r} (known keys: {', '.join(sorted(known))})")
+        raise UsageError(f"{option}: unknown key {key!r} (known keys: {', '.join(sorted(known))})")
 
     def value(s):
         try:
@@ -462,6 +463,16 @@ def parse_override(text, schemas):
     if raw.startswith("[") or key == "indices" or "," not in raw:
         return key, value(raw)
     return key, [value(part.strip()) for part in raw.split(",")]
+
+
+def select_only(jobs, pairs):
+    """The jobs whose command or resolved setting has one of the values of every (key, value) pair (a list value:
+    any of its items), as --only selects a slice of a sweep to run again."""
+    def has(job, key, value):
+        got = job.command if key == "command" else job.config.get(key)
+        return any(got == v or (isinstance(v, (int, float)) and isinstance(got, (int, float)) and got == float(v))
+                   for v in (value if isinstance(value, list) else [value]))
+    return [job for job in jobs if all(has(job, key, value) for key, value in pairs)]
 
 
 def select_shard(jobs, shard):

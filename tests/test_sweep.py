@@ -328,6 +328,8 @@ def test_a_malformed_sweep_file_exits_2_naming_the_key(tmp_path, text, message):
 @pytest.mark.parametrize("args, message", [
     (["--set", "Hx=3"], "unknown key 'Hx'"),
     (["--set", "N"], "KEY=VALUE"),
+    (["--only", "Hx=3"], "--only: unknown key 'Hx'"),
+    (["--only", "N=12345"], "no job of"),
     (["--shard", "2/2"], "0 <= i < K"),
     (["--shard", "a/b"], "--shard takes i/K"),
     (["--workers", "0"], "--workers must be at least 1"),
@@ -491,6 +493,19 @@ def test_dry_run_lists_jobs_and_status_and_writes_nothing(tmp_path):
     assert listed.count(" done ") == 2 and listed.count(" pending ") == 4
 
 
+def test_only_runs_the_slice_of_a_sweep_with_those_settings_and_keeps_their_ids(tmp_path):
+    text = 'task = "1-local"\nD = 10\nN = [40, 60]\nrepeats = 2\nn-test = 200\n' \
+           '[[grid]]\nH = 8\nlr = 0.1\nmax-epochs = 30\nL = [1, 2]\n[[grid]]\ncommand = "ntk"\nL = [1, 2, 3]\n'
+    jobs = jobs_of(text, tmp_path)
+    store = tmp_path / "store"
+    result = cli("sweep", write(tmp_path / "s.toml", text), "--store", store, "--only", "command=ntk",
+                 "--only", "N=40,60", "--only", "L=2")
+    assert result.exit_code == 0, result.output
+    want = {j.id for j in jobs if j.command == "ntk" and j.config["L"] == 2}
+    assert {rec["id"] for rec in Store(store, create=False).records()} == want and len(want) == 2
+    assert sweep.select_only(jobs, [("lr", 0.1)]) == [j for j in jobs if j.command == "run"]   # ntk has no lr
+
+
 def test_shards_split_the_jobs_and_cover_them(tmp_path):
     wide = TINY.replace("N = [40, 60, 80]", "N = [40, 50, 60, 70, 80, 90, 100]")   # 14 jobs
     jobs = jobs_of(wide, tmp_path)
@@ -553,6 +568,27 @@ def test_collect_writes_the_candidates_each_search_scored(tmp_path):
         counts = [int(row[k]) for k in ("converged", "not_converged", "diverged")]
         assert sum(counts) == 2 and counts[0] == h["fold_status"].count("converged")
         assert (int(row["epochs_min"]), int(row["epochs_max"])) == (min(h["fold_epochs"]), max(h["fold_epochs"]))
+
+
+def test_collect_replaces_the_rows_of_a_rerun_in_a_committed_table(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    assert cli("sweep", write(tmp_path / "s.toml", TINY), "--store", old, "--set", "N=40,60", "--set", "L=1") \
+        .exit_code == 0
+    assert cli("collect", old, "--csv", tmp_path / "t.csv").exit_code == 0
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
+    rows[0]["test_error_mean"], rows[0]["device"] = "0.999", "gone"          # the row a rerun replaces
+    with open(tmp_path / "t.csv", "w") as f:
+        store_mod.write_csv(f, list(rows[0]), rows)
+    n = rows[0]["N"]
+    assert cli("sweep", write(tmp_path / "r.toml", TINY), "--store", new, "--set", f"N={n},80", "--set", "L=1") \
+        .exit_code == 0
+    result = cli("collect", new, "--replace-in", tmp_path / "t.csv")
+    assert result.exit_code == 0 and "1 rows of" in result.output and "1 added" in result.output, result.output
+    after = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
+    assert [r["id"] for r in after[:2]] == [r["id"] for r in rows] and len(after) == 3 and after[2]["N"] == "80"
+    assert after[0]["test_error_mean"] != "0.999" and after[0]["device"] != "gone"
+    assert after[1] == rows[1]                                                  # the other row kept as it was
+    assert cli("collect", new, "--replace-in", tmp_path / "missing.csv").exit_code == 2
 
 
 def test_collect_refuses_what_is_not_a_store(tmp_path):
