@@ -29,7 +29,8 @@ where the point has one data seed.
   points      m (mean), sd (error bar), m0 (mean without diverged repeats), ms (several depths), pm ('m ± sd'),
               pt, points, best, deeper_wins
   depths      diff ('+0.012 (-0.003 to +0.027)': L = b minus L = a and its 95% interval), dd, ci (`difference`)
-  jobs        job, jobs, lr (selected), njobs, searched, at_bound, where, wall (the jobs' own seconds), wall_all,
+  jobs        job, jobs, lr (selected), njobs, searched, at_bound, capped_best, where, wall (the jobs' own
+              seconds), wall_all,
               two_repeats (the two test errors of a job of two repeats)
   other data  rows and value (any CSV of docs/results/), slope, record and networks (JSON records), mean
   text        f (format a number), span ('lo to hi'), n_text, lr_text, duration ('4 min 41 s')
@@ -267,6 +268,27 @@ def namespace(data):
                 if at and (learned is None or (r["test_error_mean"] < 0.47) == learned):
                     out.append(r)
         return sorted(out, key=lambda r: (r["task"], r["N"], r["L"]))
+
+    def capped_best(stores, learned=0.47):
+        """The points of the stores' searched run jobs where the depth with the lowest mean, below ``learned``,
+        has repeats that hit the epoch cap: [{store, task, N, L, not_converged, n}] (for `where`)."""
+        out = []
+        for store in stores:
+            groups = {}
+            for r in _select(data, store, {}):
+                if r["lr"] is None:
+                    key = tuple((k, repr(v)) for k, v in plot.config_of(r).items() if k not in ("L", "seed"))
+                    groups.setdefault(key, {}).setdefault(r["L"], []).append(r)
+            for by_depth in groups.values():
+                if len(by_depth) < 2:
+                    continue
+                pts = {L: plot.point(rows_) for L, rows_ in by_depth.items()}
+                L = min(pts, key=lambda d: pts[d]["mean"])
+                if pts[L]["mean"] < learned and pts[L]["not_converged"]:
+                    first = by_depth[L][0]
+                    out.append({"store": store, "task": first["task"], "N": first["N"], "L": L,
+                                "not_converged": pts[L]["not_converged"], "n": pts[L]["n_values"]})
+        return sorted(out, key=lambda r: (r["task"], r["N"], r["store"]))
 
     def njobs(store, command=None):
         """The number of jobs in a store's job table (of one command if given)."""

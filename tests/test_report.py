@@ -196,3 +196,19 @@ def test_tables_of_a_sweep_still_running_say_what_is_missing_and_cells_of_jobs_s
     assert cells.splitlines()[-1] == ("| L = 3 | 0.250 ± 0.010, 12 to 40 epochs | 0.220 ± 0.010, 12 to 40 epochs "
                                       "(1 capped) |")
     assert report.namespace(data)["wall_all"]("x") == 6.0
+
+
+def test_capped_best_lists_the_points_whose_lowest_depth_hit_the_epoch_cap(tmp_path):
+    def job(i, L, N, mean, capped):
+        return {"id": str(i), "status": "done", "command": "run", "task": "3-global", "D": 40, "seed": 0, "N": N,
+                "L": L, "H": 100, "lr": None, "test_error_mean": mean, "test_error_std": 0.01, "test_error_n": 5,
+                "converged": 5 - capped, "diverged": 0, "not_converged": capped, "wall_s": 1.0}
+    rows = [job(0, 1, 100, 0.30, 5), job(1, 3, 100, 0.40, 0),     # the best, L = 1, capped: listed
+            job(2, 1, 200, 0.30, 0), job(3, 3, 200, 0.25, 2),     # the best, L = 3, capped: listed
+            job(4, 1, 300, 0.20, 0), job(5, 3, 300, 0.30, 5),     # a capped depth that is not the best: not
+            job(6, 1, 400, 0.49, 5), job(7, 3, 400, 0.50, 0)]     # at chance: not
+    (tmp_path / report.RESULTS).mkdir(parents=True)
+    with open(tmp_path / report.RESULTS / "x-jobs.csv", "w") as f:
+        store_mod.write_csv(f, list(rows[0]), rows)
+    found = report.namespace(report.Data(tmp_path))["capped_best"](["x"])
+    assert [(r["N"], r["L"], r["not_converged"], r["n"]) for r in found] == [(100, 1, 5, 5), (200, 3, 2, 5)]
