@@ -594,7 +594,8 @@ def _slurm_request(jobs, local_workers, scheduler, todo, **options):
                    "epoch cap or diverged, in how many epochs")
 @click.option("--replace-in", "replace_in", type=click.Path(dir_okay=False, exists=True), default=None,
               help="rewrite this job table (a CSV collect wrote) with the store's rows in place of the rows of the "
-                   "same job id, the others kept: a rerun of some jobs into a store of its own")
+                   "same job id, the others kept and new ones added at its end: a rerun of some jobs into a store "
+                   "of its own")
 def collect(store_dir, csv_out, jsonl_out, status, candidates_out, replace_in):
     """Flatten the job records of a store into one table, a row per job: id, status, command, the resolved
     configuration, then selected_lr (and the search range it ended with), test error mean/std/count,
