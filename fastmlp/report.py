@@ -271,7 +271,7 @@ def namespace(data):
 
     def capped_best(stores, learned=0.47):
         """The points of the stores' searched run jobs where the depth with the lowest mean, below ``learned``,
-        has repeats that hit the epoch cap: [{store, task, N, L, not_converged, n}] (for `where`)."""
+        has repeats that hit the epoch cap: [{store, task, N, L, not_converged, n}]."""
         out = []
         for store in stores:
             groups = {}

@@ -32,6 +32,7 @@ A stored job record (the keys, in this order):
   started, finished, elapsed_s    UTC times (ISO 8601) and wall seconds
 """
 import csv
+import io
 import json
 import math
 import os
@@ -100,15 +101,21 @@ def _write_temp(directory, text, sync=True, suffix=".json"):
     return tmp
 
 
-def write_json_atomic(path, obj):
-    """Write obj as JSON to path through a temporary file, fsync and a rename: a reader never sees half a record."""
+def _write_atomic(path, text, suffix):
+    """Write text to path through a temporary file, fsync and a rename: a reader never sees half a file, and a
+    failed write leaves the old file whole."""
     path = os.path.abspath(path)
-    tmp = _write_temp(os.path.dirname(path), json.dumps(json_safe(obj), allow_nan=False, indent=1))
+    tmp = _write_temp(os.path.dirname(path), text, suffix=suffix)
     try:
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path, obj):
+    """Write obj as JSON to path atomically (_write_atomic): a reader never sees half a record."""
+    _write_atomic(path, json.dumps(json_safe(obj), allow_nan=False, indent=1), ".json")
 
 
 # --------------------------------------------------------------------------------------- what a record is
@@ -511,17 +518,10 @@ def _columns(rows):
 
 
 def write_csv_atomic(path, columns, rows):
-    """write_csv to path through a temporary file, fsync and a rename: the old table stays whole if it fails."""
-    import io
-    path = os.path.abspath(path)
+    """write_csv to path atomically (_write_atomic): the old table stays whole if it fails."""
     text = io.StringIO()
     write_csv(text, columns, rows)
-    tmp = _write_temp(os.path.dirname(path), text.getvalue(), suffix=".csv")
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    _write_atomic(path, text.getvalue(), ".csv")
 
 
 CANDIDATE_COLUMNS = ("eval", "batch", "lr", "mean_error", "converged", "not_converged", "diverged", "epochs_min",

@@ -470,8 +470,7 @@ def select_only(jobs, pairs):
     any of its items), as --only selects a slice of a sweep to run again."""
     def has(job, key, value):
         got = job.command if key == "command" else job.config.get(key)
-        return any(got == v or (isinstance(v, (int, float)) and isinstance(got, (int, float)) and got == float(v))
-                   for v in (value if isinstance(value, list) else [value]))
+        return got in (value if isinstance(value, list) else [value])
     return [job for job in jobs if all(has(job, key, value) for key, value in pairs)]
 
 
